@@ -1,0 +1,188 @@
+//! `registry.toml` → a validated `Config`. Every default lives here, and the checked-in
+//! `registry.toml` repeats them as documentation.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub root: PathBuf,
+    /// An upload session untouched for this long is abandoned (and later collected).
+    pub upload_expiry: Duration,
+    pub max_manifest_size: u64,
+    pub max_blob_size: u64,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:5000".parse().expect("literal address"),
+            root: PathBuf::from("./data"),
+            upload_expiry: Duration::from_secs(24 * 3600),
+            max_manifest_size: 4 * 1024 * 1024,
+            max_blob_size: 64 * 1024 * 1024 * 1024,
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// The file's shape. Every field is optional; `deny_unknown_fields` makes a typo an error
+/// that names the key instead of a silently ignored setting.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    storage: StorageSection,
+    #[serde(default)]
+    log: LogSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StorageSection {
+    root: Option<PathBuf>,
+    upload_expiry: Option<String>,
+    max_manifest_size: Option<ByteSize>,
+    max_blob_size: Option<ByteSize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LogSection {
+    level: Option<String>,
+}
+
+/// A size written as a number of bytes or as a string such as `"4MiB"` or `"1GB"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ByteSize {
+    Bytes(u64),
+    Text(String),
+}
+
+impl ByteSize {
+    fn bytes(&self) -> Result<u64, String> {
+        match self {
+            ByteSize::Bytes(n) => Ok(*n),
+            ByteSize::Text(s) => parse_size(s),
+        }
+    }
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like \"4MiB\""))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1000 * 1000,
+        "MiB" => 1 << 20,
+        "GB" => 1000 * 1000 * 1000,
+        "GiB" => 1 << 30,
+        "TB" => 1000u64.pow(4),
+        "TiB" => 1 << 40,
+        u => return Err(format!("unknown size unit {u:?} in {s:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+impl Config {
+    /// Reads a config file. Relative paths in it (the storage root) are taken relative to the
+    /// current directory, as a user running `dockyard serve` next to the file would expect.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut c = Config::default();
+        if let Some(l) = file.server.listen {
+            c.listen = l;
+        }
+        if let Some(r) = file.storage.root {
+            c.root = r;
+        }
+        if let Some(e) = file.storage.upload_expiry {
+            c.upload_expiry = humantime::parse_duration(&e)
+                .map_err(|err| format!("storage.upload_expiry {e:?}: {err}"))?;
+        }
+        if let Some(s) = file.storage.max_manifest_size {
+            c.max_manifest_size = s
+                .bytes()
+                .map_err(|e| format!("storage.max_manifest_size: {e}"))?;
+        }
+        if let Some(s) = file.storage.max_blob_size {
+            c.max_blob_size = s
+                .bytes()
+                .map_err(|e| format!("storage.max_blob_size: {e}"))?;
+        }
+        if let Some(l) = file.log.level {
+            c.log_level = l;
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_in_registry_toml_matches_the_defaults() {
+        let text = include_str!("../registry.toml");
+        let c = Config::from_toml(text).unwrap();
+        let d = Config::default();
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.root, d.root);
+        assert_eq!(c.upload_expiry, d.upload_expiry);
+        assert_eq!(c.max_manifest_size, d.max_manifest_size);
+        assert_eq!(c.max_blob_size, d.max_blob_size);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 1\n").unwrap_err();
+        assert!(e.contains("listne"), "{e}");
+        let e = Config::from_toml("[storage]\nupload_expiry = \"soon\"\n").unwrap_err();
+        assert!(e.contains("upload_expiry"), "{e}");
+        assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
+        assert!(parse_size("4 parsecs").is_err());
+    }
+}

@@ -1,0 +1,237 @@
+//! Manifest rows, their bodies and tags, and the reference counts they hold.
+//!
+//! Each public function is the body of one write or read transaction, so a check (does every
+//! referenced blob exist?) and the update it guards (store, count) cannot be interleaved.
+
+use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
+use serde_json::json;
+
+use super::blobs;
+use super::schema::*;
+use super::{now, DbError};
+use crate::oci::manifest::ParsedManifest;
+use crate::oci::{Digest, ErrorCode, Reference, RegistryError, RepoName, Tag};
+
+type ManifestTable<'t> = Table<'t, (&'static str, &'static str), &'static [u8]>;
+
+fn read_record(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    repo: &str,
+    digest: &str,
+) -> Result<Option<ManifestRecord>, DbError> {
+    match table.get((repo, digest))? {
+        Some(v) => Ok(Some(decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Resolves a tag or digest to the stored manifest: its digest, record, and (if asked) body.
+pub fn get(
+    tx: &ReadTransaction,
+    repo: &RepoName,
+    reference: &Reference,
+    with_body: bool,
+) -> Result<Option<(Digest, ManifestRecord, Option<Vec<u8>>)>, RegistryError> {
+    let digest = match reference {
+        Reference::Digest(d) => d.clone(),
+        Reference::Tag(t) => {
+            let tags = tx.open_table(TAGS)?;
+            let Some(d) = tags.get((repo.as_str(), t.as_str()))? else {
+                return Ok(None);
+            };
+            d.value()
+                .parse()
+                .map_err(|_| DbError::Corrupt(format!("tag {repo}:{t} holds a bad digest")))?
+        }
+    };
+    let d = digest.to_string();
+    let Some(rec) = read_record(&tx.open_table(MANIFESTS)?, repo.as_str(), &d)? else {
+        return Ok(None);
+    };
+    let body = if with_body {
+        let bodies = tx.open_table(MANIFEST_BODIES)?;
+        let b = bodies
+            .get((repo.as_str(), d.as_str()))?
+            .ok_or_else(|| DbError::Corrupt(format!("manifest {repo}@{d} has no body")))?;
+        Some(b.value().to_vec())
+    } else {
+        None
+    };
+    Ok(Some((digest, rec, body)))
+}
+
+/// Adds `delta` to a manifest's reference count. A missing row is skipped: an index may
+/// outlive a child that was deleted by digest before the index was.
+fn add_manifest_ref(
+    table: &mut ManifestTable<'_>,
+    repo: &str,
+    digest: &str,
+    delta: i64,
+) -> Result<(), DbError> {
+    let Some(mut rec) = read_record(table, repo, digest)? else {
+        return Ok(());
+    };
+    rec.refcount = rec.refcount.saturating_add_signed(delta);
+    rec.zero_since = if rec.refcount == 0 { Some(now()) } else { None };
+    table.insert((repo, digest), encode(&rec).as_slice())?;
+    Ok(())
+}
+
+/// Stores a manifest and points `tags` at it, in one transaction: every referenced blob must
+/// be linked into the repository and every child manifest stored in it, or nothing changes.
+/// Pushing the same bytes again only moves tags; the counts are taken once per manifest.
+pub fn put(
+    tx: &WriteTransaction,
+    repo: &RepoName,
+    digest: &Digest,
+    parsed: &ParsedManifest,
+    body: &[u8],
+    tags: &[Tag],
+) -> Result<(), RegistryError> {
+    let r = repo.as_str();
+    let d = digest.to_string();
+    let mut blob_table = tx.open_table(BLOBS)?;
+    let mut manifests = tx.open_table(MANIFESTS)?;
+    {
+        let links = tx.open_table(REPO_BLOBS)?;
+        for b in &parsed.blobs {
+            if blobs::linked(&blob_table, &links, repo, b)?.is_none() {
+                return Err(unknown_reference(b));
+            }
+        }
+    }
+    for c in &parsed.children {
+        if manifests.get((r, c.to_string().as_str()))?.is_none() {
+            return Err(unknown_reference(c));
+        }
+    }
+    if read_record(&manifests, r, &d)?.is_none() {
+        let t = now();
+        let rec = ManifestRecord {
+            media_type: parsed.media_type.clone(),
+            size: body.len() as u64,
+            blobs: parsed.blobs.iter().map(|b| b.to_string()).collect(),
+            children: parsed.children.iter().map(|c| c.to_string()).collect(),
+            subject: parsed.subject.as_ref().map(|s| s.digest.to_string()),
+            artifact_type: parsed.artifact_type.clone(),
+            annotations: parsed.annotations.clone(),
+            refcount: 0,
+            created: t,
+            zero_since: Some(t),
+        };
+        for b in &rec.blobs {
+            blobs::add_ref(&mut blob_table, b, 1)?;
+        }
+        for c in &rec.children {
+            add_manifest_ref(&mut manifests, r, c, 1)?;
+        }
+        if let Some(s) = &rec.subject {
+            tx.open_table(REFERRERS)?
+                .insert((r, s.as_str(), d.as_str()), ())?;
+        }
+        manifests.insert((r, d.as_str()), encode(&rec).as_slice())?;
+        tx.open_table(MANIFEST_BODIES)?
+            .insert((r, d.as_str()), body)?;
+        let mut repos = tx.open_table(REPOS)?;
+        let n = repos.get(r)?.map(|v| v.value()).unwrap_or(0);
+        repos.insert(r, n + 1)?;
+    }
+    let mut tag_table = tx.open_table(TAGS)?;
+    for tag in tags {
+        let old = tag_table
+            .insert((r, tag.as_str()), d.as_str())?
+            .map(|v| v.value().to_string());
+        if old.as_deref() == Some(d.as_str()) {
+            continue;
+        }
+        if let Some(old) = old {
+            add_manifest_ref(&mut manifests, r, &old, -1)?;
+        }
+        add_manifest_ref(&mut manifests, r, &d, 1)?;
+    }
+    Ok(())
+}
+
+fn unknown_reference(d: &Digest) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::ManifestBlobUnknown,
+        format!("manifest references {d}, which is not in this repository"),
+    )
+    .with_detail(json!({ "digest": d.to_string() }))
+}
+
+/// Deletes a manifest by digest with every tag in the repository that points at it, and
+/// releases what it counted. Refused while an index in the repository still lists it, so
+/// that no index is left pointing at nothing and the counts stay exact.
+pub fn delete(
+    tx: &WriteTransaction,
+    repo: &RepoName,
+    digest: &Digest,
+) -> Result<bool, RegistryError> {
+    let r = repo.as_str();
+    let d = digest.to_string();
+    let mut manifests = tx.open_table(MANIFESTS)?;
+    let Some(rec) = read_record(&manifests, r, &d)? else {
+        return Ok(false);
+    };
+    let mut tag_table = tx.open_table(TAGS)?;
+    let pointing: Vec<String> = tag_table
+        .range((r, "")..)?
+        .map(|e| e.map(|(k, v)| (k.value().0 == r, k.value().1.to_string(), v.value() == d)))
+        .take_while(|e| e.as_ref().map_or(true, |(same_repo, _, _)| *same_repo))
+        .filter_map(|e| match e {
+            Ok((_, tag, true)) => Some(Ok(tag)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()?;
+    if rec.refcount > pointing.len() as u64 {
+        return Err(RegistryError::new(
+            ErrorCode::Denied,
+            format!("{d} is listed by an index in {r}; delete the index first"),
+        )
+        .with_status(409));
+    }
+    for tag in &pointing {
+        tag_table.remove((r, tag.as_str()))?;
+    }
+    manifests.remove((r, d.as_str()))?;
+    let mut blob_table = tx.open_table(BLOBS)?;
+    for b in &rec.blobs {
+        blobs::add_ref(&mut blob_table, b, -1)?;
+    }
+    for c in &rec.children {
+        add_manifest_ref(&mut manifests, r, c, -1)?;
+    }
+    if let Some(s) = &rec.subject {
+        tx.open_table(REFERRERS)?
+            .remove((r, s.as_str(), d.as_str()))?;
+    }
+    tx.open_table(MANIFEST_BODIES)?.remove((r, d.as_str()))?;
+    let mut repos = tx.open_table(REPOS)?;
+    let n = repos.get(r)?.map(|v| v.value()).unwrap_or(0);
+    if n <= 1 {
+        repos.remove(r)?;
+    } else {
+        repos.insert(r, n - 1)?;
+    }
+    Ok(true)
+}
+
+/// Deletes one tag; the manifest it pointed at stays, one reference lighter.
+pub fn delete_tag(
+    tx: &WriteTransaction,
+    repo: &RepoName,
+    tag: &Tag,
+) -> Result<bool, RegistryError> {
+    let r = repo.as_str();
+    let Some(old) = tx
+        .open_table(TAGS)?
+        .remove((r, tag.as_str()))?
+        .map(|v| v.value().to_string())
+    else {
+        return Ok(false);
+    };
+    add_manifest_ref(&mut tx.open_table(MANIFESTS)?, r, &old, -1)?;
+    Ok(true)
+}

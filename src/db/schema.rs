@@ -1,0 +1,77 @@
+//! Every table of `dockyard.redb`, the CBOR records stored in them, and the schema version.
+//!
+//! Reference counts (the GC's input) are kept exact by the write transactions in `db::ops`:
+//! - a blob's `refcount` is the number of (repository, manifest) rows that list it as config
+//!   or layer;
+//! - a manifest's `refcount` is the number of tags in its repository that point at it plus
+//!   the number of indexes in its repository that list it.
+
+use std::collections::BTreeMap;
+
+use redb::TableDefinition;
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever a table or record changes shape; `Db::open` refuses a newer file.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// "schema_version" → u64.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// blob digest → `BlobRecord`.
+pub const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+/// (repository, blob digest): the blob may be read from that repository.
+pub const REPO_BLOBS: TableDefinition<(&str, &str), ()> = TableDefinition::new("repo_blobs");
+/// (repository, manifest digest) → `ManifestRecord`.
+pub const MANIFESTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("manifests");
+/// (repository, manifest digest) → the manifest exactly as pushed.
+pub const MANIFEST_BODIES: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("manifest_bodies");
+/// (repository, tag) → manifest digest.
+pub const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
+/// repository → number of manifests in it; a repository exists while it has one.
+pub const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
+/// (repository, subject digest, referrer digest): the referrer's manifest names the subject.
+pub const REFERRERS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("referrers");
+/// upload id → `UploadRecord`.
+pub const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BlobRecord {
+    pub size: u64,
+    pub refcount: u64,
+    /// Unix seconds.
+    pub created: u64,
+    /// When `refcount` last became zero (or creation, for a blob never referenced).
+    pub zero_since: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ManifestRecord {
+    pub media_type: String,
+    pub size: u64,
+    /// Config and layer digests this manifest counts (deduplicated).
+    pub blobs: Vec<String>,
+    /// Child manifest digests an index counts (deduplicated).
+    pub children: Vec<String>,
+    pub subject: Option<String>,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<BTreeMap<String, String>>,
+    pub refcount: u64,
+    pub created: u64,
+    pub zero_since: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UploadRecord {
+    pub repo: String,
+    pub started: u64,
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    ciborium::into_writer(value, &mut out).expect("CBOR encoding into a Vec cannot fail");
+    out
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, super::DbError> {
+    ciborium::from_reader(bytes).map_err(|e| super::DbError::Corrupt(e.to_string()))
+}

@@ -1,0 +1,334 @@
+//! Blob uploads: `POST /v2/<name>/blobs/uploads/` (plain, monolithic with `?digest=`, or a
+//! cross-repository `?mount=&from=`), `PATCH` chunks, `PUT ?digest=` to finish, `GET` status,
+//! `DELETE` to cancel.
+//!
+//! The push data path, top to bottom: the body streams into `uploads/<id>` while it is hashed
+//! (`store::upload`), the file is fsynced, the digest checked, the file renamed into
+//! `blobs/…` and that rename fsynced (`Store::promote`), and only then one write transaction
+//! records the blob, links it into the repository and forgets the session. A crash before
+//! the commit leaves a file without a row, which the GC removes; never a row without a file.
+
+use std::sync::Arc;
+
+use warp::http::{header, StatusCode};
+use warp::reply::Response;
+
+use super::{reply, Request, State};
+use crate::db;
+use crate::oci::{Digest, ErrorCode, RegistryError, RepoName};
+use crate::store::{upload, BodyStream, Location, Sink};
+
+fn upload_location(name: &RepoName, id: &str) -> String {
+    format!("/v2/{name}/blobs/uploads/{id}")
+}
+
+/// `Range: 0-<last byte>`, as the spec shows it; an empty upload reports `0-0`.
+fn range_header(len: u64) -> String {
+    format!("0-{}", len.saturating_sub(1))
+}
+
+fn progress(status: StatusCode, name: &RepoName, id: &str, len: u64) -> Response {
+    reply::finish(
+        reply::empty(status)
+            .header(header::LOCATION, upload_location(name, id))
+            .header(header::RANGE, range_header(len))
+            .header("Docker-Upload-UUID", id),
+        "",
+    )
+}
+
+pub async fn start(
+    state: &State,
+    name: RepoName,
+    req: &Request,
+    body: BodyStream,
+) -> Result<Response, RegistryError> {
+    if let (Some(mount), Some(from)) = (req.query("mount"), req.query("from")) {
+        if let Some(resp) = try_mount(state, &name, mount, from).await? {
+            return Ok(resp);
+        }
+        // Spec: "If the registry does not support cross-repository mounting or is unable to
+        // mount the requested blob, it SHOULD return a 202" and start a normal upload.
+    }
+    let id = uuid::Uuid::new_v4().hyphenated().to_string();
+    if let Some(digest) = req.query("digest") {
+        let expected = parse_digest(digest)?;
+        let path = state.store.path_for(Location::Upload(&id));
+        let result = async {
+            let sink = Sink::new()
+                .append(&path, body, state.config.max_blob_size)
+                .await?;
+            commit_blob(state, &name, &id, sink, &expected, false).await
+        }
+        .await;
+        if result.is_err() {
+            state.store.remove_upload(&id)?;
+        }
+        return result;
+    }
+    let (n, i) = (name.clone(), id.clone());
+    state
+        .db
+        .write(move |tx| db::uploads::create(tx, &i, &n))
+        .await?;
+    Ok(progress(StatusCode::ACCEPTED, &name, &id, 0))
+}
+
+async fn try_mount(
+    state: &State,
+    name: &RepoName,
+    mount: &str,
+    from: &str,
+) -> Result<Option<Response>, RegistryError> {
+    let digest = parse_digest(mount)?;
+    let from = RepoName::parse(from).ok_or_else(|| {
+        RegistryError::new(
+            ErrorCode::NameInvalid,
+            format!("invalid repository name {from:?}"),
+        )
+    })?;
+    let (to, d) = (name.clone(), digest.clone());
+    let mounted = state
+        .db
+        .write(move |tx| db::blobs::mount(tx, &from, &to, &d))
+        .await?;
+    Ok(mounted.map(|_| created(name, &digest)))
+}
+
+fn created(name: &RepoName, digest: &Digest) -> Response {
+    reply::finish(
+        reply::empty(StatusCode::CREATED)
+            .header(header::LOCATION, format!("/v2/{name}/blobs/{digest}"))
+            .header("Docker-Content-Digest", digest.to_string()),
+        "",
+    )
+}
+
+fn parse_digest(s: &str) -> Result<Digest, RegistryError> {
+    s.parse().map_err(|_| {
+        RegistryError::new(ErrorCode::DigestInvalid, format!("invalid digest {s:?}"))
+            .with_detail(serde_json::json!({ "digest": s }))
+    })
+}
+
+/// Checks that the session exists and belongs to this repository.
+async fn session(state: &State, name: &RepoName, id: &str) -> Result<(), RegistryError> {
+    let i = id.to_string();
+    let rec = state.db.read(move |tx| db::uploads::get(tx, &i)).await?;
+    match rec {
+        Some(r) if r.repo == name.as_str() => Ok(()),
+        _ => Err(RegistryError::code(ErrorCode::BlobUploadUnknown)),
+    }
+}
+
+fn cursor(state: &State, id: &str) -> Arc<tokio::sync::Mutex<Option<Sink>>> {
+    let mut map = state.cursors.lock().expect("cursor map lock");
+    map.entry(id.to_string()).or_default().clone()
+}
+
+/// The session's hash state, rebuilt from its file when this process has not seen it.
+async fn current(state: &State, id: &str, slot: &mut Option<Sink>) -> Result<Sink, RegistryError> {
+    if let Some(s) = slot.take() {
+        return Ok(s);
+    }
+    let path = state.store.path_for(Location::Upload(id));
+    tokio::task::spawn_blocking(
+        move || match Sink::rehash(&path, crate::oci::Algorithm::Sha256) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Sink::new()),
+            other => other,
+        },
+    )
+    .await
+    .map_err(|e| RegistryError::internal(e.to_string()))?
+    .map_err(Into::into)
+}
+
+/// The start offset a `Content-Range` names: `0-1023`, `bytes 0-1023/*` or `bytes=0-1023`.
+fn content_range_start(h: &str) -> Option<u64> {
+    let h = h
+        .trim()
+        .trim_start_matches("bytes")
+        .trim_start_matches(['=', ' ']);
+    let range = h.split('/').next()?;
+    let (a, b) = range.split_once('-')?;
+    let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (b >= a).then_some(a)
+}
+
+/// Appends the request body to the session, undoing a partial append on failure so the
+/// session is exactly as it was before the request.
+async fn append(
+    state: &State,
+    id: &str,
+    sink: Sink,
+    req: &Request,
+    body: BodyStream,
+) -> Result<(Sink, Sink), RegistryError> {
+    let before = Sink {
+        len: sink.len,
+        hasher: sink.hasher.clone(),
+    };
+    if let Some(cr) = req.header("content-range") {
+        if content_range_start(cr) != Some(sink.len) {
+            return Err(RegistryError::new(
+                ErrorCode::BlobUploadInvalid,
+                format!(
+                    "chunk {cr:?} does not start at the upload's offset {}",
+                    sink.len
+                ),
+            )
+            .with_status(416));
+        }
+    }
+    let path = state.store.path_for(Location::Upload(id));
+    match sink.append(&path, body, state.config.max_blob_size).await {
+        Ok(after) => Ok((before, after)),
+        Err(e) => {
+            let len = before.len;
+            let _ = tokio::task::spawn_blocking(move || upload::truncate(&path, len)).await;
+            Err(e)
+        }
+    }
+}
+
+pub async fn patch(
+    state: &State,
+    name: RepoName,
+    id: String,
+    req: &Request,
+    body: BodyStream,
+) -> Result<Response, RegistryError> {
+    session(state, &name, &id).await?;
+    let slot = cursor(state, &id);
+    let mut slot = slot.lock().await;
+    let sink = current(state, &id, &mut slot).await?;
+    let len = sink.len;
+    match append(state, &id, sink, req, body).await {
+        Ok((_, after)) => {
+            let len = after.len;
+            *slot = Some(after);
+            Ok(progress(StatusCode::ACCEPTED, &name, &id, len))
+        }
+        Err(e) if e.status() == 416 => {
+            // Tell the client where the upload really stands so it can resume.
+            let mut resp = reply::error(e);
+            if let Ok(v) = range_header(len).parse() {
+                resp.headers_mut().insert(header::RANGE, v);
+            }
+            Ok(resp)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn finish(
+    state: &State,
+    name: RepoName,
+    id: String,
+    req: &Request,
+    body: BodyStream,
+) -> Result<Response, RegistryError> {
+    let expected = parse_digest(req.query("digest").unwrap_or(""))?;
+    session(state, &name, &id).await?;
+    let slot = cursor(state, &id);
+    let mut slot = slot.lock().await;
+    let sink = current(state, &id, &mut slot).await?;
+    let (before, after) = append(state, &id, sink, req, body).await?;
+    let result = commit_blob(state, &name, &id, after, &expected, true).await;
+    if result.is_err() {
+        // A wrong digest leaves the session as it was before this request.
+        let path = state.store.path_for(Location::Upload(&id));
+        let len = before.len;
+        let _ = tokio::task::spawn_blocking(move || upload::truncate(&path, len)).await;
+        *slot = Some(before);
+    } else {
+        state.cursors.lock().expect("cursor map lock").remove(&id);
+    }
+    result
+}
+
+/// Verifies the finished upload against the digest the client named, moves the file into
+/// the blob store, and records it: file before row.
+async fn commit_blob(
+    state: &State,
+    name: &RepoName,
+    id: &str,
+    sink: Sink,
+    expected: &Digest,
+    session: bool,
+) -> Result<Response, RegistryError> {
+    let path = state.store.path_for(Location::Upload(id));
+    let size = sink.len;
+    let actual = if expected.algorithm() == sink.hasher.algorithm() {
+        sink.digest()
+    } else {
+        let p = path.clone();
+        let alg = expected.algorithm();
+        tokio::task::spawn_blocking(move || Sink::rehash(&p, alg))
+            .await
+            .map_err(|e| RegistryError::internal(e.to_string()))??
+            .digest()
+    };
+    if &actual != expected {
+        return Err(RegistryError::new(
+            ErrorCode::DigestInvalid,
+            format!("upload has digest {actual}, not {expected}"),
+        )
+        .with_detail(serde_json::json!({ "digest": expected.to_string() })));
+    }
+    let store = state.store.clone();
+    let (i, d) = (id.to_string(), expected.clone());
+    tokio::task::spawn_blocking(move || {
+        if size == 0 && !path.exists() {
+            std::fs::File::create(&path)?.sync_all()?;
+        }
+        store.promote(&i, &d)
+    })
+    .await
+    .map_err(|e| RegistryError::internal(e.to_string()))??;
+    let (n, d, i) = (name.clone(), expected.clone(), id.to_string());
+    state
+        .db
+        .write(move |tx| db::blobs::record(tx, &n, &d, size, session.then_some(i.as_str())))
+        .await?;
+    Ok(created(name, expected))
+}
+
+pub async fn status(state: &State, name: RepoName, id: String) -> Result<Response, RegistryError> {
+    session(state, &name, &id).await?;
+    let slot = cursor(state, &id);
+    let mut slot = slot.lock().await;
+    let sink = current(state, &id, &mut slot).await?;
+    let len = sink.len;
+    *slot = Some(sink);
+    Ok(progress(StatusCode::NO_CONTENT, &name, &id, len))
+}
+
+pub async fn cancel(state: &State, name: RepoName, id: String) -> Result<Response, RegistryError> {
+    session(state, &name, &id).await?;
+    let slot = cursor(state, &id);
+    let _held = slot.lock().await;
+    let i = id.clone();
+    state
+        .db
+        .write(move |tx| db::uploads::delete(tx, &i))
+        .await?;
+    state.store.remove_upload(&id)?;
+    state.cursors.lock().expect("cursor map lock").remove(&id);
+    Ok(reply::finish(reply::empty(StatusCode::NO_CONTENT), ""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::content_range_start;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(content_range_start("0-1023"), Some(0));
+        assert_eq!(content_range_start("1024-2047"), Some(1024));
+        assert_eq!(content_range_start("bytes 10-20/*"), Some(10));
+        assert_eq!(content_range_start("bytes=10-20"), Some(10));
+        assert_eq!(content_range_start("20-10"), None);
+        assert_eq!(content_range_start("x"), None);
+    }
+}

@@ -1,0 +1,86 @@
+//! Blob bytes on disk: the sharded content-addressed layout and the upload files that become
+//! blobs. This module never touches the database; callers order file and row operations.
+//!
+//! ```text
+//! <root>/
+//! ├── dockyard.redb                 the database (see db::schema)
+//! ├── blobs/
+//! │   ├── sha256/ab/abcdef…         one file per blob, named by its digest, sharded by the
+//! │   └── sha512/0f/0f12…           first two hex digits so no directory grows too large
+//! └── uploads/
+//!     └── <uuid>                    bytes of an upload in progress (or of a monolithic PUT)
+//! ```
+
+pub mod upload;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::oci::Digest;
+
+pub use upload::{BodyStream, Sink};
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Every path under the root, in one place.
+pub enum Location<'a> {
+    Database,
+    Blob(&'a Digest),
+    Upload(&'a str),
+}
+
+impl Store {
+    /// Creates the directory skeleton if it is missing.
+    pub fn open(root: &Path) -> io::Result<Store> {
+        fs::create_dir_all(root.join("blobs"))?;
+        fs::create_dir_all(root.join("uploads"))?;
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn path_for(&self, loc: Location<'_>) -> PathBuf {
+        match loc {
+            Location::Database => self.root.join("dockyard.redb"),
+            Location::Blob(d) => self
+                .root
+                .join("blobs")
+                .join(d.algorithm().as_str())
+                .join(&d.hex()[..2])
+                .join(d.hex()),
+            // Upload ids are uuids we minted; callers parse them before they get here.
+            Location::Upload(id) => self.root.join("uploads").join(id),
+        }
+    }
+
+    /// Moves a finished, fsynced upload file into its content-addressed place and makes the
+    /// rename durable. If the blob is already there the upload file is simply dropped: the
+    /// content is identical by construction.
+    pub fn promote(&self, upload_id: &str, digest: &Digest) -> io::Result<()> {
+        let from = self.path_for(Location::Upload(upload_id));
+        let to = self.path_for(Location::Blob(digest));
+        if to.exists() {
+            fs::remove_file(&from)?;
+            return Ok(());
+        }
+        let dir = to.parent().expect("blob paths have a shard directory");
+        fs::create_dir_all(dir)?;
+        fs::rename(&from, &to)?;
+        fs::File::open(dir)?.sync_all()
+    }
+
+    pub fn remove_upload(&self, upload_id: &str) -> io::Result<()> {
+        match fs::remove_file(self.path_for(Location::Upload(upload_id))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
