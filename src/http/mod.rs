@@ -135,7 +135,7 @@ async fn dispatch(
     let head = req.method == Method::HEAD;
     match (req.method.clone(), route) {
         (Method::GET | Method::HEAD, Route::Base) => Ok(reply::finish(
-            reply::empty(StatusCode::OK).header("Content-Type", "application/json"),
+            reply::builder(StatusCode::OK).header("Content-Type", "application/json"),
             "{}",
         )),
         (Method::GET, Route::Catalog) => catalog::list(state, &req).await,

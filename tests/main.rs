@@ -1,0 +1,8 @@
+//! One integration test binary (one link step): each area is a module, all of them drive a
+//! real server on a real loopback socket.
+
+mod util;
+
+mod interop;
+mod protocol;
+mod restart;

@@ -1,0 +1,285 @@
+//! Shared test helpers: a registry on a `127.0.0.1:0` listener in a temporary directory, and
+//! small builders for blobs and manifests.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use sha2::{Digest as _, Sha256};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// A registry served in-process by the library, on a listener the test bound itself.
+pub struct TestRegistry {
+    pub addr: SocketAddr,
+    pub root: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestRegistry {
+    pub async fn start() -> TestRegistry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_path_buf();
+        let mut r = TestRegistry::start_at(&root).await;
+        r._dir = Some(dir);
+        r
+    }
+
+    /// Serves the given root; the caller owns the directory.
+    pub async fn start_at(root: &Path) -> TestRegistry {
+        let config = dockyard::Config {
+            root: root.to_path_buf(),
+            ..Default::default()
+        };
+        TestRegistry::start_with(config).await
+    }
+
+    pub async fn start_with(config: dockyard::Config) -> TestRegistry {
+        let root = config.root.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let registry = dockyard::Registry::open(config).expect("open registry");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(registry.serve(listener, async {
+            let _ = rx.await;
+        }));
+        TestRegistry {
+            addr,
+            root,
+            _dir: None,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops serving and waits until the database is closed, so the root can be reopened.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("server task");
+        }
+    }
+}
+
+/// reqwest (pulled in with rustls by oci-client) needs a process-wide crypto provider even
+/// for plain HTTP; ring is the one compiled in.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn client() -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("reqwest client")
+}
+
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::thread_rng().fill_bytes(&mut v);
+    v
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Pushes a blob in one POST with `?digest=` and asserts 201.
+pub async fn push_blob(c: &reqwest::Client, r: &TestRegistry, repo: &str, bytes: &[u8]) -> String {
+    let d = sha256(bytes);
+    let resp = c
+        .post(r.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .expect("push blob");
+    assert_eq!(
+        resp.status(),
+        201,
+        "push blob: {}",
+        resp.text().await.unwrap_or_default()
+    );
+    d
+}
+
+pub fn descriptor(media_type: &str, bytes: &[u8]) -> serde_json::Value {
+    serde_json::json!({ "mediaType": media_type, "digest": sha256(bytes), "size": bytes.len() })
+}
+
+/// An OCI image manifest over the given config and layers.
+pub fn image_manifest(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
+    let m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, config),
+        "layers": layers.iter().map(|l| descriptor(OCI_LAYER, l)).collect::<Vec<_>>(),
+    });
+    serde_json::to_vec(&m).expect("json")
+}
+
+/// Pushes config, layers and manifest under `tag`; returns the manifest bytes and digest.
+pub async fn push_image(
+    c: &reqwest::Client,
+    r: &TestRegistry,
+    repo: &str,
+    tag: &str,
+    layers: &[&[u8]],
+) -> (Vec<u8>, String) {
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "nonce": hex::encode(random_bytes(8)),
+    }))
+    .expect("json");
+    push_blob(c, r, repo, &config).await;
+    for l in layers {
+        push_blob(c, r, repo, l).await;
+    }
+    let manifest = image_manifest(&config, layers);
+    let resp = c
+        .put(r.url(&format!("/v2/{repo}/manifests/{tag}")))
+        .header("Content-Type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .expect("put manifest");
+    assert_eq!(
+        resp.status(),
+        201,
+        "put manifest: {}",
+        resp.text().await.unwrap_or_default()
+    );
+    let d = sha256(&manifest);
+    (manifest, d)
+}
+
+/// The `errors[0].code` of a spec error body, asserting the body has the spec's shape.
+pub async fn error_code(resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let v: serde_json::Value = resp
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{status}: body is not JSON: {e}"));
+    let code = v["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {v}"));
+    assert!(v["errors"][0]["message"].is_string(), "no message in {v}");
+    code.to_string()
+}
+
+/// Whether an external client is on PATH. Outside CI a missing client is reported loudly and
+/// the test returns early; in CI (`CI=true`) a missing client fails the test.
+pub fn require_tool(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{tool} is required in CI but is not installed (.ci/run installs it)");
+        }
+        eprintln!("\n!!!!! SKIPPED: `{tool}` is not installed; install it (see .ci/run) to run this interop test !!!!!\n");
+    }
+    found
+}
+
+/// Runs a command to completion, panicking with its output when it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let desc = format!("{cmd:?}");
+    let out = cmd.output().unwrap_or_else(|e| panic!("{desc}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        panic!(
+            "{desc} failed ({}):\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    stdout
+}
+
+/// The `dockyard` binary as a child process, for tests that restart or kill it.
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Process {
+    /// Starts `dockyard serve --listen 127.0.0.1:0 --root ROOT` and waits for the line that
+    /// names the address it bound.
+    pub fn spawn(root: &Path) -> Process {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dockyard"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+            .arg(root)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn dockyard");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(i) = line.find("listening on http://") {
+                    let rest = &line[i + "listening on http://".len()..];
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            if let Ok(a) = rx.recv_timeout(Duration::from_millis(100)) {
+                break a.parse().expect("address in the listening line");
+            }
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                panic!("dockyard exited early: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dockyard did not report its address"
+            );
+        };
+        Process { child, addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
