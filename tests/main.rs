@@ -4,5 +4,6 @@
 mod util;
 
 mod interop;
+mod interop_cli;
 mod protocol;
 mod restart;

@@ -283,3 +283,236 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+/// A tar archive of a few random files, as a container root filesystem.
+pub fn rootfs_tar(files: usize, size: usize) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for i in 0..files {
+        let data = random_bytes(size);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(1_700_000_000);
+        header.set_cksum();
+        tar.append_data(&mut header, format!("data/file{i}.bin"), data.as_slice())
+            .expect("tar entry");
+    }
+    tar.into_inner().expect("tar")
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).expect("gzip");
+    enc.finish().expect("gzip")
+}
+
+/// Writes an OCI image layout at `dir` holding one image per architecture, each with one
+/// gzipped random layer. With one architecture, `index.json` names the image manifest under
+/// `tag`; with several, it names an image index over them. Returns the digest `tag` names.
+pub fn oci_layout(dir: &Path, tag: &str, archs: &[&str]) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("layout dir");
+    let put = |bytes: &[u8]| -> String {
+        let d = sha256(bytes);
+        std::fs::write(blobs.join(&d["sha256:".len()..]), bytes).expect("layout blob");
+        d
+    };
+    let mut manifests = Vec::new();
+    for arch in archs {
+        let tar = rootfs_tar(3, 20_000);
+        let layer = gzip(&tar);
+        put(&layer);
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": arch, "os": "linux", "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [sha256(&tar)]},
+        }))
+        .expect("json");
+        put(&config);
+        let manifest = image_manifest(&config, &[&layer]);
+        let d = put(&manifest);
+        manifests.push(serde_json::json!({
+            "mediaType": OCI_MANIFEST, "digest": d, "size": manifest.len(),
+            "platform": {"architecture": arch, "os": "linux"},
+        }));
+    }
+    let (top, media_type) = if manifests.len() == 1 {
+        (manifests.pop().expect("one manifest"), OCI_MANIFEST)
+    } else {
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests,
+        }))
+        .expect("json");
+        let d = put(&index);
+        (
+            serde_json::json!({"digest": d, "size": index.len()}),
+            OCI_INDEX,
+        )
+    };
+    let digest = top["digest"].as_str().expect("digest").to_string();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": media_type, "digest": digest, "size": top["size"],
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&index).expect("json"),
+    )
+    .expect("index.json");
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .expect("oci-layout");
+    digest
+}
+
+/// The digest `tag` names in an OCI layout's index.json.
+pub fn layout_digest(dir: &Path, tag: &str) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index.json"))
+            .expect("json");
+    index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .and_then(|m| m["digest"].as_str())
+        .unwrap_or_else(|| panic!("no {tag} in {index}"))
+        .to_string()
+}
+
+/// Runs a command on the blocking pool, so an in-process server keeps serving meanwhile.
+pub async fn run_async(mut cmd: Command) -> String {
+    tokio::task::spawn_blocking(move || run(&mut cmd))
+        .await
+        .expect("command task")
+}
+
+/// The digest the registry serves for `repo:reference`, and the raw bytes.
+pub async fn served_manifest(
+    r: &TestRegistry,
+    repo: &str,
+    reference: &str,
+) -> (String, String, Vec<u8>) {
+    let resp = client()
+        .get(r.url(&format!("/v2/{repo}/manifests/{reference}")))
+        .send()
+        .await
+        .expect("get manifest");
+    assert_eq!(resp.status(), 200, "GET manifest {repo}:{reference}");
+    let digest = resp.headers()["docker-content-digest"]
+        .to_str()
+        .expect("digest header")
+        .to_string();
+    let media_type = resp.headers()["content-type"]
+        .to_str()
+        .expect("content type")
+        .to_string();
+    let body = resp.bytes().await.expect("body").to_vec();
+    assert_eq!(
+        sha256(&body),
+        digest,
+        "served bytes hash to the served digest"
+    );
+    (digest, media_type, body)
+}
+
+impl TestRegistry {
+    /// Serves a fresh temporary root with the defaults changed by `tweak` (a smaller limit,
+    /// say); the directory lives as long as the registry.
+    pub async fn start_configured(tweak: impl FnOnce(&mut dockyard::Config)) -> TestRegistry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = dockyard::Config {
+            root: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        tweak(&mut config);
+        let mut r = TestRegistry::start_with(config).await;
+        r._dir = Some(dir);
+        r
+    }
+}
+
+/// A response read off the wire by `raw_request`.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Header names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `METHOD target HTTP/1.1` exactly as written, for request targets an HTTP client
+/// would normalize before sending (`..`, `%2e%2e`, `//`), and reads the whole response.
+pub async fn raw_request(addr: SocketAddr, method: &str, target: &str) -> RawResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes())
+        .await
+        .expect("write request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut raw))
+        .await
+        .expect("response within 30s")
+        .expect("read response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Decodes a `Transfer-Encoding: chunked` body (no trailers).
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size_line = String::from_utf8_lossy(&rest[..eol]);
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+            .expect("hex chunk size");
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}

@@ -25,13 +25,16 @@ fn read_record(
     }
 }
 
-/// Resolves a tag or digest to the stored manifest: its digest, record, and (if asked) body.
+/// A stored manifest: its digest, record, and (when asked for) its exact bytes.
+pub type Found = (Digest, ManifestRecord, Option<Vec<u8>>);
+
+/// Resolves a tag or digest to the stored manifest.
 pub fn get(
     tx: &ReadTransaction,
     repo: &RepoName,
     reference: &Reference,
     with_body: bool,
-) -> Result<Option<(Digest, ManifestRecord, Option<Vec<u8>>)>, RegistryError> {
+) -> Result<Option<Found>, RegistryError> {
     let digest = match reference {
         Reference::Digest(d) => d.clone(),
         Reference::Tag(t) => {

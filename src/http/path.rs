@@ -1,7 +1,7 @@
 //! Turns the path after `/v2/` into a `Route`. Repository names contain slashes, so the
 //! endpoint is found from the right-hand end and everything before it is the name.
 
-use crate::oci::{Digest, ErrorCode, Reference, RegistryError, RepoName};
+use crate::oci::{Digest, ErrorCode, Reference, RegistryError, RepoName, Tag};
 
 #[derive(Debug, PartialEq)]
 pub enum Route {
@@ -85,19 +85,16 @@ pub fn parse(tail: &str) -> Result<Route, RegistryError> {
         match at(2) {
             "manifests" => {
                 let repo = name(tail, repo_segs)?;
-                let reference = Reference::parse(at(1)).ok_or_else(|| {
-                    if at(1).contains(':') {
-                        digest(at(1))
-                            .err()
-                            .expect("Reference::parse accepts every valid digest")
-                    } else {
-                        RegistryError::new(
-                            ErrorCode::ManifestInvalid,
-                            format!("invalid tag {:?}", at(1)),
-                        )
-                        .with_detail(serde_json::json!({ "tag": at(1) }))
-                    }
-                })?;
+                let r = at(1);
+                // A reference with a colon can only be a digest; anything else must be a tag.
+                let reference = if r.contains(':') {
+                    Reference::Digest(digest(r)?)
+                } else {
+                    Reference::Tag(Tag::parse(r).ok_or_else(|| {
+                        RegistryError::new(ErrorCode::ManifestInvalid, format!("invalid tag {r:?}"))
+                            .with_detail(serde_json::json!({ "tag": r }))
+                    })?)
+                };
                 return Ok(Route::Manifest(repo, reference));
             }
             "blobs" => return Ok(Route::Blob(name(tail, repo_segs)?, digest(at(1))?)),
