@@ -24,7 +24,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = tokio::spawn(registry.serve(listener, async {
         let _ = stopped.await;
     }));
-    println!("embedded registry on http://{addr}, data in {}", root.display());
+    println!(
+        "embedded registry on http://{addr}, data in {}",
+        root.display()
+    );
 
     if once {
         let _ = rustls::crypto::ring::default_provider().install_default();

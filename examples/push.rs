@@ -18,23 +18,43 @@ fn digest(bytes: &[u8]) -> String {
 /// `?digest=` closes it. The registry checks the digest before it stores anything.
 async fn push_blob(http: &Client, base: &str, repo: &str, bytes: &[u8]) -> Result<String> {
     let d = digest(bytes);
-    let resp = http.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().await?;
+    let resp = http
+        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await?;
     println!("POST   /v2/{repo}/blobs/uploads/ -> {}", resp.status());
     let location = resp.headers()["location"].to_str()?.to_string();
-    let url = |loc: &str| if loc.starts_with('/') { format!("{base}{loc}") } else { loc.to_string() };
+    let url = |loc: &str| {
+        if loc.starts_with('/') {
+            format!("{base}{loc}")
+        } else {
+            loc.to_string()
+        }
+    };
 
     let resp = http
         .patch(url(&location))
         .header("Content-Type", "application/octet-stream")
-        .header("Content-Range", format!("0-{}", bytes.len().saturating_sub(1)))
+        .header(
+            "Content-Range",
+            format!("0-{}", bytes.len().saturating_sub(1)),
+        )
         .body(bytes.to_vec())
         .send()
         .await?;
-    println!("PATCH  {location} ({} bytes) -> {} Range: {:?}", bytes.len(), resp.status(), resp.headers().get("range"));
+    println!(
+        "PATCH  {location} ({} bytes) -> {} Range: {:?}",
+        bytes.len(),
+        resp.status(),
+        resp.headers().get("range")
+    );
     let location = resp.headers()["location"].to_str()?.to_string();
 
     let sep = if location.contains('?') { '&' } else { '?' };
-    let resp = http.put(format!("{}{sep}digest={d}", url(&location))).send().await?;
+    let resp = http
+        .put(format!("{}{sep}digest={d}", url(&location)))
+        .send()
+        .await?;
     println!("PUT    {location}?digest={d} -> {}", resp.status());
     if !resp.status().is_success() {
         return Err(format!("blob push failed: {}", resp.text().await?).into());
@@ -46,7 +66,9 @@ async fn push_blob(http: &Client, base: &str, repo: &str, bytes: &[u8]) -> Resul
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let registry = args.next().unwrap_or_else(|| "127.0.0.1:5000".to_string());
-    let image = args.next().unwrap_or_else(|| "demo/hello:latest".to_string());
+    let image = args
+        .next()
+        .unwrap_or_else(|| "demo/hello:latest".to_string());
     let (repo, tag) = image.split_once(':').unwrap_or((image.as_str(), "latest"));
     let base = format!("http://{registry}");
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -54,7 +76,10 @@ async fn main() -> Result<()> {
 
     // A layer is any blob; a real one is a gzipped tar. This one is a tar with one file.
     let mut tar = tar::Builder::new(Vec::new());
-    let content = format!("hello from dockyard's push example at {:?}\n", std::time::SystemTime::now());
+    let content = format!(
+        "hello from dockyard's push example at {:?}\n",
+        std::time::SystemTime::now()
+    );
     let mut header = tar::Header::new_gnu();
     header.set_size(content.len() as u64);
     header.set_mode(0o644);
