@@ -7,6 +7,7 @@
 //! - `db`: the redb tables and the transactions that keep reference counts exact.
 //! - `store`: blob and upload files on disk.
 //! - `http`: the warp routes of the distribution API.
+//! - `admin`: the control channel (a Unix socket) through which the CLI reaches a server.
 //! - `cli`: the `dockyard` command line.
 //!
 //! Embedding: build a [`Config`], open a [`Registry`], and serve it on a listener you bound:
@@ -20,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -45,37 +47,74 @@ pub enum Error {
     Config(#[from] config::ConfigError),
 }
 
-/// An opened registry: the database and the blob store of one root directory.
+/// What every entry point works on: the configuration, the database and the blob store of
+/// one root directory. Cheap to clone (the database handle is shared).
+#[derive(Clone)]
+pub struct Core {
+    pub config: Config,
+    pub db: Db,
+    pub store: Store,
+}
+
+impl Core {
+    /// Opens the root named by `config`, creating it on first use. Fails if another process
+    /// holds the database.
+    pub fn open(config: Config) -> Result<Core, Error> {
+        let store = Store::open(&config.root)?;
+        let db = Db::open(&store.path_for(Location::Database))?;
+        Ok(Core { config, db, store })
+    }
+}
+
+/// An opened registry, ready to serve.
 pub struct Registry {
-    state: Arc<http::State>,
+    core: Core,
 }
 
 impl Registry {
-    /// Opens the root named by `config`, creating it on first use. Fails if another process
-    /// holds the database.
+    /// Opens the root named by `config`; see [`Core::open`].
     pub fn open(config: Config) -> Result<Registry, Error> {
-        let store = Store::open(&config.root)?;
-        let db = Db::open(&store.path_for(Location::Database))?;
         Ok(Registry {
-            state: Arc::new(http::State::new(config, db, store)),
+            core: Core::open(config)?,
         })
     }
 
     pub fn config(&self) -> &Config {
-        &self.state.config
+        &self.core.config
     }
 
-    /// Serves the API on `listener` until `shutdown` completes, then lets requests in flight
-    /// finish.
+    /// Serves the API on `listener`, and the control channel on `<root>/admin.sock`, until
+    /// `shutdown` completes; then lets requests in flight finish.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
-        warp::serve(http::routes(self.state))
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let admin = tokio::spawn(admin::serve(self.core.clone(), stopped(stop_rx.clone())));
+        // The API serves even if the control channel cannot (say, a root path too long for a
+        // Unix socket); the CLI then reports that it cannot reach the server.
+        let state = Arc::new(http::State::new(self.core));
+        let http = warp::serve(http::routes(state))
             .incoming(listener)
-            .graceful(shutdown)
-            .run()
-            .await;
+            .graceful(stopped(stop_rx))
+            .run();
+        tokio::pin!(http);
+        tokio::select! {
+            _ = &mut http => {}
+            _ = shutdown => {
+                let _ = stop_tx.send(true);
+                http.await;
+            }
+        }
+        let _ = stop_tx.send(true);
+        match admin.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "admin socket failed"),
+            Err(e) => tracing::error!(error = %e, "admin socket task failed"),
+            Ok(Ok(())) => {}
+        }
     }
 }

@@ -3,6 +3,8 @@
 
 mod util;
 
+mod admin;
+
 mod interop;
 mod interop_cli;
 mod protocol;

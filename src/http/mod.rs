@@ -39,11 +39,11 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(config: Config, db: Db, store: Store) -> State {
+    pub fn new(core: crate::Core) -> State {
         State {
-            config,
-            db,
-            store,
+            config: core.config,
+            db: core.db,
+            store: core.store,
             cursors: Mutex::new(HashMap::new()),
         }
     }

@@ -1,0 +1,157 @@
+//! The control channel: how `dockyard user …`, `dockyard gc` and friends reach an instance.
+//!
+//! redb lets one process hold the database, so when a server is running the CLI cannot open
+//! the file itself. Instead the server listens on `<root>/admin.sock` (mode 0600: only the
+//! owner of the data may connect) and runs the same [`execute`] the CLI would have run, so a
+//! change takes effect at once. When no server holds the root, the CLI opens the files and
+//! calls [`execute`] directly. Either way the command and its output are identical.
+//!
+//! Wire format: one JSON [`Command`] per line in, one JSON [`Outcome`] per line out.
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::Core;
+
+/// Everything the control channel can be asked to do. Each variant is handled in
+/// [`execute`]; new subcommands add a variant and a match arm.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Command {
+    /// Answers with the instance's root; `dockyard status` uses it to tell whether a server runs.
+    Ping,
+}
+
+/// What a command answered: text for the person at the terminal, or a one-line error.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Ok(String),
+    Err(String),
+}
+
+/// Runs one command against an open instance. Errors are one line, for a person.
+pub async fn execute(core: &Core, command: Command) -> Outcome {
+    match command {
+        Command::Ping => Outcome::Ok(format!("serving {}", core.store.root().display())),
+    }
+}
+
+pub fn socket_path(root: &Path) -> PathBuf {
+    root.join("admin.sock")
+}
+
+/// Listens on `<root>/admin.sock` until `shutdown` completes. The socket is created under a
+/// temporary name, restricted to the owner, and only then renamed into place, so there is no
+/// moment at which others could connect.
+pub async fn serve(
+    core: Core,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path(core.store.root());
+    let staging = core
+        .store
+        .root()
+        .join(format!(".admin.sock.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging)?;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))?;
+    // We hold the database lock, so a socket already at `path` is a dead server's leftover.
+    std::fs::rename(&staging, &path)?;
+    let core = std::sync::Arc::new(core);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin socket accept failed");
+                        continue;
+                    }
+                };
+                let core = core.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(&core, stream).await {
+                        tracing::warn!(error = %e, "admin connection failed");
+                    }
+                });
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+async fn handle(core: &Core, stream: UnixStream) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        let outcome = match serde_json::from_str::<Command>(&line) {
+            Ok(command) => {
+                tracing::info!(?command, "admin command");
+                execute(core, command).await
+            }
+            Err(e) => Outcome::Err(format!("malformed admin command: {e}")),
+        };
+        let mut out = serde_json::to_vec(&outcome).map_err(io::Error::other)?;
+        out.push(b'\n');
+        write.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+/// Sends `command` to the server running on `root`, if there is one. `Ok(None)` means no
+/// server listens there, and the caller should open the files itself.
+pub async fn call(root: &Path, command: &Command) -> io::Result<Option<Outcome>> {
+    let path = socket_path(root);
+    let stream = match UnixStream::connect(&path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot reach the server at {}: {e}", path.display()),
+            ))
+        }
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(command).map_err(io::Error::other)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    write.shutdown().await?;
+    let answer = BufReader::new(read)
+        .lines()
+        .next_line()
+        .await?
+        .ok_or_else(|| {
+            io::Error::other("the server closed the admin connection without answering")
+        })?;
+    serde_json::from_str(&answer)
+        .map(Some)
+        .map_err(|e| io::Error::other(format!("malformed admin answer: {e}")))
+}
+
+/// Runs `command` on the instance at `config.root`: through the running server when there is
+/// one, else by opening the files directly.
+pub async fn run(config: crate::Config, command: Command) -> Result<Outcome, crate::Error> {
+    if let Some(outcome) = call(&config.root, &command).await? {
+        return Ok(outcome);
+    }
+    let core = Core::open(config)?;
+    Ok(execute(&core, command).await)
+}
