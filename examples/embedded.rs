@@ -42,7 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::signal::ctrl_c().await?;
     }
     let _ = stop.send(());
-    server.await?;
+    server.await??;
     std::fs::remove_dir_all(&root)?;
     Ok(())
 }

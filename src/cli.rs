@@ -5,16 +5,19 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 use crate::Registry;
 
 #[derive(Parser)]
 #[command(
     name = "dockyard",
     version,
-    about = "A private OCI container registry in one binary"
+    about = "A private OCI container registry in one binary",
+    long_about = "A private OCI container registry in one binary. All state lives under one \
+                  root directory: a redb database file and a directory of content-addressed \
+                  blobs. Start with `dockyard serve`; see registry.toml for every setting."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -23,8 +26,26 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Serve the registry API.
+    /// Serve the registry API (and /healthz, /readyz, /metrics).
     Serve(Instance),
+    /// Validate a configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print shell completions for bash, zsh or fish.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Check a registry.toml: unknown keys and bad values are named; exits non-zero on error.
+    Check {
+        /// The file to check [default: ./registry.toml].
+        #[arg(long, short = 'c', default_value = "registry.toml")]
+        config: PathBuf,
+    },
 }
 
 /// Which registry instance a command works on.
@@ -45,9 +66,7 @@ impl Instance {
     pub fn config(&self) -> Result<Config, crate::Error> {
         let mut config = match &self.config {
             Some(path) => Config::load(path)?,
-            None if Path::new("registry.toml").exists() => {
-                Config::load(Path::new("registry.toml"))?
-            }
+            None if Path::new("registry.toml").exists() => Config::load(Path::new("registry.toml"))?,
             None => Config::default(),
         };
         if let Some(l) = self.listen {
@@ -71,19 +90,38 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(level: &str) {
+fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
 }
 
 pub fn run(cli: Cli) -> Result<(), crate::Error> {
     match cli.command {
         Command::Serve(instance) => {
             let config = instance.config()?;
-            init_tracing(&config.log_level);
+            init_tracing(&config);
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(serve(config))
+        }
+        Command::Config(ConfigCommand::Check { config }) => {
+            let c = Config::load(&config)?;
+            println!(
+                "{}: ok (listen {}, root {}, tls {})",
+                config.display(),
+                c.listen,
+                c.root.display(),
+                if c.tls.is_some() { "on" } else { "off" }
+            );
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "dockyard", &mut std::io::stdout());
+            Ok(())
         }
     }
 }
@@ -91,18 +129,54 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
 async fn serve(config: Config) -> Result<(), crate::Error> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
-        })?;
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener.local_addr()?;
     let registry = Registry::open(config)?;
-    tracing::info!(
-        root = %registry.config().root.display(),
-        "dockyard listening on http://{addr}"
-    );
-    registry.serve(listener, shutdown_signal()).await;
+    banner(registry.config(), addr);
+    if let Some(tls) = registry.tls() {
+        tokio::spawn(reload_on_sighup(tls));
+    }
+    registry.serve(listener, shutdown_signal()).await?;
     tracing::info!("dockyard stopped");
     Ok(())
+}
+
+/// The first-run banner: where it listens, where the data is, and how to push to it.
+fn banner(config: &Config, addr: SocketAddr) {
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        root = %config.root.display(),
+        "dockyard listening on {scheme}://{addr}"
+    );
+    if !addr.ip().is_loopback() && config.tls.is_none() {
+        tracing::warn!("serving plain HTTP on a non-loopback address: clients must be told it is insecure");
+    }
+    let host = if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    let insecure = if config.tls.is_some() { "" } else { " --tls-verify=false" };
+    eprintln!(
+        "\n  Dockyard is serving {scheme}://{addr}\n  data:   {}\n  auth:   none (anyone who can reach it may push and pull)\n\n  \
+         push with docker:  docker tag IMAGE {host}/NAME:TAG && docker push {host}/NAME:TAG\n  \
+         push with podman:  podman push{insecure} IMAGE {host}/NAME:TAG\n",
+        config.root.display()
+    );
+}
+
+/// Re-reads the TLS certificate and key on every SIGHUP; a bad pair keeps the old one.
+async fn reload_on_sighup(tls: std::sync::Arc<crate::server::Tls>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; certificates will not be reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the old certificate"),
+        }
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -110,7 +184,6 @@ async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    #[cfg(unix)]
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -119,11 +192,19 @@ async fn shutdown_signal() {
             Err(_) => std::future::pending::<()>().await,
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("shutting down: finishing requests in flight");
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
 }

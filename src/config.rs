@@ -10,23 +10,53 @@ use serde::Deserialize;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// How long requests in flight may run on after SIGTERM before they are cut off.
+    pub shutdown_timeout: Duration,
+    /// Serve HTTPS with this certificate chain and key (PEM) instead of plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Serve `/metrics` at all.
+    pub metrics_enabled: bool,
+    /// Serve `/metrics` on its own address instead of the API's.
+    pub metrics_listen: Option<SocketAddr>,
     pub root: PathBuf,
+    /// Below this much free space on the data directory's filesystem, uploads are refused.
+    pub min_free: u64,
     /// An upload session untouched for this long is abandoned (and later collected).
     pub upload_expiry: Duration,
     pub max_manifest_size: u64,
     pub max_blob_size: u64,
     pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:5000".parse().expect("literal address"),
+            shutdown_timeout: Duration::from_secs(30),
+            tls: None,
+            metrics_enabled: true,
+            metrics_listen: None,
             root: PathBuf::from("./data"),
+            min_free: 100 * 1024 * 1024,
             upload_expiry: Duration::from_secs(24 * 3600),
             max_manifest_size: 4 * 1024 * 1024,
             max_blob_size: 64 * 1024 * 1024 * 1024,
             log_level: "info".to_string(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -53,12 +83,31 @@ struct File {
     storage: StorageSection,
     #[serde(default)]
     log: LogSection,
+    #[serde(default)]
+    metrics: MetricsSection,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct ServerSection {
     listen: Option<SocketAddr>,
+    shutdown_timeout: Option<String>,
+    tls: Option<TlsSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    enabled: Option<bool>,
+    /// Empty means "on the API's listener".
+    listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -68,12 +117,14 @@ struct StorageSection {
     upload_expiry: Option<String>,
     max_manifest_size: Option<ByteSize>,
     max_blob_size: Option<ByteSize>,
+    min_free: Option<ByteSize>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct LogSection {
     level: Option<String>,
+    format: Option<LogFormat>,
 }
 
 /// A size written as a number of bytes or as a string such as `"4MiB"` or `"1GB"`.
@@ -91,6 +142,10 @@ impl ByteSize {
             ByteSize::Text(s) => parse_size(s),
         }
     }
+}
+
+fn duration(key: &str, text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{key} {text:?}: {e}"))
 }
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -136,12 +191,38 @@ impl Config {
         if let Some(l) = file.server.listen {
             c.listen = l;
         }
+        if let Some(t) = file.server.shutdown_timeout {
+            c.shutdown_timeout = duration("server.shutdown_timeout", &t)?;
+        }
+        if let Some(t) = file.server.tls {
+            c.tls = Some(TlsFiles {
+                cert: t.cert,
+                key: t.key,
+            });
+        }
+        if let Some(e) = file.metrics.enabled {
+            c.metrics_enabled = e;
+        }
+        match file.metrics.listen.as_deref() {
+            None | Some("") => {}
+            Some(a) => {
+                c.metrics_listen = Some(
+                    a.parse()
+                        .map_err(|e| format!("metrics.listen {a:?}: {e}"))?,
+                )
+            }
+        }
+        if let Some(s) = file.storage.min_free {
+            c.min_free = s.bytes().map_err(|e| format!("storage.min_free: {e}"))?;
+        }
+        if let Some(f) = file.log.format {
+            c.log_format = f;
+        }
         if let Some(r) = file.storage.root {
             c.root = r;
         }
         if let Some(e) = file.storage.upload_expiry {
-            c.upload_expiry = humantime::parse_duration(&e)
-                .map_err(|err| format!("storage.upload_expiry {e:?}: {err}"))?;
+            c.upload_expiry = duration("storage.upload_expiry", &e)?;
         }
         if let Some(s) = file.storage.max_manifest_size {
             c.max_manifest_size = s
@@ -174,6 +255,13 @@ mod tests {
         assert_eq!(c.upload_expiry, d.upload_expiry);
         assert_eq!(c.max_manifest_size, d.max_manifest_size);
         assert_eq!(c.max_blob_size, d.max_blob_size);
+        assert_eq!(c.min_free, d.min_free);
+        assert_eq!(c.shutdown_timeout, d.shutdown_timeout);
+        assert_eq!(c.tls, d.tls);
+        assert_eq!(c.metrics_enabled, d.metrics_enabled);
+        assert_eq!(c.metrics_listen, d.metrics_listen);
+        assert_eq!(c.log_level, d.log_level);
+        assert_eq!(c.log_format, d.log_format);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! - `config`: `registry.toml` → `Config`.
 //! - `db`: the redb tables and the transactions that keep reference counts exact.
 //! - `store`: blob and upload files on disk.
-//! - `http`: the warp routes of the distribution API.
+//! - `http`: the warp routes of the distribution API, health and metrics endpoints.
+//! - `server`: the accept loop: TLS, request ids, access log, graceful shutdown.
+//! - `metrics`: counters and histograms in the Prometheus text format.
 //! - `admin`: the control channel (a Unix socket) through which the CLI reaches a server.
 //! - `cli`: the `dockyard` command line.
 //!
@@ -17,7 +19,7 @@
 //! let config = dockyard::Config { root: "/tmp/registry".into(), ..Default::default() };
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let registry = dockyard::Registry::open(config)?;
-//! registry.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! registry.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }
 //! ```
 
@@ -26,7 +28,9 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod metrics;
 pub mod oci;
+pub mod server;
 pub mod store;
 
 use std::future::Future;
@@ -54,6 +58,7 @@ pub struct Core {
     pub config: Config,
     pub db: Db,
     pub store: Store,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl Core {
@@ -62,20 +67,32 @@ impl Core {
     pub fn open(config: Config) -> Result<Core, Error> {
         let store = Store::open(&config.root)?;
         let db = Db::open(&store.path_for(Location::Database))?;
-        Ok(Core { config, db, store })
+        Ok(Core {
+            config,
+            db,
+            store,
+            metrics: Arc::default(),
+        })
     }
 }
 
 /// An opened registry, ready to serve.
 pub struct Registry {
     core: Core,
+    tls: Option<Arc<server::Tls>>,
 }
 
 impl Registry {
-    /// Opens the root named by `config`; see [`Core::open`].
+    /// Opens the root named by `config` (see [`Core::open`]) and loads the TLS certificate if
+    /// one is configured, so that a bad certificate fails here rather than at the first client.
     pub fn open(config: Config) -> Result<Registry, Error> {
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(server::Tls::load(&files.cert, &files.key)?)),
+            None => None,
+        };
         Ok(Registry {
             core: Core::open(config)?,
+            tls,
         })
     }
 
@@ -83,38 +100,68 @@ impl Registry {
         &self.core.config
     }
 
-    /// Serves the API on `listener`, and the control channel on `<root>/admin.sock`, until
-    /// `shutdown` completes; then lets requests in flight finish.
+    /// The loaded certificate, to [`reload`](server::Tls::reload) on SIGHUP.
+    pub fn tls(&self) -> Option<Arc<server::Tls>> {
+        self.tls.clone()
+    }
+
+    /// Serves the API on `listener` (and `/metrics` on `[metrics] listen` when set), and the
+    /// control channel on `<root>/admin.sock`, until `shutdown` completes; then stops
+    /// accepting and lets requests in flight finish up to `[server] shutdown_timeout`.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) {
+    ) -> Result<(), Error> {
+        let metrics_listener = match self.core.config.metrics_listen {
+            Some(addr) if self.core.config.metrics_enabled => {
+                let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot listen on {addr} for metrics: {e}"))
+                })?;
+                tracing::info!("metrics on http://{}/metrics", l.local_addr()?);
+                Some(l)
+            }
+            _ => None,
+        };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let admin = tokio::spawn(admin::serve(self.core.clone(), stopped(stop_rx.clone())));
+        let timeout = self.core.config.shutdown_timeout;
+        let metrics = self.core.metrics.clone();
         // The API serves even if the control channel cannot (say, a root path too long for a
         // Unix socket); the CLI then reports that it cannot reach the server.
+        let admin = tokio::spawn(admin::serve(self.core.clone(), stopped(stop_rx.clone())));
         let state = Arc::new(http::State::new(self.core));
-        let http = warp::serve(http::routes(state))
-            .incoming(listener)
-            .graceful(stopped(stop_rx))
-            .run();
-        tokio::pin!(http);
+        let metrics_server = metrics_listener.map(|l| {
+            let svc = warp::service(http::metrics_only(state.clone()));
+            tokio::spawn(server::run(l, None, svc, metrics.clone(), stopped(stop_rx.clone()), timeout))
+        });
+        let api = server::run(
+            listener,
+            self.tls,
+            warp::service(http::routes(state)),
+            metrics,
+            stopped(stop_rx),
+            timeout,
+        );
+        tokio::pin!(api);
         tokio::select! {
-            _ = &mut http => {}
+            _ = &mut api => {}
             _ = shutdown => {
                 let _ = stop_tx.send(true);
-                http.await;
+                api.await;
             }
         }
         let _ = stop_tx.send(true);
+        if let Some(m) = metrics_server {
+            let _ = m.await;
+        }
         match admin.await {
             Ok(Err(e)) => tracing::error!(error = %e, "admin socket failed"),
             Err(e) => tracing::error!(error = %e, "admin socket task failed"),
             Ok(Ok(())) => {}
         }
+        Ok(())
     }
 }

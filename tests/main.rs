@@ -7,5 +7,6 @@ mod admin;
 
 mod interop;
 mod interop_cli;
+mod ops;
 mod protocol;
 mod restart;

@@ -51,9 +51,10 @@ impl TestRegistry {
         let addr = listener.local_addr().expect("local addr");
         let registry = dockyard::Registry::open(config).expect("open registry");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(registry.serve(listener, async {
+        let serve = registry.serve(listener, async {
             let _ = rx.await;
-        }));
+        });
+        let task = tokio::spawn(async move { serve.await.expect("serve") });
         TestRegistry {
             addr,
             root,
@@ -218,61 +219,93 @@ pub fn run(cmd: &mut Command) -> String {
     stdout
 }
 
-/// The `dockyard` binary as a child process, for tests that restart or kill it.
+/// The `dockyard` binary as a child process, for tests that restart, signal or kill it. Its
+/// stdout and stderr lines are collected in `output`.
 pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
+    pub output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Process {
     /// Starts `dockyard serve --listen 127.0.0.1:0 --root ROOT` and waits for the line that
     /// names the address it bound.
     pub fn spawn(root: &Path) -> Process {
-        use std::io::{BufRead, BufReader};
+        let root = root.to_string_lossy().into_owned();
+        Process::spawn_args(&["serve", "--listen", "127.0.0.1:0", "--root", &root])
+    }
+
+    /// Starts the binary with `args` (which must make it serve) and waits for the line that
+    /// names the address it bound.
+    pub fn spawn_args(args: &[&str]) -> Process {
+        use std::io::{BufRead, BufReader, Read};
         let mut child = Command::new(env!("CARGO_BIN_EXE_dockyard"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--root"])
-            .arg(root)
+            .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn dockyard");
-        let stdout = child.stdout.take().expect("stdout");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("listening on http://") {
-                    let rest = &line[i + "listening on http://".len()..];
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
+        let pipes: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("stdout")),
+            Box::new(child.stderr.take().expect("stderr")),
+        ];
+        for pipe in pipes {
+            let (tx, output) = (tx.clone(), output.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if let Some(i) = line.find("listening on http") {
+                        let rest = line[i..].split("://").nth(1).unwrap_or("");
+                        let addr: String = rest
+                            .chars()
+                            .take_while(|c| !c.is_whitespace() && *c != '"')
+                            .collect();
+                        let _ = tx.send(addr);
+                    }
+                    output.lock().expect("output lock").push(line);
                 }
-            }
-        });
+            });
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = loop {
             if let Ok(a) = rx.recv_timeout(Duration::from_millis(100)) {
                 break a.parse().expect("address in the listening line");
             }
             if let Some(status) = child.try_wait().expect("try_wait") {
-                panic!("dockyard exited early: {status}");
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "dockyard exited early: {status}\n{}",
+                    output.lock().expect("output lock").join("\n")
+                );
             }
             assert!(
                 Instant::now() < deadline,
                 "dockyard did not report its address"
             );
         };
-        Process { child, addr }
+        Process { child, addr, output }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Everything it printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().expect("output lock").join("\n")
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args([&format!("-{signal}"), &pid]).status();
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.signal("TERM");
         self.child.wait().expect("wait")
     }
 }
@@ -282,6 +315,20 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs the binary to completion: (success, stdout, stderr).
+pub fn dockyard(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dockyard"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run dockyard");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A tar archive of a few random files, as a container root filesystem.

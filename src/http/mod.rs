@@ -4,6 +4,9 @@
 
 mod blobs;
 mod catalog;
+mod health;
+
+pub use health::metrics_only;
 mod manifests;
 pub mod path;
 mod referrers;
@@ -23,6 +26,8 @@ use warp::Filter;
 
 use crate::config::Config;
 use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::server::RouteLabel;
 use crate::oci::{ErrorCode, RegistryError};
 use crate::store::{BodyStream, Sink, Store};
 use path::Route;
@@ -32,6 +37,7 @@ pub struct State {
     pub config: Config,
     pub db: Db,
     pub store: Store,
+    pub metrics: Arc<Metrics>,
     /// The hash state of uploads in progress, by upload id. Each session has its own lock, so
     /// chunks of one upload are applied in order while different uploads run in parallel. A
     /// session missing here (after a restart) is rebuilt by re-reading its file.
@@ -44,6 +50,7 @@ impl State {
             config: core.config,
             db: core.db,
             store: core.store,
+            metrics: core.metrics,
             cursors: Mutex::new(HashMap::new()),
         }
     }
@@ -74,6 +81,7 @@ impl Request {
 pub fn routes(
     state: Arc<State>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let health_state = state.clone();
     let with_state = warp::any().map(move || state.clone());
     let query = warp::query::<Vec<(String, String)>>()
         .or_else(|_| async { Err::<(Vec<(String, String)>,), _>(warp::reject::custom(BadQuery)) });
@@ -91,12 +99,18 @@ pub fn routes(
                     headers,
                     query,
                 };
-                match dispatch(&state, tail.as_str(), req, box_body(body)).await {
-                    Ok(resp) => resp,
-                    Err(e) => reply::error(e),
-                }
+                let tail = tail.as_str();
+                let (label, result) = match path::parse(tail) {
+                    Ok(route) => (route.label(), dispatch(&state, route, tail, req, box_body(body)).await),
+                    Err(e) => ("invalid", Err(e)),
+                };
+                let mut resp = result.unwrap_or_else(reply::error);
+                resp.extensions_mut().insert(RouteLabel(label));
+                resp
             },
         )
+        .or(health::routes(health_state))
+        .unify()
         .recover(|rejection: warp::Rejection| async move {
             let e = if rejection.find::<BadQuery>().is_some() {
                 RegistryError::new(ErrorCode::Unsupported, "malformed query string")
@@ -127,11 +141,11 @@ where
 
 async fn dispatch(
     state: &State,
+    route: Route,
     tail: &str,
     req: Request,
     body: BodyStream,
 ) -> Result<Response, RegistryError> {
-    let route = path::parse(tail)?;
     let head = req.method == Method::HEAD;
     match (req.method.clone(), route) {
         (Method::GET | Method::HEAD, Route::Base) => Ok(reply::finish(

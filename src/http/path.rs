@@ -23,6 +23,21 @@ pub enum Route {
     Referrers(RepoName, Digest),
 }
 
+impl Route {
+    /// The endpoint's name in metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Catalog => "catalog",
+            Route::Tags(_) => "tags",
+            Route::Manifest(..) => "manifest",
+            Route::Blob(..) => "blob",
+            Route::UploadStart(_) | Route::Upload(..) => "upload",
+            Route::Referrers(..) => "referrers",
+        }
+    }
+}
+
 fn not_found(path: &str) -> RegistryError {
     RegistryError::new(ErrorCode::Unsupported, format!("no endpoint at /v2/{path}"))
         .with_status(404)

@@ -50,6 +50,7 @@ pub async fn start(
         // Spec: "If the registry does not support cross-repository mounting or is unable to
         // mount the requested blob, it SHOULD return a 202" and start a normal upload.
     }
+    ensure_space(state)?;
     let id = uuid::Uuid::new_v4().hyphenated().to_string();
     if let Some(digest) = req.query("digest") {
         let expected = parse_digest(digest)?;
@@ -102,6 +103,19 @@ fn created(name: &RepoName, digest: &Digest) -> Response {
             .header("Docker-Content-Digest", digest.to_string()),
         "",
     )
+}
+
+/// Refuses new upload bytes while free space is below `[storage] min_free`, so pulls (and the
+/// database) keep working on a nearly full disk.
+fn ensure_space(state: &State) -> Result<(), RegistryError> {
+    let free = state.store.free_space()?;
+    if free < state.config.min_free {
+        return Err(RegistryError::storage_full(format!(
+            "the registry's disk is nearly full ({free} bytes free, min_free is {}); uploads are refused until space is freed",
+            state.config.min_free
+        )));
+    }
+    Ok(())
 }
 
 fn parse_digest(s: &str) -> Result<Digest, RegistryError> {
@@ -199,6 +213,7 @@ pub async fn patch(
     body: BodyStream,
 ) -> Result<Response, RegistryError> {
     session(state, &name, &id).await?;
+    ensure_space(state)?;
     let slot = cursor(state, &id);
     let mut slot = slot.lock().await;
     let sink = current(state, &id, &mut slot).await?;
@@ -296,6 +311,7 @@ async fn commit_blob(
 
 pub async fn status(state: &State, name: RepoName, id: String) -> Result<Response, RegistryError> {
     session(state, &name, &id).await?;
+    ensure_space(state)?;
     let slot = cursor(state, &id);
     let mut slot = slot.lock().await;
     let sink = current(state, &id, &mut slot).await?;

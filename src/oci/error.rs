@@ -116,6 +116,12 @@ impl RegistryError {
         self.status.unwrap_or_else(|| self.code.status())
     }
 
+    /// The disk is (nearly) full: the spec has no code for it, so `DENIED` with
+    /// 507 Insufficient Storage, which clients show with the message.
+    pub fn storage_full(message: impl Into<String>) -> RegistryError {
+        RegistryError::new(ErrorCode::Denied, message).with_status(507)
+    }
+
     /// An internal failure: logged in full by the caller, answered as `UNKNOWN`.
     pub fn internal(err: impl fmt::Display) -> RegistryError {
         RegistryError::new(ErrorCode::Unknown, err.to_string())
@@ -132,6 +138,9 @@ impl std::error::Error for RegistryError {}
 
 impl From<std::io::Error> for RegistryError {
     fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            return RegistryError::storage_full("the registry's disk is full");
+        }
         RegistryError::internal(format!("i/o: {e}"))
     }
 }

@@ -77,6 +77,26 @@ impl Store {
         fs::File::open(dir)?.sync_all()
     }
 
+    /// Bytes available to us on the filesystem holding the root.
+    pub fn free_space(&self) -> io::Result<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.root.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "root path contains NUL"))?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is a valid NUL-terminated string and `st` a properly sized out-param.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+
+    /// Proves the root is writable by creating, syncing and removing a small file.
+    pub fn probe_writable(&self) -> io::Result<()> {
+        let probe = self.root.join(".write-probe");
+        fs::write(&probe, b"probe")?;
+        fs::remove_file(&probe)
+    }
+
     pub fn remove_upload(&self, upload_id: &str) -> io::Result<()> {
         match fs::remove_file(self.path_for(Location::Upload(upload_id))) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
