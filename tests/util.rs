@@ -516,3 +516,31 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
         rest = &rest[size + 2..];
     }
 }
+
+/// Sends a request whose body stops short of the Content-Length it declares, then closes the
+/// sending half, as a client that dies mid-upload would; returns whatever the server answered
+/// (possibly nothing) once it closed the connection.
+pub async fn send_truncated(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    declared_len: usize,
+    sent: &[u8],
+) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    assert!(sent.len() < declared_len, "the body must stop short");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut head =
+        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {declared_len}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes()).await.expect("write head");
+    conn.write_all(sent).await.expect("write partial body");
+    conn.shutdown().await.expect("half-close");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut answer)).await;
+    answer
+}
