@@ -66,7 +66,9 @@ impl Instance {
     pub fn config(&self) -> Result<Config, crate::Error> {
         let mut config = match &self.config {
             Some(path) => Config::load(path)?,
-            None if Path::new("registry.toml").exists() => Config::load(Path::new("registry.toml"))?,
+            None if Path::new("registry.toml").exists() => {
+                Config::load(Path::new("registry.toml"))?
+            }
             None => Config::default(),
         };
         if let Some(l) = self.listen {
@@ -96,7 +98,11 @@ fn init_tracing(config: &Config) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match config.log_format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
 }
 
@@ -120,43 +126,61 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
             Ok(())
         }
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "dockyard", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "dockyard",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
     }
 }
 
 async fn serve(config: Config) -> Result<(), crate::Error> {
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen)))?;
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
+        })?;
     let addr = listener.local_addr()?;
     let registry = Registry::open(config)?;
     banner(registry.config(), addr);
     if let Some(tls) = registry.tls() {
         tokio::spawn(reload_on_sighup(tls));
     }
-    registry.serve(listener, shutdown_signal()).await?;
+    registry.serve(listener, shutdown).await?;
     tracing::info!("dockyard stopped");
     Ok(())
 }
 
 /// The first-run banner: where it listens, where the data is, and how to push to it.
 fn banner(config: &Config, addr: SocketAddr) {
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
         root = %config.root.display(),
         "dockyard listening on {scheme}://{addr}"
     );
     if !addr.ip().is_loopback() && config.tls.is_none() {
-        tracing::warn!("serving plain HTTP on a non-loopback address: clients must be told it is insecure");
+        tracing::warn!(
+            "serving plain HTTP on a non-loopback address: clients must be told it is insecure"
+        );
     }
     let host = if addr.ip().is_unspecified() {
         format!("127.0.0.1:{}", addr.port())
     } else {
         addr.to_string()
     };
-    let insecure = if config.tls.is_some() { "" } else { " --tls-verify=false" };
+    let insecure = if config.tls.is_some() {
+        ""
+    } else {
+        " --tls-verify=false"
+    };
     eprintln!(
         "\n  Dockyard is serving {scheme}://{addr}\n  data:   {}\n  auth:   none (anyone who can reach it may push and pull)\n\n  \
          push with docker:  docker tag IMAGE {host}/NAME:TAG && docker push {host}/NAME:TAG\n  \
@@ -179,24 +203,19 @@ async fn reload_on_sighup(tls: std::sync::Arc<crate::server::Tls>) {
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when
+/// the future is first polled, so a signal that arrives during start-up is not fatal.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down: no new connections; finishing requests in flight");
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+    })
 }
 
 #[cfg(test)]

@@ -116,7 +116,10 @@ impl Registry {
         let metrics_listener = match self.core.config.metrics_listen {
             Some(addr) if self.core.config.metrics_enabled => {
                 let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("cannot listen on {addr} for metrics: {e}"))
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on {addr} for metrics: {e}"),
+                    )
                 })?;
                 tracing::info!("metrics on http://{}/metrics", l.local_addr()?);
                 Some(l)
@@ -135,7 +138,14 @@ impl Registry {
         let state = Arc::new(http::State::new(self.core));
         let metrics_server = metrics_listener.map(|l| {
             let svc = warp::service(http::metrics_only(state.clone()));
-            tokio::spawn(server::run(l, None, svc, metrics.clone(), stopped(stop_rx.clone()), timeout))
+            tokio::spawn(server::run(
+                l,
+                None,
+                svc,
+                metrics.clone(),
+                stopped(stop_rx.clone()),
+                timeout,
+            ))
         });
         let api = server::run(
             listener,

@@ -71,21 +71,32 @@ impl Metrics {
 
     pub fn gc_run(&self, bytes_freed: u64) {
         self.gc_runs.fetch_add(1, Ordering::Relaxed);
-        self.gc_bytes_freed.fetch_add(bytes_freed, Ordering::Relaxed);
+        self.gc_bytes_freed
+            .fetch_add(bytes_freed, Ordering::Relaxed);
     }
 
     /// The exposition text, with `stored` as gauges.
     pub fn render(&self, stored: &Stored) -> String {
         let mut out = String::new();
         let w = &mut out;
-        header(w, "dockyard_http_requests_total", "counter", "HTTP requests by route, method and status.");
+        header(
+            w,
+            "dockyard_http_requests_total",
+            "counter",
+            "HTTP requests by route, method and status.",
+        );
         for ((route, method, status), n) in self.requests.lock().expect("metrics lock").iter() {
             let _ = writeln!(
                 w,
                 "dockyard_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
             );
         }
-        header(w, "dockyard_http_request_duration_seconds", "histogram", "Time to the response head, by route.");
+        header(
+            w,
+            "dockyard_http_request_duration_seconds",
+            "histogram",
+            "Time to the response head, by route.",
+        );
         for (route, h) in self.latency.lock().expect("metrics lock").iter() {
             for (bound, n) in BUCKETS.iter().zip(h.counts) {
                 let _ = writeln!(
@@ -98,24 +109,60 @@ impl Metrics {
                 "dockyard_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
                 h.count
             );
-            let _ = writeln!(w, "dockyard_http_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum);
-            let _ = writeln!(w, "dockyard_http_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
+            let _ = writeln!(
+                w,
+                "dockyard_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                w,
+                "dockyard_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                h.count
+            );
         }
         let counters = [
-            ("dockyard_http_received_bytes_total", "Request body bytes received.", &self.bytes_received),
-            ("dockyard_http_sent_bytes_total", "Response body bytes sent.", &self.bytes_sent),
-            ("dockyard_auth_failures_total", "Requests refused for missing or wrong credentials.", &self.auth_failures),
-            ("dockyard_gc_runs_total", "Garbage collection passes completed.", &self.gc_runs),
-            ("dockyard_gc_freed_bytes_total", "Blob bytes freed by garbage collection.", &self.gc_bytes_freed),
+            (
+                "dockyard_http_received_bytes_total",
+                "Request body bytes received.",
+                &self.bytes_received,
+            ),
+            (
+                "dockyard_http_sent_bytes_total",
+                "Response body bytes sent.",
+                &self.bytes_sent,
+            ),
+            (
+                "dockyard_auth_failures_total",
+                "Requests refused for missing or wrong credentials.",
+                &self.auth_failures,
+            ),
+            (
+                "dockyard_gc_runs_total",
+                "Garbage collection passes completed.",
+                &self.gc_runs,
+            ),
+            (
+                "dockyard_gc_freed_bytes_total",
+                "Blob bytes freed by garbage collection.",
+                &self.gc_bytes_freed,
+            ),
         ];
         for (name, help, v) in counters {
             header(w, name, "counter", help);
             let _ = writeln!(w, "{name} {}", v.load(Ordering::Relaxed));
         }
         let gauges = [
-            ("dockyard_uploads_in_progress", "Open upload sessions.", stored.uploads),
+            (
+                "dockyard_uploads_in_progress",
+                "Open upload sessions.",
+                stored.uploads,
+            ),
             ("dockyard_blobs_stored", "Blobs in the store.", stored.blobs),
-            ("dockyard_blob_bytes_stored", "Bytes of blobs in the store.", stored.bytes),
+            (
+                "dockyard_blob_bytes_stored",
+                "Bytes of blobs in the store.",
+                stored.bytes,
+            ),
         ];
         for (name, help, v) in gauges {
             header(w, name, "gauge", help);
@@ -139,10 +186,20 @@ mod tests {
         m.observe("manifest", "GET", 200, Duration::from_millis(3));
         m.observe("manifest", "GET", 200, Duration::from_secs(2));
         m.add_sent(10);
-        let text = m.render(&Stored { blobs: 2, bytes: 30, uploads: 1 });
-        assert!(text.contains("dockyard_http_requests_total{route=\"manifest\",method=\"GET\",status=\"200\"} 2"));
-        assert!(text.contains("dockyard_http_request_duration_seconds_bucket{route=\"manifest\",le=\"0.005\"} 1"));
-        assert!(text.contains("dockyard_http_request_duration_seconds_bucket{route=\"manifest\",le=\"+Inf\"} 2"));
+        let text = m.render(&Stored {
+            blobs: 2,
+            bytes: 30,
+            uploads: 1,
+        });
+        assert!(text.contains(
+            "dockyard_http_requests_total{route=\"manifest\",method=\"GET\",status=\"200\"} 2"
+        ));
+        assert!(text.contains(
+            "dockyard_http_request_duration_seconds_bucket{route=\"manifest\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains(
+            "dockyard_http_request_duration_seconds_bucket{route=\"manifest\",le=\"+Inf\"} 2"
+        ));
         assert!(text.contains("dockyard_http_sent_bytes_total 10"));
         assert!(text.contains("dockyard_blob_bytes_stored 30"));
     }

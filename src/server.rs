@@ -84,7 +84,8 @@ impl Tls {
         if certs.is_empty() {
             return Err(bad("no certificate in", cert, &"empty"));
         }
-        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("cannot read key", key, &e))?;
+        let key_der =
+            PrivateKeyDer::from_pem_file(key).map_err(|e| bad("cannot read key", key, &e))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -107,8 +108,11 @@ pub async fn run<S>(
     shutdown: impl Future<Output = ()>,
     shutdown_timeout: Duration,
 ) where
-    S: Service<http::Request<CountingBody>, Response = warp::reply::Response, Error = std::convert::Infallible>
-        + Clone
+    S: Service<
+            http::Request<CountingBody>,
+            Response = warp::reply::Response,
+            Error = std::convert::Infallible,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -142,9 +146,17 @@ pub async fn run<S>(
         tokio::spawn(async move {
             let builder = hyper::server::conn::http1::Builder::new();
             let result = match tls {
-                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc)).await,
+                None => {
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), svc))
+                        .await
+                }
                 Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(s) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc)).await,
+                    Ok(s) => {
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(s), svc))
+                            .await
+                    }
                     Err(e) => {
                         // Plain HTTP to a TLS port, or a client that distrusts us.
                         tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
@@ -179,12 +191,19 @@ struct Handler<S> {
 
 impl<S> Handler<S>
 where
-    S: Service<http::Request<CountingBody>, Response = warp::reply::Response, Error = std::convert::Infallible>,
+    S: Service<
+        http::Request<CountingBody>,
+        Response = warp::reply::Response,
+        Error = std::convert::Infallible,
+    >,
 {
     async fn call(
         mut self,
         req: http::Request<Incoming>,
-    ) -> Result<http::Response<http_body_util::combinators::BoxBody<bytes::Bytes, warp::Error>>, std::convert::Infallible> {
+    ) -> Result<
+        http::Response<http_body_util::combinators::BoxBody<bytes::Bytes, warp::Error>>,
+        std::convert::Infallible,
+    > {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
         let method = req.method().clone();
@@ -198,7 +217,10 @@ where
             Err(never) => match never {},
         };
         let status = resp.status().as_u16();
-        let route = resp.extensions().get::<RouteLabel>().map_or("other", |r| r.0);
+        let route = resp
+            .extensions()
+            .get::<RouteLabel>()
+            .map_or("other", |r| r.0);
         let user = resp
             .extensions()
             .get::<Principal>()
@@ -210,7 +232,8 @@ where
             .unwrap_or("-")
             .to_string();
         let elapsed = start.elapsed();
-        self.metrics.observe(route, method.as_str(), status, elapsed);
+        self.metrics
+            .observe(route, method.as_str(), status, elapsed);
         span.in_scope(|| {
             tracing::info!(
                 target: "dockyard::access",

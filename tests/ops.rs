@@ -22,8 +22,9 @@ fn write_config(dir: &Path, extra: &str) -> String {
 
 /// A self-signed certificate for 127.0.0.1 and localhost: (cert PEM, key PEM).
 fn self_signed() -> (String, String) {
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .expect("certificate");
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("certificate");
     (ck.cert.pem(), ck.key_pair.serialize_pem())
 }
 
@@ -55,7 +56,11 @@ async fn tls_serves_https_to_curl_skopeo_and_podman_and_reloads_on_sighup() {
     );
     let p = Process::spawn_args(&["serve", "--config", &config]);
     let base = format!("https://{}", p.addr);
-    assert!(p.output().contains("listening on https://"), "{}", p.output());
+    assert!(
+        p.output().contains("listening on https://"),
+        "{}",
+        p.output()
+    );
 
     // reqwest trusting only our certificate; plain HTTP to the TLS port fails.
     let c = tls_client(&cert);
@@ -67,7 +72,9 @@ async fn tls_serves_https_to_curl_skopeo_and_podman_and_reloads_on_sighup() {
         let ca = dir.path().join("cert.pem");
         let out = run_async({
             let mut cmd = Command::new("curl");
-            cmd.args(["-sS", "--fail", "--cacert"]).arg(&ca).arg(format!("{base}/v2/"));
+            cmd.args(["-sS", "--fail", "--cacert"])
+                .arg(&ca)
+                .arg(format!("{base}/v2/"));
             cmd
         })
         .await;
@@ -78,10 +85,17 @@ async fn tls_serves_https_to_curl_skopeo_and_podman_and_reloads_on_sighup() {
         let layout = dir.path().join("layout");
         let want = oci_layout(&layout, "v1", &["amd64"]);
         let policy = dir.path().join("policy.json");
-        std::fs::write(&policy, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+        std::fs::write(
+            &policy,
+            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+        )
+        .unwrap();
         run_async({
             let mut cmd = Command::new("skopeo");
-            cmd.arg("--policy").arg(&policy).args(["copy", "--dest-cert-dir"]).arg(&certs)
+            cmd.arg("--policy")
+                .arg(&policy)
+                .args(["copy", "--dest-cert-dir"])
+                .arg(&certs)
                 .arg(format!("oci:{}:v1", layout.display()))
                 .arg(format!("docker://{host}/tls/skopeo:v1"));
             cmd
@@ -90,7 +104,10 @@ async fn tls_serves_https_to_curl_skopeo_and_podman_and_reloads_on_sighup() {
         let back = dir.path().join("back");
         run_async({
             let mut cmd = Command::new("skopeo");
-            cmd.arg("--policy").arg(&policy).args(["copy", "--src-cert-dir"]).arg(&certs)
+            cmd.arg("--policy")
+                .arg(&policy)
+                .args(["copy", "--src-cert-dir"])
+                .arg(&certs)
                 .arg(format!("docker://{host}/tls/skopeo:v1"))
                 .arg(format!("oci:{}:v1", back.display()));
             cmd
@@ -105,15 +122,29 @@ async fn tls_serves_https_to_curl_skopeo_and_podman_and_reloads_on_sighup() {
         let podman = |args: &[&str]| {
             let mut cmd = Command::new("podman");
             cmd.env("TMPDIR", w.join("tmp"))
-                .arg("--root").arg(w.join("root"))
-                .arg("--runroot").arg(w.join("runroot"))
-                .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"])
+                .arg("--root")
+                .arg(w.join("root"))
+                .arg("--runroot")
+                .arg(w.join("runroot"))
+                .args([
+                    "--storage-driver",
+                    "vfs",
+                    "--cgroup-manager",
+                    "cgroupfs",
+                    "--events-backend",
+                    "file",
+                ])
                 .args(args);
             cmd
         };
         let image = format!("{host}/tls/podman:v1");
         let certs = certs.to_string_lossy().into_owned();
-        run_async(podman(&["import", w.join("rootfs.tar").to_str().unwrap(), &image])).await;
+        run_async(podman(&[
+            "import",
+            w.join("rootfs.tar").to_str().unwrap(),
+            &image,
+        ]))
+        .await;
         run_async(podman(&["push", "--cert-dir", &certs, &image])).await;
         run_async(podman(&["rmi", &image])).await;
         run_async(podman(&["pull", "--cert-dir", &certs, &image])).await;
@@ -121,26 +152,45 @@ async fn tls_serves_https_to_curl_skopeo_and_podman_and_reloads_on_sighup() {
 
     // Reload: a new certificate for new handshakes; the pooled connection survives.
     let keep = tls_client(&cert);
-    assert_eq!(keep.get(format!("{base}/v2/")).send().await.unwrap().status(), 200);
+    // Reading the body to its end is what returns the connection to reqwest's pool.
+    let first = keep.get(format!("{base}/v2/")).send().await.unwrap();
+    assert_eq!(first.text().await.unwrap(), "{}");
     let (cert2, key2) = self_signed();
     std::fs::write(dir.path().join("cert.pem"), &cert2).unwrap();
     std::fs::write(dir.path().join("key.pem"), &key2).unwrap();
     p.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if tls_client(&cert2).get(format!("{base}/v2/")).send().await.is_ok() {
+        if tls_client(&cert2)
+            .get(format!("{base}/v2/"))
+            .send()
+            .await
+            .is_ok()
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "new certificate not served after SIGHUP:\n{}", p.output());
+        assert!(
+            Instant::now() < deadline,
+            "new certificate not served after SIGHUP:\n{}",
+            p.output()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(p.output().contains("TLS certificate reloaded"));
     assert!(
-        tls_client(&cert).get(format!("{base}/v2/")).send().await.is_err(),
+        tls_client(&cert)
+            .get(format!("{base}/v2/"))
+            .send()
+            .await
+            .is_err(),
         "a new connection no longer sees the old certificate"
     );
     assert_eq!(
-        keep.get(format!("{base}/v2/")).send().await.unwrap().status(),
+        keep.get(format!("{base}/v2/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         200,
         "the connection opened before the reload still works"
     );
@@ -148,7 +198,11 @@ async fn tls_serves_https_to_curl_skopeo_and_podman_and_reloads_on_sighup() {
     std::fs::write(dir.path().join("key.pem"), "not a key").unwrap();
     p.signal("HUP");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(tls_client(&cert2).get(format!("{base}/v2/")).send().await.is_ok());
+    assert!(tls_client(&cert2)
+        .get(format!("{base}/v2/"))
+        .send()
+        .await
+        .is_ok());
     assert!(p.output().contains("TLS reload failed"));
     assert!(p.stop().success());
 }
@@ -158,10 +212,20 @@ async fn metrics_count_requests_bytes_and_stored_blobs() {
     let r = TestRegistry::start().await;
     let c = client();
     push_image(&c, &r, "metrics/demo", "v1", &[&random_bytes(1000)]).await;
-    assert_eq!(c.get(r.url("/v2/metrics/demo/manifests/nope")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        c.get(r.url("/v2/metrics/demo/manifests/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     let resp = c.get(r.url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     let text = resp.text().await.unwrap();
     for want in [
         "dockyard_http_requests_total{route=\"manifest\",method=\"PUT\",status=\"201\"} 1",
@@ -188,17 +252,20 @@ async fn metrics_count_requests_bytes_and_stored_blobs() {
 #[tokio::test]
 async fn metrics_move_to_their_own_listener_or_switch_off() {
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        // Ask the kernel for a free port for the metrics listener.
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let config = write_config(dir.path(), &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    // Port 0 and the logged address: binding a port here and passing it on would race.
+    let config = write_config(dir.path(), "[metrics]\nlisten = \"127.0.0.1:0\"\n");
     let p = Process::spawn_args(&["serve", "--config", &config]);
     let c = client();
     assert_eq!(c.get(p.url("/metrics")).send().await.unwrap().status(), 404);
+    let line = p.wait_for_line("metrics on ");
+    let metrics_url = line
+        .split("metrics on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string();
     let text = c
-        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .get(metrics_url)
         .send()
         .await
         .unwrap()
@@ -220,7 +287,10 @@ async fn health_and_readiness() {
     let r = TestRegistry::start().await;
     let c = client();
     let resp = c.get(r.url("/healthz")).send().await.unwrap();
-    assert_eq!((resp.status().as_u16(), resp.text().await.unwrap()), (200, "ok\n".to_string()));
+    assert_eq!(
+        (resp.status().as_u16(), resp.text().await.unwrap()),
+        (200, "ok\n".to_string())
+    );
     let resp = c.get(r.url("/readyz")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     r.stop().await;
@@ -239,10 +309,18 @@ async fn health_and_readiness() {
     let resp = c.get(full.url("/readyz")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
     assert!(resp.text().await.unwrap().contains("below min_free"));
-    let resp = c.post(full.url("/v2/full/disk/blobs/uploads/")).send().await.unwrap();
+    let resp = c
+        .post(full.url("/v2/full/disk/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 507);
     assert_eq!(error_code(resp).await, "DENIED");
-    let resp = c.get(full.url(&format!("/v2/full/disk/manifests/{digest}"))).send().await.unwrap();
+    let resp = c
+        .get(full.url(&format!("/v2/full/disk/manifests/{digest}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200, "pulls keep working on a full disk");
     full.stop().await;
 }
@@ -261,11 +339,14 @@ async fn a_write_that_fills_the_disk_fails_cleanly_and_leaves_the_registry_consi
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("small");
     std::fs::create_dir_all(&mnt).unwrap();
-    run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"]).arg(&mnt));
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&mnt));
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
+            // Lazy, so a descriptor the runtime has not closed yet cannot leak the mount.
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         }
     }
     let _guard = Unmount(mnt.clone());
@@ -278,7 +359,10 @@ async fn a_write_that_fills_the_disk_fails_cleanly_and_leaves_the_registry_consi
     let c = client();
     let big = random_bytes(24 << 20);
     let resp = c
-        .post(r.url(&format!("/v2/full/blob/blobs/uploads/?digest={}", sha256(&big))))
+        .post(r.url(&format!(
+            "/v2/full/blob/blobs/uploads/?digest={}",
+            sha256(&big)
+        )))
         .body(big.clone())
         .send()
         .await
@@ -286,14 +370,26 @@ async fn a_write_that_fills_the_disk_fails_cleanly_and_leaves_the_registry_consi
     assert_eq!(resp.status(), 507, "ENOSPC answers 507");
     assert_eq!(error_code(resp).await, "DENIED");
     let leftovers: Vec<_> = std::fs::read_dir(mnt.join("uploads")).unwrap().collect();
-    assert!(leftovers.is_empty(), "the partial upload file is removed: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "the partial upload file is removed: {leftovers:?}"
+    );
     // A chunk that hits ENOSPC is rolled back; the session stays usable.
-    let resp = c.post(r.url("/v2/full/chunked/blobs/uploads/")).send().await.unwrap();
+    let resp = c
+        .post(r.url("/v2/full/chunked/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
     let loc = resp.headers()["location"].to_str().unwrap().to_string();
     let resp = c.patch(r.url(&loc)).body(big.clone()).send().await.unwrap();
     assert_eq!(resp.status(), 507);
     let resp = c.get(r.url(&loc)).send().await.unwrap();
-    assert_eq!(resp.headers()["range"], "0-0", "the failed chunk left nothing behind");
+    assert_eq!(
+        resp.headers()["range"],
+        "0-0",
+        "the failed chunk left nothing behind"
+    );
     // With space back, the same registry takes a normal push.
     push_image(&c, &r, "full/after", "v1", &[&random_bytes(1000)]).await;
     r.stop().await;
@@ -310,7 +406,14 @@ async fn logs_one_access_line_per_request_in_text_and_json() {
     let config = write_config(dir.path(), "[log]\nformat = \"json\"\n");
     let p = Process::spawn_args(&["serve", "--config", &config]);
     let c = client();
-    assert_eq!(c.get(p.url("/v2/some/repo/tags/list")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        c.get(p.url("/v2/some/repo/tags/list"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let output = p.output();
     let line = output
@@ -326,12 +429,20 @@ async fn logs_one_access_line_per_request_in_text_and_json() {
     assert!(p.stop().success());
 
     let dir = tempfile::tempdir().unwrap();
-    let p = Process::spawn_args(&["serve", "--listen", "127.0.0.1:0", "--root", dir.path().to_str().unwrap()]);
+    let p = Process::spawn_args(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--root",
+        dir.path().to_str().unwrap(),
+    ]);
     assert_eq!(c.get(p.url("/v2/")).send().await.unwrap().status(), 200);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let output = p.output();
     assert!(
-        output.lines().any(|l| l.contains("request{id=") && l.contains("GET /v2/ 200") && l.contains("status=200")),
+        output.lines().any(|l| l.contains("request{id=")
+            && l.contains("GET /v2/ 200")
+            && l.contains("status=200")),
         "no text access line in\n{output}"
     );
     assert!(p.stop().success());
@@ -355,13 +466,24 @@ async fn sigterm_lets_requests_in_flight_finish_and_cuts_them_at_the_deadline() 
     let url = p.url(&format!("/v2/slow/upload/blobs/uploads/?digest={digest}"));
     let upload = tokio::spawn({
         let c = c.clone();
-        async move { c.post(url).body(reqwest::Body::wrap_stream(slow)).send().await }
+        async move {
+            c.post(url)
+                .body(reqwest::Body::wrap_stream(slow))
+                .send()
+                .await
+        }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     p.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(c.get(p.url("/v2/")).send().await.is_err(), "no new connections after SIGTERM");
-    let resp = upload.await.unwrap().expect("the upload in flight completes");
+    assert!(
+        c.get(p.url("/v2/")).send().await.is_err(),
+        "no new connections after SIGTERM"
+    );
+    let resp = upload
+        .await
+        .unwrap()
+        .expect("the upload in flight completes");
     assert_eq!(resp.status(), 201);
     let mut p = p;
     let status = p.child.wait().unwrap();
@@ -378,8 +500,16 @@ async fn sigterm_lets_requests_in_flight_finish_and_cuts_them_at_the_deadline() 
         ),
     )
     .unwrap();
-    let p = Process::spawn_args(&["serve", "--config", dir.path().join("registry.toml").to_str().unwrap()]);
-    let resp = c.head(p.url(&format!("/v2/slow/upload/blobs/{digest}"))).send().await.unwrap();
+    let p = Process::spawn_args(&[
+        "serve",
+        "--config",
+        dir.path().join("registry.toml").to_str().unwrap(),
+    ]);
+    let resp = c
+        .head(p.url(&format!("/v2/slow/upload/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let endless = futures_util::stream::unfold((), |_| async {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -388,23 +518,33 @@ async fn sigterm_lets_requests_in_flight_finish_and_cuts_them_at_the_deadline() 
     let url = p.url("/v2/slow/endless/blobs/uploads/?digest=sha256:0000000000000000000000000000000000000000000000000000000000000000");
     let _hang = tokio::spawn({
         let c = c.clone();
-        async move { c.post(url).body(reqwest::Body::wrap_stream(endless)).send().await }
+        async move {
+            c.post(url)
+                .body(reqwest::Body::wrap_stream(endless))
+                .send()
+                .await
+        }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let start = Instant::now();
     let mut p = p;
     p.signal("TERM");
-    let status = tokio::task::spawn_blocking(move || p.child.wait().unwrap()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || p.child.wait().unwrap())
+        .await
+        .unwrap();
     let took = start.elapsed();
     assert!(status.success());
-    assert!(took < Duration::from_secs(5), "stopped {took:?} after SIGTERM despite a 1s deadline");
+    assert!(
+        took < Duration::from_secs(5),
+        "stopped {took:?} after SIGTERM despite a 1s deadline"
+    );
 }
 
 #[test]
 fn the_banner_says_where_it_listens_where_the_data_is_and_how_to_push() {
     let dir = tempfile::tempdir().unwrap();
     let p = Process::spawn(dir.path());
-    std::thread::sleep(Duration::from_millis(200));
+    p.wait_for_line("push with podman");
     let out = p.output();
     for want in [
         format!("Dockyard is serving http://{}", p.addr),
@@ -420,7 +560,12 @@ fn the_banner_says_where_it_listens_where_the_data_is_and_how_to_push() {
 
 #[test]
 fn help_completions_and_config_check() {
-    for args in [&["--help"][..], &["serve", "--help"], &["config", "check", "--help"], &["completions", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["config", "check", "--help"],
+        &["completions", "--help"],
+    ] {
         let (ok, out, _) = dockyard(args);
         assert!(ok && out.contains("Usage:"), "{args:?}: {out}");
     }
@@ -428,7 +573,10 @@ fn help_completions_and_config_check() {
     assert!(ok && out.contains("--listen") && out.contains("--root") && out.contains("--config"));
     for shell in ["bash", "zsh", "fish"] {
         let (ok, out, _) = dockyard(&["completions", shell]);
-        assert!(ok && out.contains("dockyard") && out.contains("serve"), "{shell}: {out}");
+        assert!(
+            ok && out.contains("dockyard") && out.contains("serve"),
+            "{shell}: {out}"
+        );
     }
     let (ok, out, err) = dockyard(&["config", "check", "--config", "registry.toml"]);
     assert!(ok, "the checked-in registry.toml is valid: {err}");
@@ -436,10 +584,17 @@ fn help_completions_and_config_check() {
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[server]\nlisten = \"127.0.0.1:5000\"\nshutdown_timout = \"5s\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[server]\nlisten = \"127.0.0.1:5000\"\nshutdown_timout = \"5s\"\n",
+    )
+    .unwrap();
     let (ok, _, err) = dockyard(&["config", "check", "--config", bad.to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.starts_with("dockyard: ") && err.contains("shutdown_timout") && err.contains("line 3"), "{err}");
+    assert!(
+        err.starts_with("dockyard: ") && err.contains("shutdown_timout") && err.contains("line 3"),
+        "{err}"
+    );
     std::fs::write(&bad, "[storage]\nmin_free = \"lots\"\n").unwrap();
     let (ok, _, err) = dockyard(&["config", "check", "--config", bad.to_str().unwrap()]);
     assert!(!ok && err.contains("min_free"), "{err}");

@@ -257,15 +257,17 @@ impl Process {
             let (tx, output) = (tx.clone(), output.clone());
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if let Some(i) = line.find("listening on http") {
+                    let addr = line.find("listening on http").map(|i| {
                         let rest = line[i..].split("://").nth(1).unwrap_or("");
-                        let addr: String = rest
-                            .chars()
+                        rest.chars()
                             .take_while(|c| !c.is_whitespace() && *c != '"')
-                            .collect();
+                            .collect::<String>()
+                    });
+                    // Record the line before announcing it, so `output()` already holds it.
+                    output.lock().expect("output lock").push(line);
+                    if let Some(addr) = addr {
                         let _ = tx.send(addr);
                     }
-                    output.lock().expect("output lock").push(line);
                 }
             });
         }
@@ -286,7 +288,11 @@ impl Process {
                 "dockyard did not report its address"
             );
         };
-        Process { child, addr, output }
+        Process {
+            child,
+            addr,
+            output,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -298,9 +304,33 @@ impl Process {
         self.output.lock().expect("output lock").join("\n")
     }
 
+    /// Waits (up to 10 s) for a printed line containing `needle` and returns it.
+    pub fn wait_for_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(l) = self
+                .output
+                .lock()
+                .expect("output lock")
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {needle:?} in:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args([&format!("-{signal}"), &pid]).status();
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status();
     }
 
     /// SIGTERM, then wait for a clean exit.
@@ -562,4 +592,32 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&rest[..size]);
         rest = &rest[size + 2..];
     }
+}
+
+/// Sends a request whose body stops short of the Content-Length it declares, then closes the
+/// sending half, as a client that dies mid-upload would; returns whatever the server answered
+/// (possibly nothing) once it closed the connection.
+pub async fn send_truncated(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    declared_len: usize,
+    sent: &[u8],
+) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    assert!(sent.len() < declared_len, "the body must stop short");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut head =
+        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {declared_len}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes()).await.expect("write head");
+    conn.write_all(sent).await.expect("write partial body");
+    conn.shutdown().await.expect("half-close");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut answer)).await;
+    answer
 }

@@ -27,16 +27,17 @@ pub fn routes(
         .and(get)
         .and(with_state.clone())
         .then(|state: Arc<State>| async move { labelled("readyz", ready(&state).await) });
-    let metrics = warp::path!("metrics")
-        .and(get)
-        .and(with_state)
-        .and_then(|state: Arc<State>| async move {
-            // A separate metrics listener serves them instead (see `metrics_only`).
-            if !state.config.metrics_enabled || state.config.metrics_listen.is_some() {
-                return Err(warp::reject::not_found());
-            }
-            Ok::<_, warp::Rejection>(labelled("metrics", metrics(&state).await))
-        });
+    let metrics =
+        warp::path!("metrics")
+            .and(get)
+            .and(with_state)
+            .and_then(|state: Arc<State>| async move {
+                // A separate metrics listener serves them instead (see `metrics_only`).
+                if !state.config.metrics_enabled || state.config.metrics_listen.is_some() {
+                    return Err(warp::reject::not_found());
+                }
+                Ok::<_, warp::Rejection>(labelled("metrics", metrics(&state).await))
+            });
     healthz.or(readyz).unify().or(metrics).unify()
 }
 
@@ -65,16 +66,26 @@ fn text(status: StatusCode, body: String) -> Response {
 
 async fn ready(state: &State) -> Response {
     let mut problems = Vec::new();
-    if let Err(e) = state.db.read(|tx| Ok(tx.open_table(UPLOADS).map(|_| ())?)).await {
+    if let Err(e) = state
+        .db
+        .read(|tx| Ok(tx.open_table(UPLOADS).map(|_| ())?))
+        .await
+    {
         problems.push(format!("database: {}", e.message));
     }
     let store = state.store.clone();
     let min_free = state.config.min_free;
     let disk = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        store.probe_writable().map_err(|e| format!("data directory not writable: {e}"))?;
-        let free = store.free_space().map_err(|e| format!("free space unknown: {e}"))?;
+        store
+            .probe_writable()
+            .map_err(|e| format!("data directory not writable: {e}"))?;
+        let free = store
+            .free_space()
+            .map_err(|e| format!("free space unknown: {e}"))?;
         if free < min_free {
-            return Err(format!("free space {free} bytes is below min_free {min_free}"));
+            return Err(format!(
+                "free space {free} bytes is below min_free {min_free}"
+            ));
         }
         Ok(())
     })
@@ -96,7 +107,11 @@ async fn metrics(state: &State) -> Response {
         .read(|tx| {
             let uploads = redb::ReadableTableMetadata::len(&tx.open_table(UPLOADS)?)?;
             let blobs = tx.open_table(BLOBS)?;
-            let mut stored = Stored { blobs: 0, bytes: 0, uploads };
+            let mut stored = Stored {
+                blobs: 0,
+                bytes: 0,
+                uploads,
+            };
             for entry in redb::ReadableTable::iter(&blobs)? {
                 let (_, v) = entry?;
                 let rec: BlobRecord = db::schema::decode(v.value())?;
@@ -108,8 +123,10 @@ async fn metrics(state: &State) -> Response {
         .await;
     match stored {
         Ok(stored) => reply::finish(
-            reply::builder(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8"),
+            reply::builder(StatusCode::OK).header(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
             state.metrics.render(&stored),
         ),
         Err(e) => reply::error(e),

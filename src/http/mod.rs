@@ -27,8 +27,8 @@ use warp::Filter;
 use crate::config::Config;
 use crate::db::Db;
 use crate::metrics::Metrics;
-use crate::server::RouteLabel;
 use crate::oci::{ErrorCode, RegistryError};
+use crate::server::RouteLabel;
 use crate::store::{BodyStream, Sink, Store};
 use path::Route;
 
@@ -101,7 +101,10 @@ pub fn routes(
                 };
                 let tail = tail.as_str();
                 let (label, result) = match path::parse(tail) {
-                    Ok(route) => (route.label(), dispatch(&state, route, tail, req, box_body(body)).await),
+                    Ok(route) => (
+                        route.label(),
+                        dispatch(&state, route, tail, req, box_body(body)).await,
+                    ),
                     Err(e) => ("invalid", Err(e)),
                 };
                 let mut resp = result.unwrap_or_else(reply::error);

@@ -140,6 +140,20 @@ fn cursor(state: &State, id: &str) -> Arc<tokio::sync::Mutex<Option<Sink>>> {
     map.entry(id.to_string()).or_default().clone()
 }
 
+/// Takes the session's lock, checking the session before (so unknown ids never enter the
+/// cursor map) and again after: a request that waited behind a finishing PUT or a cancel must
+/// not act on, and recreate the file of, a session that is gone.
+async fn lock_session(
+    state: &State,
+    name: &RepoName,
+    id: &str,
+) -> Result<tokio::sync::OwnedMutexGuard<Option<Sink>>, RegistryError> {
+    session(state, name, id).await?;
+    let slot = cursor(state, id).lock_owned().await;
+    session(state, name, id).await?;
+    Ok(slot)
+}
+
 /// The session's hash state, rebuilt from its file when this process has not seen it.
 async fn current(state: &State, id: &str, slot: &mut Option<Sink>) -> Result<Sink, RegistryError> {
     if let Some(s) = slot.take() {
@@ -212,10 +226,8 @@ pub async fn patch(
     req: &Request,
     body: BodyStream,
 ) -> Result<Response, RegistryError> {
-    session(state, &name, &id).await?;
+    let mut slot = lock_session(state, &name, &id).await?;
     ensure_space(state)?;
-    let slot = cursor(state, &id);
-    let mut slot = slot.lock().await;
     let sink = current(state, &id, &mut slot).await?;
     let len = sink.len;
     match append(state, &id, sink, req, body).await {
@@ -244,9 +256,15 @@ pub async fn finish(
     body: BodyStream,
 ) -> Result<Response, RegistryError> {
     let expected = parse_digest(req.query("digest").unwrap_or(""))?;
-    session(state, &name, &id).await?;
-    let slot = cursor(state, &id);
-    let mut slot = slot.lock().await;
+    let mut slot = lock_session(state, &name, &id).await?;
+    // Closing an upload without a final chunk writes nothing, so it is allowed on a full disk.
+    let has_body = match req.header("content-length") {
+        Some(len) => len != "0",
+        None => req.header("transfer-encoding").is_some(),
+    };
+    if has_body {
+        ensure_space(state)?;
+    }
     let sink = current(state, &id, &mut slot).await?;
     let (before, after) = append(state, &id, sink, req, body).await?;
     let result = commit_blob(state, &name, &id, after, &expected, true).await;
@@ -310,10 +328,7 @@ async fn commit_blob(
 }
 
 pub async fn status(state: &State, name: RepoName, id: String) -> Result<Response, RegistryError> {
-    session(state, &name, &id).await?;
-    ensure_space(state)?;
-    let slot = cursor(state, &id);
-    let mut slot = slot.lock().await;
+    let mut slot = lock_session(state, &name, &id).await?;
     let sink = current(state, &id, &mut slot).await?;
     let len = sink.len;
     *slot = Some(sink);
@@ -321,9 +336,7 @@ pub async fn status(state: &State, name: RepoName, id: String) -> Result<Respons
 }
 
 pub async fn cancel(state: &State, name: RepoName, id: String) -> Result<Response, RegistryError> {
-    session(state, &name, &id).await?;
-    let slot = cursor(state, &id);
-    let _held = slot.lock().await;
+    let _held = lock_session(state, &name, &id).await?;
     let i = id.clone();
     state
         .db

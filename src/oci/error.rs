@@ -60,7 +60,9 @@ impl ErrorCode {
             Denied => ("DENIED", 403, "requested access to the resource is denied"),
             Unsupported => ("UNSUPPORTED", 405, "the operation is unsupported"),
             TooManyRequests => ("TOOMANYREQUESTS", 429, "too many requests"),
-            RangeInvalid => ("RANGE_INVALID", 416, "requested range not satisfiable"),
+            // The spec's table has no code for a read range, and a 4xx JSON body MUST use one
+            // of its codes; SIZE_INVALID ("length did not match content length") is the nearest.
+            RangeInvalid => ("SIZE_INVALID", 416, "requested range not satisfiable"),
             Unknown => ("UNKNOWN", 500, "unknown error"),
         }
     }

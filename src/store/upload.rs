@@ -75,6 +75,7 @@ impl Sink {
         });
         let mut received = start_len;
         let mut failure = None;
+        let mut writer_failed = false;
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
                 Ok(c) => c,
@@ -95,10 +96,14 @@ impl Sink {
                 break;
             }
             if tx.send(chunk).await.is_err() {
-                break; // the writer failed; its error is reported below
+                writer_failed = true; // its error is reported below
+                break;
             }
         }
         drop(tx);
+        if failure.is_some() || writer_failed {
+            drain(body).await;
+        }
         let written = writer
             .await
             .map_err(|e| RegistryError::internal(format!("upload writer: {e}")))??;
@@ -117,6 +122,24 @@ impl Default for Sink {
     fn default() -> Self {
         Sink::new()
     }
+}
+
+/// Reads and discards what is left of a refused request body, for a bounded amount and time,
+/// so that the client reads our error instead of a connection reset: closing a socket with
+/// unread data makes the kernel send RST, which can destroy the response in flight.
+async fn drain(mut body: BodyStream) {
+    const MAX_BYTES: u64 = 256 << 20;
+    const MAX_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+    let _ = tokio::time::timeout(MAX_TIME, async {
+        let mut seen = 0u64;
+        while let Some(Ok(chunk)) = body.next().await {
+            seen += chunk.len() as u64;
+            if seen > MAX_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Cuts an upload file back to `len` bytes, undoing a chunk that failed half-way.
