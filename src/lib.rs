@@ -7,6 +7,8 @@
 //! - `db`: the redb tables and the transactions that keep reference counts exact.
 //! - `store`: blob and upload files on disk.
 //! - `http`: the warp routes of the distribution API.
+//! - `users`: user names, bcrypt passwords, repository patterns and permission rules, pure.
+//! - `token`: bearer tokens of the built-in token service (scopes, signing), pure.
 //! - `admin`: the control channel (a Unix socket) through which the CLI reaches a server.
 //! - `cli`: the `dockyard` command line.
 //!
@@ -28,6 +30,8 @@ pub mod db;
 pub mod http;
 pub mod oci;
 pub mod store;
+pub mod token;
+pub mod users;
 
 use std::future::Future;
 use std::sync::Arc;
