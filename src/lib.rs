@@ -9,6 +9,7 @@
 //! - `http`: the warp routes of the distribution API.
 //! - `users`: user names, bcrypt passwords, repository patterns and permission rules, pure.
 //! - `token`: bearer tokens of the built-in token service (scopes, signing), pure.
+//! - `access`: users and grants of a running instance, and the snapshot requests consult.
 //! - `admin`: the control channel (a Unix socket) through which the CLI reaches a server.
 //! - `cli`: the `dockyard` command line.
 //!
@@ -23,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
 pub mod admin;
 pub mod cli;
 pub mod config;
@@ -49,6 +51,9 @@ pub enum Error {
     Db(#[from] db::DbError),
     #[error("config: {0}")]
     Config(#[from] config::ConfigError),
+    /// A command refused or failed; the message is for the person at the terminal.
+    #[error("{0}")]
+    Command(String),
 }
 
 /// What every entry point works on: the configuration, the database and the blob store of
@@ -58,6 +63,8 @@ pub struct Core {
     pub config: Config,
     pub db: Db,
     pub store: Store,
+    /// Users and grants as requests see them (shared with the control channel).
+    pub access: Arc<access::Access>,
 }
 
 impl Core {
@@ -66,7 +73,12 @@ impl Core {
     pub fn open(config: Config) -> Result<Core, Error> {
         let store = Store::open(&config.root)?;
         let db = Db::open(&store.path_for(Location::Database))?;
-        Ok(Core { config, db, store })
+        Ok(Core {
+            config,
+            db,
+            store,
+            access: Arc::default(),
+        })
     }
 }
 
