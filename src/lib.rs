@@ -99,6 +99,27 @@ impl Registry {
         &self.core.config
     }
 
+    /// Says in the log how requests are authenticated; warns when the API is open to more
+    /// than this machine. In token mode, creates the signing key on first start.
+    async fn check_auth(&self, listener: &tokio::net::TcpListener) {
+        let mode = self.core.config.auth.mode;
+        let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+        match mode {
+            config::AuthMode::None if !loopback => tracing::warn!(
+                "auth.mode is \"none\" and the API listens beyond loopback: anyone who can \
+                 reach it may pull, push and delete everything"
+            ),
+            config::AuthMode::None => {}
+            config::AuthMode::Token => {
+                if let Err(e) = self.core.access.token_key(&self.core.db).await {
+                    tracing::error!(error = %e, "cannot create the token signing key");
+                }
+                tracing::info!("auth: token (token service at /token)");
+            }
+            config::AuthMode::Basic => tracing::info!("auth: basic"),
+        }
+    }
+
     /// Serves the API on `listener`, and the control channel on `<root>/admin.sock`, until
     /// `shutdown` completes; then lets requests in flight finish.
     pub async fn serve(
@@ -111,6 +132,7 @@ impl Registry {
             let _ = rx.wait_for(|s| *s).await;
         };
         let admin = tokio::spawn(admin::serve(self.core.clone(), stopped(stop_rx.clone())));
+        self.check_auth(&listener).await;
         // The API serves even if the control channel cannot (say, a root path too long for a
         // Unix socket); the CLI then reports that it cannot reach the server.
         let state = Arc::new(http::State::new(self.core));

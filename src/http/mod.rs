@@ -2,6 +2,7 @@
 //! path into a `Route` (see `path`), and `dispatch` hands it to the handler of its resource.
 //! Handlers return `Result<Response, RegistryError>`; errors are rendered once, in `reply`.
 
+pub mod auth;
 mod blobs;
 mod catalog;
 mod manifests;
@@ -13,6 +14,7 @@ mod uploads;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Buf;
@@ -21,10 +23,13 @@ use warp::http::{HeaderMap, Method, StatusCode};
 use warp::reply::Response;
 use warp::Filter;
 
+use crate::access::Access;
 use crate::config::Config;
 use crate::db::Db;
 use crate::oci::{ErrorCode, RegistryError};
 use crate::store::{BodyStream, Sink, Store};
+use crate::users::Action;
+use auth::{Auth, Caller, Need};
 use path::Route;
 
 /// Everything a request handler may touch.
@@ -36,15 +41,20 @@ pub struct State {
     /// chunks of one upload are applied in order while different uploads run in parallel. A
     /// session missing here (after a restart) is rebuilt by re-reading its file.
     pub cursors: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Sink>>>>>,
+    /// Users and grants (the snapshot the control channel refreshes) and the token key.
+    pub access: Arc<Access>,
+    pub auth: Auth,
 }
 
 impl State {
     pub fn new(core: crate::Core) -> State {
         State {
+            auth: Auth::new(core.config.auth.clone()),
             config: core.config,
             db: core.db,
             store: core.store,
             cursors: Mutex::new(HashMap::new()),
+            access: core.access,
         }
     }
 }
@@ -55,6 +65,8 @@ pub struct Request {
     pub method: Method,
     pub headers: HeaderMap,
     pub query: Vec<(String, String)>,
+    /// The client's address, for failed-login throttling.
+    pub remote: Option<SocketAddr>,
 }
 
 impl Request {
@@ -70,33 +82,50 @@ impl Request {
     }
 }
 
-/// The whole API as one warp filter.
+/// The whole API as one warp filter: `/v2/…` and the token service at `/token`.
 pub fn routes(
     state: Arc<State>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
     let with_state = warp::any().map(move || state.clone());
     let query = warp::query::<Vec<(String, String)>>()
         .or_else(|_| async { Err::<(Vec<(String, String)>,), _>(warp::reject::custom(BadQuery)) });
-    warp::path("v2")
-        .and(warp::path::tail())
-        .and(warp::method())
+    let request = warp::method()
         .and(warp::header::headers_cloned())
         .and(query)
+        .and(warp::addr::remote())
+        .map(|method, headers, query, remote| Request {
+            method,
+            headers,
+            query,
+            remote,
+        });
+    let api = warp::path("v2")
+        .and(warp::path::tail())
+        .and(request)
         .and(warp::body::stream())
-        .and(with_state)
+        .and(with_state.clone())
         .then(
-            |tail: warp::path::Tail, method, headers, query, body, state: Arc<State>| async move {
-                let req = Request {
-                    method,
-                    headers,
-                    query,
-                };
+            |tail: warp::path::Tail, req: Request, body, state: Arc<State>| async move {
                 match dispatch(&state, tail.as_str(), req, box_body(body)).await {
                     Ok(resp) => resp,
                     Err(e) => reply::error(e),
                 }
             },
-        )
+        );
+    let token = warp::path("token")
+        .and(warp::path::end())
+        .and(warp::get().or(warp::post()).unify())
+        .and(request)
+        .and(warp::body::stream())
+        .and(with_state)
+        .then(|req: Request, body, state: Arc<State>| async move {
+            match read_small(box_body(body), auth::MAX_FORM).await {
+                Ok(body) => state.auth.token_endpoint(&state, req, body).await,
+                Err(e) => reply::error(e),
+            }
+        });
+    api.or(token)
+        .unify()
         .recover(|rejection: warp::Rejection| async move {
             let e = if rejection.find::<BadQuery>().is_some() {
                 RegistryError::new(ErrorCode::Unsupported, "malformed query string")
@@ -113,6 +142,21 @@ pub fn routes(
 struct BadQuery;
 impl warp::reject::Reject for BadQuery {}
 
+/// Reads a small request body whole, refusing one longer than `limit`.
+async fn read_small(mut body: BodyStream, limit: usize) -> Result<Vec<u8>, RegistryError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        out.extend_from_slice(&chunk?);
+        if out.len() > limit {
+            return Err(
+                RegistryError::new(ErrorCode::SizeInvalid, "request body too large")
+                    .with_status(413),
+            );
+        }
+    }
+    Ok(out)
+}
+
 fn box_body<S, B>(body: S) -> BodyStream
 where
     S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
@@ -125,20 +169,56 @@ where
     .boxed()
 }
 
+/// What a request must be allowed to do: pull to read, push to write (uploads included,
+/// their cancellation too), delete to delete a manifest or blob.
+fn need<'a>(method: &Method, route: &'a Route) -> Need<'a> {
+    let write = |m: &Method| match *m {
+        Method::GET | Method::HEAD => Action::Pull,
+        Method::DELETE => Action::Delete,
+        _ => Action::Push,
+    };
+    match route {
+        Route::Base => Need::Login,
+        Route::Catalog => Need::Listing,
+        Route::Tags(n) | Route::Referrers(n, _) => Need::Repo(n, Action::Pull),
+        Route::Manifest(n, _) | Route::Blob(n, _) => Need::Repo(n, write(method)),
+        Route::UploadStart(n) | Route::Upload(n, _) => Need::Repo(n, Action::Push),
+    }
+}
+
+/// A cross-repository mount reads the source, so it needs pull there as well as push on the
+/// target. Without it the mount parameters are dropped and the client gets the spec's
+/// fallback, a plain upload session: the answer is the same whether or not the blob exists.
+fn restrict_mount(req: &mut Request, caller: &Caller) {
+    let allowed = req
+        .query("from")
+        .is_some_and(|from| caller.may(from, Action::Pull));
+    if req.query("mount").is_some() && !allowed {
+        req.query.retain(|(k, _)| k != "mount" && k != "from");
+    }
+}
+
 async fn dispatch(
     state: &State,
     tail: &str,
-    req: Request,
+    mut req: Request,
     body: BodyStream,
 ) -> Result<Response, RegistryError> {
     let route = path::parse(tail)?;
+    let caller = state
+        .auth
+        .authorize(state, &req, need(&req.method, &route))
+        .await?;
+    if matches!(route, Route::UploadStart(_)) {
+        restrict_mount(&mut req, &caller);
+    }
     let head = req.method == Method::HEAD;
     match (req.method.clone(), route) {
         (Method::GET | Method::HEAD, Route::Base) => Ok(reply::finish(
             reply::builder(StatusCode::OK).header("Content-Type", "application/json"),
             "{}",
         )),
-        (Method::GET, Route::Catalog) => catalog::list(state, &req).await,
+        (Method::GET, Route::Catalog) => catalog::list(state, &req, caller).await,
         (Method::GET, Route::Tags(name)) => tags::list(state, name, &req).await,
         (Method::GET | Method::HEAD, Route::Manifest(name, r)) => {
             manifests::get(state, name, r, head).await
