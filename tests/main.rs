@@ -4,6 +4,8 @@
 mod util;
 
 mod admin;
+mod auth;
+mod auth_cli;
 
 mod interop;
 mod interop_cli;
