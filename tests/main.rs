@@ -8,6 +8,7 @@ mod auth;
 mod auth_cli;
 
 mod interop;
+mod interop_auth;
 mod interop_cli;
 mod protocol;
 mod restart;
