@@ -245,3 +245,41 @@ async fn dispatch(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn needed(method: Method, tail: &str) -> Option<(String, Action)> {
+        let route = path::parse(tail).unwrap();
+        match need(&method, &route) {
+            Need::Repo(n, a) => Some((n.to_string(), a)),
+            Need::Login | Need::Listing => None,
+        }
+    }
+
+    #[test]
+    fn every_route_needs_the_action_it_performs() {
+        const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        const U: &str = "3f2a7c1e-8d4b-4a6f-9e0c-1b2d3e4f5a6b";
+        let r = |a| Some(("a/b".to_string(), a));
+        use Action::*;
+        assert!(matches!(need(&Method::GET, &Route::Base), Need::Login));
+        assert!(matches!(need(&Method::GET, &Route::Catalog), Need::Listing));
+        assert_eq!(needed(Method::GET, "a/b/tags/list"), r(Pull));
+        assert_eq!(needed(Method::GET, "a/b/manifests/v1"), r(Pull));
+        assert_eq!(needed(Method::HEAD, "a/b/manifests/v1"), r(Pull));
+        assert_eq!(needed(Method::PUT, "a/b/manifests/v1"), r(Push));
+        assert_eq!(needed(Method::DELETE, "a/b/manifests/v1"), r(Delete));
+        assert_eq!(needed(Method::GET, &format!("a/b/blobs/{D}")), r(Pull));
+        assert_eq!(needed(Method::HEAD, &format!("a/b/blobs/{D}")), r(Pull));
+        assert_eq!(needed(Method::DELETE, &format!("a/b/blobs/{D}")), r(Delete));
+        assert_eq!(needed(Method::POST, "a/b/blobs/uploads/"), r(Push));
+        for m in [Method::GET, Method::PATCH, Method::PUT, Method::DELETE] {
+            assert_eq!(needed(m, &format!("a/b/blobs/uploads/{U}")), r(Push));
+        }
+        assert_eq!(needed(Method::GET, &format!("a/b/referrers/{D}")), r(Pull));
+        // A method no handler takes still needs more than a read before it is refused.
+        assert_eq!(needed(Method::POST, "a/b/manifests/v1"), r(Push));
+    }
+}
