@@ -144,10 +144,6 @@ impl Auth {
         }
     }
 
-    pub fn mode(&self) -> AuthMode {
-        self.config.mode
-    }
-
     /// Authenticates the request and checks it may do what `need` says. The error is the
     /// answer: 401 with a challenge, 403, or 429.
     pub async fn authorize(
