@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::Core;
+use crate::users::Secret;
+use crate::{access, Core};
 
 /// Everything the control channel can be asked to do. Each variant is handled in
 /// [`execute`]; new subcommands add a variant and a match arm.
@@ -25,6 +26,36 @@ use crate::Core;
 pub enum Command {
     /// Answers with the instance's root; `dockyard status` uses it to tell whether a server runs.
     Ping,
+    // Users and grants (`access`). Passwords and htpasswd contents are `Secret`s: they travel
+    // over the socket only, and their `Debug` (what the server logs) hides them.
+    UserAdd {
+        name: String,
+        password: Secret,
+    },
+    UserPasswd {
+        name: String,
+        password: Secret,
+    },
+    UserDel {
+        name: String,
+    },
+    UserList,
+    /// The contents of a Distribution htpasswd file (the CLI reads the file).
+    UserImportHtpasswd {
+        htpasswd: Secret,
+    },
+    AclGrant {
+        subject: String,
+        pattern: String,
+        actions: String,
+    },
+    AclRevoke {
+        subject: String,
+        pattern: String,
+    },
+    AclList {
+        subject: Option<String>,
+    },
 }
 
 /// What a command answered: text for the person at the terminal, or a one-line error.
@@ -35,10 +66,39 @@ pub enum Outcome {
     Err(String),
 }
 
+impl<E: std::fmt::Display> From<Result<String, E>> for Outcome {
+    fn from(r: Result<String, E>) -> Outcome {
+        match r {
+            Ok(text) => Outcome::Ok(text),
+            Err(e) => Outcome::Err(e.to_string()),
+        }
+    }
+}
+
 /// Runs one command against an open instance. Errors are one line, for a person.
 pub async fn execute(core: &Core, command: Command) -> Outcome {
     match command {
         Command::Ping => Outcome::Ok(format!("serving {}", core.store.root().display())),
+        Command::UserAdd { name, password } => access::user_add(core, &name, password).await.into(),
+        Command::UserPasswd { name, password } => {
+            access::user_passwd(core, &name, password).await.into()
+        }
+        Command::UserDel { name } => access::user_del(core, &name).await.into(),
+        Command::UserList => access::user_list(core).await.into(),
+        Command::UserImportHtpasswd { htpasswd } => {
+            access::import_htpasswd(core, htpasswd).await.into()
+        }
+        Command::AclGrant {
+            subject,
+            pattern,
+            actions,
+        } => access::acl_grant(core, &subject, &pattern, &actions)
+            .await
+            .into(),
+        Command::AclRevoke { subject, pattern } => {
+            access::acl_revoke(core, &subject, &pattern).await.into()
+        }
+        Command::AclList { subject } => access::acl_list(core, subject.as_deref()).await.into(),
     }
 }
 

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+use crate::admin::{self, Outcome};
 use crate::config::{Config, LogFormat};
+use crate::users::Secret;
 use crate::Registry;
 
 #[derive(Parser)]
@@ -36,6 +38,51 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Manage users (through the running server when there is one).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage who may pull, push and delete which repositories.
+    #[command(subcommand)]
+    Acl(AclCommand),
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Add a user; prompts for the password without echo.
+    Add {
+        name: String,
+        /// Read the password from the first line of standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        instance: Instance,
+    },
+    /// Change a user's password; prompts for it without echo.
+    Passwd {
+        name: String,
+        /// Read the password from the first line of standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        instance: Instance,
+    },
+    /// Delete a user and the user's grants.
+    Del {
+        name: String,
+        #[command(flatten)]
+        instance: Instance,
+    },
+    /// List the users.
+    List {
+        #[command(flatten)]
+        instance: Instance,
+    },
+    /// Add the bcrypt users of a Distribution htpasswd file, keeping their passwords.
+    ImportHtpasswd {
+        file: PathBuf,
+        #[command(flatten)]
+        instance: Instance,
+    },
 }
 
 #[derive(Subcommand)]
@@ -45,6 +92,33 @@ pub enum ConfigCommand {
         /// The file to check [default: ./registry.toml].
         #[arg(long, short = 'c', default_value = "registry.toml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AclCommand {
+    /// Let SUBJECT (a user, or `anonymous`) do ACTIONS to the repositories PATTERN matches.
+    Grant {
+        subject: String,
+        /// `*` matches one path component, `**` any number: `team-a/*`, `alice/**`, `**`.
+        pattern: String,
+        /// A comma list of pull, push, delete, admin (admin implies the others).
+        actions: String,
+        #[command(flatten)]
+        instance: Instance,
+    },
+    /// Remove SUBJECT's grant on PATTERN.
+    Revoke {
+        subject: String,
+        pattern: String,
+        #[command(flatten)]
+        instance: Instance,
+    },
+    /// List the grants, of every subject or of one.
+    List {
+        subject: Option<String>,
+        #[command(flatten)]
+        instance: Instance,
     },
 }
 
@@ -134,7 +208,111 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
             );
             Ok(())
         }
+        Command::User(c) => user(c),
+        Command::Acl(c) => acl(c),
     }
+}
+
+fn user(c: UserCommand) -> Result<(), crate::Error> {
+    use admin::Command as A;
+    let (instance, command) = match c {
+        UserCommand::Add {
+            name,
+            password_stdin,
+            instance,
+        } => {
+            let password = read_password(&name, password_stdin)?;
+            (instance, A::UserAdd { name, password })
+        }
+        UserCommand::Passwd {
+            name,
+            password_stdin,
+            instance,
+        } => {
+            let password = read_password(&name, password_stdin)?;
+            (instance, A::UserPasswd { name, password })
+        }
+        UserCommand::Del { name, instance } => (instance, A::UserDel { name }),
+        UserCommand::List { instance } => (instance, A::UserList),
+        UserCommand::ImportHtpasswd { file, instance } => {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                crate::Error::Command(format!("cannot read {}: {e}", file.display()))
+            })?;
+            let htpasswd = Secret::new(text);
+            (instance, A::UserImportHtpasswd { htpasswd })
+        }
+    };
+    execute(instance, command)
+}
+
+fn acl(c: AclCommand) -> Result<(), crate::Error> {
+    use admin::Command as A;
+    let (instance, command) = match c {
+        AclCommand::Grant {
+            subject,
+            pattern,
+            actions,
+            instance,
+        } => (
+            instance,
+            A::AclGrant {
+                subject,
+                pattern,
+                actions,
+            },
+        ),
+        AclCommand::Revoke {
+            subject,
+            pattern,
+            instance,
+        } => (instance, A::AclRevoke { subject, pattern }),
+        AclCommand::List { subject, instance } => (instance, A::AclList { subject }),
+    };
+    execute(instance, command)
+}
+
+/// Runs a control command on the instance (through its server if one runs) and prints the
+/// answer; a refusal becomes the one-line error `main` prints.
+fn execute(instance: Instance, command: admin::Command) -> Result<(), crate::Error> {
+    let config = instance.config()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match runtime.block_on(admin::run(config, command))? {
+        Outcome::Ok(text) if text.is_empty() => Ok(()),
+        Outcome::Ok(text) => {
+            println!("{text}");
+            Ok(())
+        }
+        Outcome::Err(message) => Err(crate::Error::Command(message)),
+    }
+}
+
+/// The new password: the first line of stdin with `--password-stdin`, else typed twice at
+/// the terminal without echo. It never appears in argv or in any log.
+fn read_password(user: &str, from_stdin: bool) -> Result<Secret, crate::Error> {
+    use std::io::{BufRead, IsTerminal};
+    let fail = |m: String| crate::Error::Command(m);
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        let password = line.strip_suffix('\n').unwrap_or(&line);
+        let password = password.strip_suffix('\r').unwrap_or(password);
+        return Ok(Secret::new(password));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(fail(
+            "standard input is not a terminal: pass --password-stdin to read the password from it"
+                .to_string(),
+        ));
+    }
+    let first = rpassword::prompt_password(format!("Password for {user}: "))?;
+    crate::users::check_password(&first).map_err(|e| fail(e.to_string()))?;
+    let again = rpassword::prompt_password("Retype the password: ")?;
+    if first != again {
+        return Err(fail("the passwords do not match".to_string()));
+    }
+    Ok(Secret::new(first))
 }
 
 async fn serve(config: Config) -> Result<(), crate::Error> {
@@ -181,8 +359,24 @@ fn banner(config: &Config, addr: SocketAddr) {
     } else {
         " --tls-verify=false"
     };
+    let (auth, login) =
+        match config.auth.mode {
+            crate::config::AuthMode::None => (
+                "none (anyone who can reach it may pull and push)".to_string(),
+                String::new(),
+            ),
+            mode => (
+                format!(
+                "{} (add users with `dockyard user add NAME`, grants with `dockyard acl grant`)",
+                if mode == crate::config::AuthMode::Basic { "basic" } else { "token" }
+            ),
+                format!(
+                "  log in:            docker login {host}   |   podman login{insecure} {host}\n"
+            ),
+            ),
+        };
     eprintln!(
-        "\n  Dockyard is serving {scheme}://{addr}\n  data:   {}\n  auth:   none (anyone who can reach it may push and pull)\n\n  \
+        "\n  Dockyard is serving {scheme}://{addr}\n  data:   {}\n  auth:   {auth}\n\n{login}  \
          push with docker:  docker tag IMAGE {host}/NAME:TAG && docker push {host}/NAME:TAG\n  \
          push with podman:  podman push{insecure} IMAGE {host}/NAME:TAG\n",
         config.root.display()

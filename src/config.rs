@@ -27,6 +27,7 @@ pub struct Config {
     pub max_blob_size: u64,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub auth: AuthConfig,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -40,6 +41,52 @@ pub struct TlsFiles {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Who may do what: see the `[auth]` section of `registry.toml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// The realm a Basic challenge names.
+    pub realm: String,
+    /// The token service's name: a Bearer challenge's `service`, and tokens' issuer and audience.
+    pub service: String,
+    /// The token endpoint a Bearer challenge points at; `None` means `http://<Host>/token`,
+    /// built from the request's `Host` header.
+    pub token_realm: Option<String>,
+    pub token_lifetime: Duration,
+    /// The bcrypt cost of new password hashes.
+    pub bcrypt_cost: u32,
+    /// Failed logins per user, and per client address, tolerated within `failure_window`
+    /// before further attempts are refused until the window has passed.
+    pub max_failures: u32,
+    pub failure_window: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Everything is open.
+    None,
+    /// HTTP Basic credentials on every request.
+    Basic,
+    /// Docker token authentication, with Dockyard as its own token service.
+    Token,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::None,
+            realm: "dockyard".to_string(),
+            service: "dockyard".to_string(),
+            token_realm: None,
+            token_lifetime: Duration::from_secs(5 * 60),
+            bcrypt_cost: 12,
+            max_failures: 10,
+            failure_window: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for Config {
@@ -57,6 +104,7 @@ impl Default for Config {
             max_blob_size: 64 * 1024 * 1024 * 1024,
             log_level: "info".to_string(),
             log_format: LogFormat::Text,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -85,6 +133,8 @@ struct File {
     log: LogSection,
     #[serde(default)]
     metrics: MetricsSection,
+    #[serde(default)]
+    auth: AuthSection,
 }
 
 #[derive(Deserialize, Default)]
@@ -127,6 +177,23 @@ struct LogSection {
     format: Option<LogFormat>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AuthSection {
+    mode: Option<AuthMode>,
+    realm: Option<String>,
+    service: Option<String>,
+    token_realm: Option<String>,
+    token_lifetime: Option<String>,
+    bcrypt_cost: Option<u32>,
+    max_failures: Option<u32>,
+    failure_window: Option<String>,
+}
+
+fn duration(key: &str, s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|err| format!("{key} {s:?}: {err}"))
+}
+
 /// A size written as a number of bytes or as a string such as `"4MiB"` or `"1GB"`.
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -142,10 +209,6 @@ impl ByteSize {
             ByteSize::Text(s) => parse_size(s),
         }
     }
-}
-
-fn duration(key: &str, text: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{key} {text:?}: {e}"))
 }
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -237,6 +300,34 @@ impl Config {
         if let Some(l) = file.log.level {
             c.log_level = l;
         }
+        let (a, f) = (&mut c.auth, file.auth);
+        if let Some(m) = f.mode {
+            a.mode = m;
+        }
+        if let Some(r) = f.realm {
+            a.realm = r;
+        }
+        if let Some(s) = f.service {
+            a.service = s;
+        }
+        if let Some(r) = f.token_realm {
+            a.token_realm = (!r.is_empty()).then_some(r);
+        }
+        if let Some(l) = f.token_lifetime {
+            a.token_lifetime = duration("auth.token_lifetime", &l)?;
+        }
+        if let Some(cost) = f.bcrypt_cost {
+            if !(4..=31).contains(&cost) {
+                return Err(format!("auth.bcrypt_cost {cost}: must be 4 to 31"));
+            }
+            a.bcrypt_cost = cost;
+        }
+        if let Some(n) = f.max_failures {
+            a.max_failures = n;
+        }
+        if let Some(w) = f.failure_window {
+            a.failure_window = duration("auth.failure_window", &w)?;
+        }
         Ok(c)
     }
 }
@@ -262,6 +353,47 @@ mod tests {
         assert_eq!(c.metrics_listen, d.metrics_listen);
         assert_eq!(c.log_level, d.log_level);
         assert_eq!(c.log_format, d.log_format);
+        assert_eq!(c.auth, d.auth);
+        // Every key of the file is one the parser knows (deny_unknown_fields) and every
+        // `[auth]` field is spelled out in it.
+        for key in [
+            "mode",
+            "realm",
+            "service",
+            "token_realm",
+            "token_lifetime",
+            "bcrypt_cost",
+            "max_failures",
+            "failure_window",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{key} = "))),
+                "registry.toml documents auth.{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn auth_section_parses_and_rejects_nonsense() {
+        let c = Config::from_toml(
+            "[auth]\nmode = \"token\"\ntoken_lifetime = \"90s\"\nbcrypt_cost = 4\ntoken_realm = \"https://r.example/token\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.auth.mode, AuthMode::Token);
+        assert_eq!(c.auth.token_lifetime, Duration::from_secs(90));
+        assert_eq!(c.auth.bcrypt_cost, 4);
+        assert_eq!(
+            c.auth.token_realm.as_deref(),
+            Some("https://r.example/token")
+        );
+        let e = Config::from_toml("[auth]\nmode = \"ldap\"\n").unwrap_err();
+        assert!(e.contains("ldap") || e.contains("mode"), "{e}");
+        let e = Config::from_toml("[auth]\nbcrypt_cost = 3\n").unwrap_err();
+        assert!(e.contains("bcrypt_cost"), "{e}");
+        let e = Config::from_toml("[auth]\nfailure_window = \"often\"\n").unwrap_err();
+        assert!(e.contains("failure_window"), "{e}");
+        let e = Config::from_toml("[auth]\npassword = \"x\"\n").unwrap_err();
+        assert!(e.contains("password"), "{e}");
     }
 
     #[test]

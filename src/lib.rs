@@ -9,6 +9,9 @@
 //! - `http`: the warp routes of the distribution API, health and metrics endpoints.
 //! - `server`: the accept loop: TLS, request ids, access log, graceful shutdown.
 //! - `metrics`: counters and histograms in the Prometheus text format.
+//! - `users`: user names, bcrypt passwords, repository patterns and permission rules, pure.
+//! - `token`: bearer tokens of the built-in token service (scopes, signing), pure.
+//! - `access`: users and grants of a running instance, and the snapshot requests consult.
 //! - `admin`: the control channel (a Unix socket) through which the CLI reaches a server.
 //! - `cli`: the `dockyard` command line.
 //!
@@ -23,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
 pub mod admin;
 pub mod cli;
 pub mod config;
@@ -32,6 +36,8 @@ pub mod metrics;
 pub mod oci;
 pub mod server;
 pub mod store;
+pub mod token;
+pub mod users;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,6 +55,9 @@ pub enum Error {
     Db(#[from] db::DbError),
     #[error("config: {0}")]
     Config(#[from] config::ConfigError),
+    /// A command refused or failed; the message is for the person at the terminal.
+    #[error("{0}")]
+    Command(String),
 }
 
 /// What every entry point works on: the configuration, the database and the blob store of
@@ -59,6 +68,8 @@ pub struct Core {
     pub db: Db,
     pub store: Store,
     pub metrics: Arc<metrics::Metrics>,
+    /// Users and grants as requests see them (shared with the control channel).
+    pub access: Arc<access::Access>,
 }
 
 impl Core {
@@ -72,6 +83,7 @@ impl Core {
             db,
             store,
             metrics: Arc::default(),
+            access: Arc::default(),
         })
     }
 }
@@ -105,6 +117,27 @@ impl Registry {
         self.tls.clone()
     }
 
+    /// Says in the log how requests are authenticated; warns when the API is open to more
+    /// than this machine. In token mode, creates the signing key on first start.
+    async fn check_auth(&self, listener: &tokio::net::TcpListener) {
+        let mode = self.core.config.auth.mode;
+        let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+        match mode {
+            config::AuthMode::None if !loopback => tracing::warn!(
+                "auth.mode is \"none\" and the API listens beyond loopback: anyone who can \
+                 reach it may pull, push and delete everything"
+            ),
+            config::AuthMode::None => {}
+            config::AuthMode::Token => {
+                if let Err(e) = self.core.access.token_key(&self.core.db).await {
+                    tracing::error!(error = %e, "cannot create the token signing key");
+                }
+                tracing::info!("auth: token (token service at /token)");
+            }
+            config::AuthMode::Basic => tracing::info!("auth: basic"),
+        }
+    }
+
     /// Serves the API on `listener` (and `/metrics` on `[metrics] listen` when set), and the
     /// control channel on `<root>/admin.sock`, until `shutdown` completes; then stops
     /// accepting and lets requests in flight finish up to `[server] shutdown_timeout`.
@@ -132,6 +165,7 @@ impl Registry {
         };
         let timeout = self.core.config.shutdown_timeout;
         let metrics = self.core.metrics.clone();
+        self.check_auth(&listener).await;
         // The API serves even if the control channel cannot (say, a root path too long for a
         // Unix socket); the CLI then reports that it cannot reach the server.
         let admin = tokio::spawn(admin::serve(self.core.clone(), stopped(stop_rx.clone())));

@@ -8,23 +8,6 @@ use std::process::Command;
 
 use crate::util::*;
 
-/// An environment variable a client needs (set by `.ci/daemons.sh`); missing means the daemon
-/// is not running: fatal in CI, loudly reported elsewhere.
-fn require_env(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            let hint =
-                "start the daemons with `.ci/daemons.sh start && source /tmp/dockyard-daemons/env`";
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{var} is not set in CI; .ci/run must start the daemons ({hint})");
-            }
-            eprintln!("\n!!!!! SKIPPED: {var} is not set; {hint} to run this interop test !!!!!\n");
-            None
-        }
-    }
-}
-
 fn write_policy(dir: &Path) -> String {
     let p = dir.join("policy.json");
     std::fs::write(&p, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
@@ -160,46 +143,10 @@ async fn podman_pushes_and_pulls() {
     let r = TestRegistry::start().await;
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let policy = write_policy(w);
-    std::fs::create_dir_all(w.join("tmp")).unwrap();
-    std::fs::write(
-        w.join("registries.conf"),
-        "unqualified-search-registries = []\nshort-name-mode = \"disabled\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        w.join("containers.conf"),
-        format!(
-            "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
-             events_logfile_path = \"{0}/events.log\"\nimage_copy_tmp_dir = \"{0}/tmp\"\n\
-             [network]\nnetwork_config_dir = \"{0}/net\"\n",
-            w.display()
-        ),
-    )
-    .unwrap();
+    let p = Podman::new(w);
+    let policy = p.policy();
     std::fs::write(w.join("rootfs.tar"), rootfs_tar(3, 30_000)).unwrap();
-    let podman = |args: &[&str]| {
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", w.join("containers.conf"))
-            .env("CONTAINERS_REGISTRIES_CONF", w.join("registries.conf"))
-            .env("TMPDIR", w.join("tmp"))
-            .arg("--root")
-            .arg(w.join("root"))
-            .arg("--runroot")
-            .arg(w.join("runroot"))
-            .arg("--tmpdir")
-            .arg(w.join("tmp"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "file",
-            ])
-            .args(args);
-        c
-    };
+    let podman = |args: &[&str]| p.command(args);
     let image = format!("{}/podman/image:v1", r.addr);
     run_async(podman(&[
         "import",

@@ -4,8 +4,11 @@
 mod util;
 
 mod admin;
+mod auth;
+mod auth_cli;
 
 mod interop;
+mod interop_auth;
 mod interop_cli;
 mod ops;
 mod protocol;

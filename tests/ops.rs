@@ -601,3 +601,39 @@ fn help_completions_and_config_check() {
     let (ok, _, err) = dockyard(&["config", "check", "--config", "/nonexistent/registry.toml"]);
     assert!(!ok && err.contains("cannot read"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_the_user_and_metrics_count_failed_logins() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[auth]\nmode = \"basic\"\nbcrypt_cost = 4\n");
+    let out = run_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_dockyard")).args([
+            "user",
+            "add",
+            "alice",
+            "--password-stdin",
+            "--config",
+            &config,
+        ]),
+        "wonderland\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let p = Process::spawn_args(&["serve", "--config", &config]);
+    assert!(p.wait_for_line("auth:   basic").contains("basic"));
+    let alice = client_as("alice", "wonderland");
+    assert_eq!(alice.get(p.url("/v2/")).send().await.unwrap().status(), 200);
+    let line = p.wait_for_line("GET /v2/ 200");
+    assert!(line.contains("user=alice"), "{line}");
+    let wrong = client_as("alice", "looking-glass");
+    assert_eq!(wrong.get(p.url("/v2/")).send().await.unwrap().status(), 401);
+    let text = client()
+        .get(p.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("dockyard_auth_failures_total 1"), "{text}");
+    assert!(p.stop().success());
+}

@@ -204,6 +204,23 @@ pub fn require_tool(tool: &str) -> bool {
     found
 }
 
+/// An environment variable a client needs (set by `.ci/daemons.sh`); missing means the daemon
+/// is not running: fatal in CI, loudly reported elsewhere.
+pub fn require_env(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            let hint =
+                "start the daemons with `.ci/daemons.sh start && source /tmp/dockyard-daemons/env`";
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{var} is not set in CI; .ci/run must start the daemons ({hint})");
+            }
+            eprintln!("\n!!!!! SKIPPED: {var} is not set; {hint} to run this interop test !!!!!\n");
+            None
+        }
+    }
+}
+
 /// Runs a command to completion, panicking with its output when it fails.
 pub fn run(cmd: &mut Command) -> String {
     let desc = format!("{cmd:?}");
@@ -459,6 +476,88 @@ pub fn layout_digest(dir: &Path, tag: &str) -> String {
         .to_string()
 }
 
+/// Runs a command with `input` on its stdin and returns its output, whatever its status.
+pub fn run_with_stdin(cmd: &mut Command, input: &str) -> std::process::Output {
+    use std::io::Write;
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{desc}: {e}"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_string();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = writer.join();
+    out
+}
+
+/// A podman with all of its state (storage, config, temp) inside `dir`: no system state.
+pub struct Podman {
+    dir: PathBuf,
+}
+
+impl Podman {
+    pub fn new(dir: &Path) -> Podman {
+        std::fs::create_dir_all(dir.join("tmp")).expect("podman tmp");
+        std::fs::write(
+            dir.join("registries.conf"),
+            "unqualified-search-registries = []\nshort-name-mode = \"disabled\"\n",
+        )
+        .expect("registries.conf");
+        std::fs::write(
+            dir.join("containers.conf"),
+            format!(
+                "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 events_logfile_path = \"{0}/events.log\"\nimage_copy_tmp_dir = \"{0}/tmp\"\n\
+                 [network]\nnetwork_config_dir = \"{0}/net\"\n",
+                dir.display()
+            ),
+        )
+        .expect("containers.conf");
+        std::fs::write(
+            dir.join("policy.json"),
+            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+        )
+        .expect("policy.json");
+        Podman {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn policy(&self) -> String {
+        self.dir.join("policy.json").to_string_lossy().into_owned()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let w = &self.dir;
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", w.join("containers.conf"))
+            .env("CONTAINERS_REGISTRIES_CONF", w.join("registries.conf"))
+            .env("TMPDIR", w.join("tmp"))
+            .arg("--root")
+            .arg(w.join("root"))
+            .arg("--runroot")
+            .arg(w.join("runroot"))
+            .arg("--tmpdir")
+            .arg(w.join("tmp"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+            ])
+            .args(args);
+        c
+    }
+}
+
 /// Runs a command on the blocking pool, so an in-process server keeps serving meanwhile.
 pub async fn run_async(mut cmd: Command) -> String {
     tokio::task::spawn_blocking(move || run(&mut cmd))
@@ -495,7 +594,86 @@ pub async fn served_manifest(
     (digest, media_type, body)
 }
 
+/// A reqwest client that sends `Authorization: <value>` with every request.
+pub fn client_with(authorization: &str) -> reqwest::Client {
+    install_crypto_provider();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        authorization.parse().expect("header value"),
+    );
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .default_headers(headers)
+        .build()
+        .expect("reqwest client")
+}
+
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {b64}")
+}
+
+/// A client sending Basic credentials with every request.
+pub fn client_as(user: &str, password: &str) -> reqwest::Client {
+    client_with(&basic(user, password))
+}
+
 impl TestRegistry {
+    /// Serves a fresh root with auth in `mode`, and bcrypt at its cheapest cost (tests check
+    /// behaviour, not cost).
+    pub async fn start_auth(
+        mode: dockyard::config::AuthMode,
+        tweak: impl FnOnce(&mut dockyard::config::AuthConfig),
+    ) -> TestRegistry {
+        TestRegistry::start_configured(|c| {
+            c.auth.mode = mode;
+            c.auth.bcrypt_cost = 4;
+            tweak(&mut c.auth);
+        })
+        .await
+    }
+
+    /// Runs a control command through the server's admin socket: `Ok` with its text, or
+    /// `Err` with its one-line refusal.
+    pub async fn admin(&self, command: dockyard::admin::Command) -> Result<String, String> {
+        let sock = dockyard::admin::socket_path(&self.root);
+        for _ in 0..200 {
+            if sock.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        match dockyard::admin::call(&self.root, &command)
+            .await
+            .expect("admin socket")
+            .expect("a server answers on the admin socket")
+        {
+            dockyard::admin::Outcome::Ok(s) => Ok(s),
+            dockyard::admin::Outcome::Err(e) => Err(e),
+        }
+    }
+
+    pub async fn add_user(&self, name: &str, password: &str) {
+        self.admin(dockyard::admin::Command::UserAdd {
+            name: name.to_string(),
+            password: dockyard::users::Secret::new(password),
+        })
+        .await
+        .expect("user add");
+    }
+
+    pub async fn grant(&self, subject: &str, pattern: &str, actions: &str) {
+        self.admin(dockyard::admin::Command::AclGrant {
+            subject: subject.to_string(),
+            pattern: pattern.to_string(),
+            actions: actions.to_string(),
+        })
+        .await
+        .expect("acl grant");
+    }
+
     /// Serves a fresh temporary root with the defaults changed by `tweak` (a smaller limit,
     /// say); the directory lives as long as the registry.
     pub async fn start_configured(tweak: impl FnOnce(&mut dockyard::Config)) -> TestRegistry {

@@ -51,13 +51,19 @@ pub fn tags(
     Ok(Some(page(iter, n)?))
 }
 
-/// Repository names after `last`, at most `n`.
-pub fn catalog(tx: &ReadTransaction, last: Option<&str>, n: usize) -> Result<Page, RegistryError> {
+/// Repository names after `last` for which `visible` holds, at most `n`.
+pub fn catalog(
+    tx: &ReadTransaction,
+    last: Option<&str>,
+    n: usize,
+    visible: impl Fn(&str) -> bool,
+) -> Result<Page, RegistryError> {
     let table = tx.open_table(REPOS)?;
     let iter = table
         .range(last.unwrap_or("")..)?
         .map(|e| e.map(|(k, _)| k.value().to_string()).map_err(DbError::from))
-        .filter(|t| !matches!((t, last), (Ok(t), Some(l)) if t == l));
+        .filter(|t| !matches!((t, last), (Ok(t), Some(l)) if t == l))
+        .filter(|t| t.as_ref().map_or(true, |t| visible(t)));
     Ok(page(iter, n)?)
 }
 

@@ -9,6 +9,7 @@ pub mod listing;
 pub mod manifests;
 pub mod schema;
 pub mod uploads;
+pub mod users;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -93,6 +94,9 @@ impl Db {
             tx.open_table(REPOS)?;
             tx.open_table(REFERRERS)?;
             tx.open_table(UPLOADS)?;
+            tx.open_table(USERS)?;
+            tx.open_table(ACLS)?;
+            tx.open_table(SECRETS)?;
         }
         tx.commit()?;
         Ok(Db {
@@ -127,6 +131,28 @@ impl Db {
             let tx = db.begin_write()?;
             let out = f(&tx)?;
             tx.commit()?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
+    /// Like [`Db::write`], for bodies whose refusals are answers rather than failures (a user
+    /// that already exists, say): commits only on `Ok(Ok(_))`, so a refused command changes
+    /// nothing.
+    pub async fn write_checked<T, E, F>(&self, f: F) -> Result<Result<T, E>, RegistryError>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<Result<T, E>, RegistryError> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let db = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let tx = db.begin_write()?;
+            let out = f(&tx)?;
+            if out.is_ok() {
+                tx.commit()?;
+            }
             Ok(out)
         })
         .await

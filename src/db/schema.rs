@@ -33,6 +33,13 @@ pub const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
 pub const REFERRERS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("referrers");
 /// upload id → `UploadRecord`.
 pub const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
+/// user name → `UserRecord`.
+pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// (subject, pattern) → `GrantRecord`. The subject is a user name or `anonymous`.
+pub const ACLS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("acls");
+/// name → secret bytes: "token_key", the HMAC key that signs bearer tokens (created on first
+/// start, never shown).
+pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BlobRecord {
@@ -64,6 +71,19 @@ pub struct ManifestRecord {
 pub struct UploadRecord {
     pub repo: String,
     pub started: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UserRecord {
+    /// bcrypt, as `$2b$…` (or `$2y$…` when imported from htpasswd).
+    pub hash: String,
+    pub created: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GrantRecord {
+    /// Action names (`pull`, `push`, `delete`, `admin`).
+    pub actions: Vec<String>,
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -2,6 +2,7 @@
 //! path into a `Route` (see `path`), and `dispatch` hands it to the handler of its resource.
 //! Handlers return `Result<Response, RegistryError>`; errors are rendered once, in `reply`.
 
+pub mod auth;
 mod blobs;
 mod catalog;
 mod health;
@@ -16,6 +17,7 @@ mod uploads;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Buf;
@@ -24,12 +26,15 @@ use warp::http::{HeaderMap, Method, StatusCode};
 use warp::reply::Response;
 use warp::Filter;
 
+use crate::access::Access;
 use crate::config::Config;
 use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::oci::{ErrorCode, RegistryError};
-use crate::server::RouteLabel;
+use crate::server::{ClientAddr, Principal, RouteLabel};
 use crate::store::{BodyStream, Sink, Store};
+use crate::users::Action;
+use auth::{Auth, Caller, Need};
 use path::Route;
 
 /// Everything a request handler may touch.
@@ -42,16 +47,25 @@ pub struct State {
     /// chunks of one upload are applied in order while different uploads run in parallel. A
     /// session missing here (after a restart) is rebuilt by re-reading its file.
     pub cursors: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Sink>>>>>,
+    /// Users and grants (the snapshot the control channel refreshes) and the token key.
+    pub access: Arc<Access>,
+    pub auth: Auth,
 }
 
 impl State {
     pub fn new(core: crate::Core) -> State {
         State {
+            auth: Auth::new(
+                core.config.auth.clone(),
+                core.config.tls.is_some(),
+                core.metrics.clone(),
+            ),
             config: core.config,
             db: core.db,
             store: core.store,
             metrics: core.metrics,
             cursors: Mutex::new(HashMap::new()),
+            access: core.access,
         }
     }
 }
@@ -62,6 +76,8 @@ pub struct Request {
     pub method: Method,
     pub headers: HeaderMap,
     pub query: Vec<(String, String)>,
+    /// The client's address, for failed-login throttling.
+    pub remote: Option<SocketAddr>,
 }
 
 impl Request {
@@ -77,7 +93,7 @@ impl Request {
     }
 }
 
-/// The whole API as one warp filter.
+/// The whole API as one warp filter: `/v2/…` and the token service at `/token`.
 pub fn routes(
     state: Arc<State>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
@@ -85,20 +101,27 @@ pub fn routes(
     let with_state = warp::any().map(move || state.clone());
     let query = warp::query::<Vec<(String, String)>>()
         .or_else(|_| async { Err::<(Vec<(String, String)>,), _>(warp::reject::custom(BadQuery)) });
-    warp::path("v2")
-        .and(warp::path::tail())
-        .and(warp::method())
+    let request = warp::method()
         .and(warp::header::headers_cloned())
         .and(query)
+        // Our accept loop (`server`) records the peer; warp's `addr::remote` only works under
+        // `warp::serve`.
+        .and(warp::ext::optional::<ClientAddr>())
+        .map(
+            |method, headers, query, client: Option<ClientAddr>| Request {
+                method,
+                headers,
+                query,
+                remote: client.map(|c| c.0),
+            },
+        );
+    let api = warp::path("v2")
+        .and(warp::path::tail())
+        .and(request)
         .and(warp::body::stream())
-        .and(with_state)
+        .and(with_state.clone())
         .then(
-            |tail: warp::path::Tail, method, headers, query, body, state: Arc<State>| async move {
-                let req = Request {
-                    method,
-                    headers,
-                    query,
-                };
+            |tail: warp::path::Tail, req: Request, body, state: Arc<State>| async move {
                 let tail = tail.as_str();
                 let (label, result) = match path::parse(tail) {
                     Ok(route) => (
@@ -111,7 +134,23 @@ pub fn routes(
                 resp.extensions_mut().insert(RouteLabel(label));
                 resp
             },
-        )
+        );
+    let token = warp::path("token")
+        .and(warp::path::end())
+        .and(warp::get().or(warp::post()).unify())
+        .and(request)
+        .and(warp::body::stream())
+        .and(with_state)
+        .then(|req: Request, body, state: Arc<State>| async move {
+            let mut resp = match read_small(box_body(body), auth::MAX_FORM).await {
+                Ok(body) => state.auth.token_endpoint(&state, req, body).await,
+                Err(e) => reply::error(e),
+            };
+            resp.extensions_mut().insert(RouteLabel("token"));
+            resp
+        });
+    api.or(token)
+        .unify()
         .or(health::routes(health_state))
         .unify()
         .recover(|rejection: warp::Rejection| async move {
@@ -130,6 +169,21 @@ pub fn routes(
 struct BadQuery;
 impl warp::reject::Reject for BadQuery {}
 
+/// Reads a small request body whole, refusing one longer than `limit`.
+async fn read_small(mut body: BodyStream, limit: usize) -> Result<Vec<u8>, RegistryError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        out.extend_from_slice(&chunk?);
+        if out.len() > limit {
+            return Err(
+                RegistryError::new(ErrorCode::SizeInvalid, "request body too large")
+                    .with_status(413),
+            );
+        }
+    }
+    Ok(out)
+}
+
 fn box_body<S, B>(body: S) -> BodyStream
 where
     S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
@@ -142,12 +196,67 @@ where
     .boxed()
 }
 
+/// What a request must be allowed to do: pull to read, push to write (uploads included,
+/// their cancellation too), delete to delete a manifest or blob.
+fn need<'a>(method: &Method, route: &'a Route) -> Need<'a> {
+    let write = |m: &Method| match *m {
+        Method::GET | Method::HEAD => Action::Pull,
+        Method::DELETE => Action::Delete,
+        _ => Action::Push,
+    };
+    match route {
+        Route::Base => Need::Login,
+        Route::Catalog => Need::Listing,
+        Route::Tags(n) | Route::Referrers(n, _) => Need::Repo(n, Action::Pull),
+        Route::Manifest(n, _) | Route::Blob(n, _) => Need::Repo(n, write(method)),
+        Route::UploadStart(n) | Route::Upload(n, _) => Need::Repo(n, Action::Push),
+    }
+}
+
+/// A cross-repository mount reads the source, so it needs pull there as well as push on the
+/// target. Without it the mount parameters are dropped and the client gets the spec's
+/// fallback, a plain upload session: the answer is the same whether or not the blob exists.
+fn restrict_mount(req: &mut Request, caller: &Caller) {
+    let allowed = req
+        .query("from")
+        .is_some_and(|from| caller.may(from, Action::Pull));
+    if req.query("mount").is_some() && !allowed {
+        req.query.retain(|(k, _)| k != "mount" && k != "from");
+    }
+}
+
+/// Authorizes the request for its route, then hands it to the route's handler. Who made it
+/// is put into the response for the access log.
 async fn dispatch(
+    state: &State,
+    route: Route,
+    tail: &str,
+    mut req: Request,
+    body: BodyStream,
+) -> Result<Response, RegistryError> {
+    let caller = state
+        .auth
+        .authorize(state, &req, need(&req.method, &route))
+        .await?;
+    if matches!(route, Route::UploadStart(_)) {
+        restrict_mount(&mut req, &caller);
+    }
+    let user = caller.user().map(str::to_string);
+    let result = handle(state, route, tail, req, body, caller).await;
+    let mut resp = result.unwrap_or_else(reply::error);
+    if let Some(user) = user {
+        resp.extensions_mut().insert(Principal(user));
+    }
+    Ok(resp)
+}
+
+async fn handle(
     state: &State,
     route: Route,
     tail: &str,
     req: Request,
     body: BodyStream,
+    caller: Caller,
 ) -> Result<Response, RegistryError> {
     let head = req.method == Method::HEAD;
     match (req.method.clone(), route) {
@@ -155,7 +264,7 @@ async fn dispatch(
             reply::builder(StatusCode::OK).header("Content-Type", "application/json"),
             "{}",
         )),
-        (Method::GET, Route::Catalog) => catalog::list(state, &req).await,
+        (Method::GET, Route::Catalog) => catalog::list(state, &req, caller).await,
         (Method::GET, Route::Tags(name)) => tags::list(state, name, &req).await,
         (Method::GET | Method::HEAD, Route::Manifest(name, r)) => {
             manifests::get(state, name, r, head).await
@@ -180,5 +289,43 @@ async fn dispatch(
             ErrorCode::Unsupported,
             format!("{m} is not supported on /v2/{tail}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn needed(method: Method, tail: &str) -> Option<(String, Action)> {
+        let route = path::parse(tail).unwrap();
+        match need(&method, &route) {
+            Need::Repo(n, a) => Some((n.to_string(), a)),
+            Need::Login | Need::Listing => None,
+        }
+    }
+
+    #[test]
+    fn every_route_needs_the_action_it_performs() {
+        const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        const U: &str = "3f2a7c1e-8d4b-4a6f-9e0c-1b2d3e4f5a6b";
+        let r = |a| Some(("a/b".to_string(), a));
+        use Action::*;
+        assert!(matches!(need(&Method::GET, &Route::Base), Need::Login));
+        assert!(matches!(need(&Method::GET, &Route::Catalog), Need::Listing));
+        assert_eq!(needed(Method::GET, "a/b/tags/list"), r(Pull));
+        assert_eq!(needed(Method::GET, "a/b/manifests/v1"), r(Pull));
+        assert_eq!(needed(Method::HEAD, "a/b/manifests/v1"), r(Pull));
+        assert_eq!(needed(Method::PUT, "a/b/manifests/v1"), r(Push));
+        assert_eq!(needed(Method::DELETE, "a/b/manifests/v1"), r(Delete));
+        assert_eq!(needed(Method::GET, &format!("a/b/blobs/{D}")), r(Pull));
+        assert_eq!(needed(Method::HEAD, &format!("a/b/blobs/{D}")), r(Pull));
+        assert_eq!(needed(Method::DELETE, &format!("a/b/blobs/{D}")), r(Delete));
+        assert_eq!(needed(Method::POST, "a/b/blobs/uploads/"), r(Push));
+        for m in [Method::GET, Method::PATCH, Method::PUT, Method::DELETE] {
+            assert_eq!(needed(m, &format!("a/b/blobs/uploads/{U}")), r(Push));
+        }
+        assert_eq!(needed(Method::GET, &format!("a/b/referrers/{D}")), r(Pull));
+        // A method no handler takes still needs more than a read before it is refused.
+        assert_eq!(needed(Method::POST, "a/b/manifests/v1"), r(Push));
     }
 }

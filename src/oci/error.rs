@@ -88,6 +88,8 @@ pub struct RegistryError {
     pub message: String,
     pub detail: Option<serde_json::Value>,
     pub status: Option<u16>,
+    /// Extra response headers, such as the `WWW-Authenticate` challenge of a 401.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl RegistryError {
@@ -97,6 +99,7 @@ impl RegistryError {
             message: message.into(),
             detail: None,
             status: None,
+            headers: Vec::new(),
         }
     }
 
@@ -111,6 +114,11 @@ impl RegistryError {
 
     pub fn with_status(mut self, status: u16) -> RegistryError {
         self.status = Some(status);
+        self
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> RegistryError {
+        self.headers.push((name, value.into()));
         self
     }
 
