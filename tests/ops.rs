@@ -117,37 +117,18 @@ async fn tls_serves_https_to_curl_skopeo_and_podman_and_reloads_on_sighup() {
     }
     if require_tool("podman") {
         let w = dir.path().join("podman");
-        std::fs::create_dir_all(w.join("tmp")).unwrap();
+        let podman = Podman::new(&w);
+        let policy = podman.policy();
         std::fs::write(w.join("rootfs.tar"), rootfs_tar(2, 10_000)).unwrap();
-        let podman = |args: &[&str]| {
-            let mut cmd = Command::new("podman");
-            cmd.env("TMPDIR", w.join("tmp"))
-                .arg("--root")
-                .arg(w.join("root"))
-                .arg("--runroot")
-                .arg(w.join("runroot"))
-                .args([
-                    "--storage-driver",
-                    "vfs",
-                    "--cgroup-manager",
-                    "cgroupfs",
-                    "--events-backend",
-                    "file",
-                ])
-                .args(args);
-            cmd
-        };
         let image = format!("{host}/tls/podman:v1");
         let certs = certs.to_string_lossy().into_owned();
-        run_async(podman(&[
-            "import",
-            w.join("rootfs.tar").to_str().unwrap(),
-            &image,
-        ]))
-        .await;
-        run_async(podman(&["push", "--cert-dir", &certs, &image])).await;
-        run_async(podman(&["rmi", &image])).await;
-        run_async(podman(&["pull", "--cert-dir", &certs, &image])).await;
+        let tar = w.join("rootfs.tar").to_string_lossy().into_owned();
+        run_async(podman.command(&["import", &tar, &image])).await;
+        // No --tls-verify=false: podman verifies our certificate against --cert-dir.
+        let tls = ["--cert-dir", &certs, "--signature-policy", &policy];
+        run_async(podman.command(&[&["push"][..], &tls, &[&image]].concat())).await;
+        run_async(podman.command(&["rmi", &image])).await;
+        run_async(podman.command(&[&["pull"][..], &tls, &[&image]].concat())).await;
     }
 
     // Reload: a new certificate for new handshakes; the pooled connection survives.
