@@ -6,6 +6,7 @@
 //! - `config`: `registry.toml` → `Config`.
 //! - `db`: the redb tables and the transactions that keep reference counts exact.
 //! - `store`: blob and upload files on disk.
+//! - `blob_locks`: per-digest locks and "last seen" times shared by pushes and the GC.
 //! - `http`: the warp routes of the distribution API.
 //! - `admin`: the control channel (a Unix socket) through which the CLI reaches a server.
 //! - `cli`: the `dockyard` command line.
@@ -22,6 +23,7 @@
 //! ```
 
 pub mod admin;
+pub mod blob_locks;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -54,6 +56,8 @@ pub struct Core {
     pub config: Config,
     pub db: Db,
     pub store: Store,
+    /// Shared by the requests that make or show a blob and the GC that deletes blobs.
+    pub blob_locks: Arc<blob_locks::BlobLocks>,
 }
 
 impl Core {
@@ -62,7 +66,13 @@ impl Core {
     pub fn open(config: Config) -> Result<Core, Error> {
         let store = Store::open(&config.root)?;
         let db = Db::open(&store.path_for(Location::Database))?;
-        Ok(Core { config, db, store })
+        let blob_locks = Arc::new(blob_locks::BlobLocks::new(config.gc.lease()));
+        Ok(Core {
+            config,
+            db,
+            store,
+            blob_locks,
+        })
     }
 }
 
