@@ -92,7 +92,6 @@ impl BlobLocks {
     }
 
     /// Marks the start of a GC pass whose snapshot is taken now.
-    #[allow(dead_code)]
     pub(crate) fn begin_pass(&self) -> Instant {
         let now = Instant::now();
         *self.pass_started.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
@@ -100,7 +99,6 @@ impl BlobLocks {
     }
 
     /// Ends a pass and forgets sightings older than the lease.
-    #[allow(dead_code)]
     pub(crate) fn end_pass(&self) {
         *self.pass_started.lock().unwrap_or_else(|e| e.into_inner()) = None;
         for i in 0..STRIPES {

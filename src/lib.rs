@@ -7,6 +7,7 @@
 //! - `db`: the redb tables and the transactions that keep reference counts exact.
 //! - `store`: blob and upload files on disk.
 //! - `blob_locks`: per-digest locks and "last seen" times shared by pushes and the GC.
+//! - `gc`: one garbage-collection pass.
 //! - `http`: the warp routes of the distribution API.
 //! - `admin`: the control channel (a Unix socket) through which the CLI reaches a server.
 //! - `cli`: the `dockyard` command line.
@@ -27,12 +28,14 @@ pub mod blob_locks;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod gc;
 pub mod http;
 pub mod oci;
 pub mod store;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 pub use config::Config;
 
@@ -47,6 +50,16 @@ pub enum Error {
     Db(#[from] db::DbError),
     #[error("config: {0}")]
     Config(#[from] config::ConfigError),
+    /// A command ran and reports failure (a GC pass that could not finish, an fsck that
+    /// found problems): the message is for a person.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<oci::RegistryError> for Error {
+    fn from(e: oci::RegistryError) -> Self {
+        Error::Failed(e.message)
+    }
 }
 
 /// What every entry point works on: the configuration, the database and the blob store of
@@ -58,6 +71,11 @@ pub struct Core {
     pub store: Store,
     /// Shared by the requests that make or show a blob and the GC that deletes blobs.
     pub blob_locks: Arc<blob_locks::BlobLocks>,
+    /// Held by a GC pass or an `fsck --repair`, so they take turns.
+    pub maintenance: Arc<Mutex<()>>,
+    /// Set when the server starts shutting down: a GC pass (timer or admin) stops between
+    /// two batches.
+    pub stopping: Arc<AtomicBool>,
 }
 
 impl Core {
@@ -72,6 +90,8 @@ impl Core {
             db,
             store,
             blob_locks,
+            maintenance: Arc::new(Mutex::new(())),
+            stopping: Arc::new(AtomicBool::new(false)),
         })
     }
 }
@@ -93,8 +113,15 @@ impl Registry {
         &self.core.config
     }
 
-    /// Serves the API on `listener`, and the control channel on `<root>/admin.sock`, until
-    /// `shutdown` completes; then lets requests in flight finish.
+    /// The opened root, shared with the server once it serves: for embedding programs and
+    /// tests that run `gc::run_once` or `fsck::check` beside it.
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// Serves the API on `listener`, the control channel on `<root>/admin.sock`, and a GC pass
+    /// every `[gc] interval`, until `shutdown` completes; then lets requests in flight finish
+    /// and stops the GC between two batches.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -105,6 +132,8 @@ impl Registry {
             let _ = rx.wait_for(|s| *s).await;
         };
         let admin = tokio::spawn(admin::serve(self.core.clone(), stopped(stop_rx.clone())));
+        let gc_stop = self.core.stopping.clone();
+        let gc_timer = tokio::spawn(gc_timer(self.core.clone(), stopped(stop_rx.clone())));
         // The API serves even if the control channel cannot (say, a root path too long for a
         // Unix socket); the CLI then reports that it cannot reach the server.
         let state = Arc::new(http::State::new(self.core));
@@ -117,14 +146,43 @@ impl Registry {
             _ = &mut http => {}
             _ = shutdown => {
                 let _ = stop_tx.send(true);
+                gc_stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 http.await;
             }
         }
         let _ = stop_tx.send(true);
+        gc_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = gc_timer.await {
+            tracing::error!(error = %e, "gc timer task failed");
+        }
         match admin.await {
             Ok(Err(e)) => tracing::error!(error = %e, "admin socket failed"),
             Err(e) => tracing::error!(error = %e, "admin socket task failed"),
             Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// Runs a GC pass every `[gc] interval` until `shutdown`. The pass runs on the blocking pool;
+/// `Core::stopping` ends one in progress between two batches.
+async fn gc_timer(core: Core, shutdown: impl Future<Output = ()>) {
+    let Some(every) = core.config.gc.interval else {
+        return;
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let (c, opts) = (core.clone(), gc::GcOptions::default());
+        match tokio::task::spawn_blocking(move || gc::run_once(&c, &opts)).await {
+            Ok(Ok(report)) if report.bytes() > 0 || report.manifests > 0 => {
+                tracing::info!("gc: {report}")
+            }
+            Ok(Ok(report)) => tracing::debug!("gc: {report}"),
+            Ok(Err(e)) => tracing::error!(error = %e, "gc pass failed"),
+            Err(e) => tracing::error!(error = %e, "gc task failed"),
         }
     }
 }
