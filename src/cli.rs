@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::admin;
 use crate::config::Config;
 use crate::Registry;
 
@@ -25,6 +26,32 @@ pub struct Cli {
 pub enum Command {
     /// Serve the registry API.
     Serve(Instance),
+    /// Collect garbage now: unreferenced blobs past their grace, expired uploads, leftovers.
+    /// Goes through the running server if there is one.
+    Gc {
+        #[command(flatten)]
+        instance: Instance,
+        /// Report what would be freed; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check reference counts, rows against files, and (optionally) every blob's hash.
+    /// Exits non-zero with a summary when something is wrong.
+    Fsck {
+        #[command(flatten)]
+        instance: Instance,
+        /// Re-hash every blob and manifest to catch bit rot.
+        #[arg(long)]
+        verify_hashes: bool,
+        /// Fix counts and indexes and remove orphans; never deletes a blob a manifest names.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Bytes per repository, bytes shared between repositories, and what GC would reclaim.
+    Du {
+        #[command(flatten)]
+        instance: Instance,
+    },
 }
 
 /// Which registry instance a command works on.
@@ -84,6 +111,35 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
             init_tracing(&config.log_level);
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(serve(config))
+        }
+        Command::Gc { instance, dry_run } => admin(&instance, admin::Command::Gc { dry_run }),
+        Command::Fsck {
+            instance,
+            verify_hashes,
+            repair,
+        } => admin(
+            &instance,
+            admin::Command::Fsck {
+                verify_hashes,
+                repair,
+            },
+        ),
+        Command::Du { instance } => admin(&instance, admin::Command::Du),
+    }
+}
+
+/// Runs a control-channel command on the instance (through its server when one runs) and
+/// prints the answer: on stdout when it succeeded, as the error otherwise.
+fn admin(instance: &Instance, command: admin::Command) -> Result<(), crate::Error> {
+    let config = instance.config()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    match runtime.block_on(admin::run(config, command))? {
+        admin::Outcome::Ok(text) => {
+            println!("{text}");
+            Ok(())
+        }
+        admin::Outcome::Err(text) | admin::Outcome::Progress(text) => {
+            Err(crate::Error::Failed(text))
         }
     }
 }

@@ -7,7 +7,7 @@
 //! - `db`: the redb tables and the transactions that keep reference counts exact.
 //! - `store`: blob and upload files on disk.
 //! - `blob_locks`: per-digest locks and "last seen" times shared by pushes and the GC.
-//! - `gc`: one garbage-collection pass.
+//! - `gc`: one garbage-collection pass; `fsck`: consistency check and repair; `usage`: `du`.
 //! - `http`: the warp routes of the distribution API.
 //! - `admin`: the control channel (a Unix socket) through which the CLI reaches a server.
 //! - `cli`: the `dockyard` command line.
@@ -28,10 +28,12 @@ pub mod blob_locks;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod fsck;
 pub mod gc;
 pub mod http;
 pub mod oci;
 pub mod store;
+pub mod usage;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
