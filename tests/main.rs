@@ -4,6 +4,7 @@
 mod util;
 
 mod admin;
+mod gc;
 
 mod interop;
 mod interop_cli;
