@@ -5,6 +5,7 @@ mod util;
 
 mod admin;
 mod gc;
+mod gc_cli;
 
 mod interop;
 mod interop_cli;
