@@ -209,13 +209,16 @@ struct Pass<'a> {
     ticker: Ticker<'a>,
 }
 
-fn secs(d: Duration) -> u64 {
-    d.as_secs()
-}
-
-/// Whether a record unreferenced since `zero_since` has been so for at least `age` at `now`.
+/// Whether a record unreferenced since `zero_since` (whole Unix seconds, truncated) has
+/// surely been so for at least `age` at `now`. Both stamps are truncated, so the time that
+/// passed may be up to a second less than `now - since`: the test is strict, with `age`
+/// rounded up. Zero means at once.
 fn aged(zero_since: Option<u64>, created: u64, age: Duration, now: u64) -> bool {
-    zero_since.unwrap_or(created).saturating_add(secs(age)) <= now
+    if age.is_zero() {
+        return true;
+    }
+    let age = age.as_secs() + u64::from(age.subsec_nanos() > 0);
+    zero_since.unwrap_or(created).saturating_add(age) < now
 }
 
 fn parse_digest(s: &str) -> Result<Digest, Error> {
@@ -664,8 +667,13 @@ mod tests {
 
     #[test]
     fn ages_and_sizes() {
-        assert!(aged(Some(100), 0, Duration::from_secs(10), 110));
-        assert!(!aged(Some(100), 0, Duration::from_secs(10), 109));
+        // Regression: stamped at 100.9 s (truncated to 100), a one-second window was over
+        // at 101.0 s, and an index child pushed 0.1 s earlier was collected under its index.
+        assert!(!aged(Some(100), 0, Duration::from_secs(1), 101));
+        assert!(aged(Some(100), 0, Duration::from_secs(1), 102));
+        assert!(!aged(Some(100), 0, Duration::from_secs(10), 110));
+        assert!(aged(Some(100), 0, Duration::from_secs(10), 111));
+        assert!(!aged(Some(100), 0, Duration::from_millis(1500), 102));
         assert!(aged(None, 5, Duration::ZERO, 5));
         assert_eq!(human_bytes(0), "0 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
