@@ -4,6 +4,7 @@
 mod util;
 
 mod admin;
+mod crash;
 mod gc;
 mod gc_cli;
 
