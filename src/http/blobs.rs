@@ -64,11 +64,16 @@ pub async fn get(
         return Ok(reply::finish(b, ""));
     }
     let path = state.store.path_for(Location::Blob(&digest));
-    let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
-        RegistryError::internal(format!(
-            "blob {digest} has a row but its file is unreadable: {e}"
-        ))
-    })?;
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| match e.kind() {
+            // Collected since the read above: possible only with a zero lease (`[gc] grace` and
+            // `push_window` both zero), where a sighting protects nothing.
+            std::io::ErrorKind::NotFound => RegistryError::code(ErrorCode::BlobUnknown),
+            _ => RegistryError::internal(format!(
+                "blob {digest} has a row but its file is unreadable: {e}"
+            )),
+        })?;
     if start > 0 {
         file.seek(std::io::SeekFrom::Start(start)).await?;
     }
