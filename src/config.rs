@@ -29,8 +29,8 @@ pub struct GcConfig {
     /// renewed, after a client last uploaded, checked or mounted it).
     pub grace: Duration,
     /// However short `grace` is, a blob a client uploaded, checked or mounted is kept this long
-    /// afterwards, so the manifest PUT that follows finds it. Also the age at which a file in
-    /// `uploads/` without a session is taken for a leftover.
+    /// afterwards, so the manifest PUT that follows finds it. A file in `uploads/` without a
+    /// session is a leftover once untouched for [`GcConfig::lease`].
     pub push_window: Duration,
     /// What happens to a manifest that no tag and no index references.
     pub untagged: Untagged,

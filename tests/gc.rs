@@ -733,3 +733,54 @@ async fn the_server_collects_by_itself_every_interval_and_stops_on_shutdown() {
         .expect("serve returns after shutdown, timer included");
     assert!(stopping.elapsed() < Duration::from_secs(5));
 }
+
+/// One pass at a time: a `gc` through the control channel waits for the pass in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gc_through_the_socket_waits_for_the_pass_in_progress() {
+    let r = start(|_| {}).await;
+    seed_blob(&r.core, &["app"], &random_bytes(100)).await;
+    let sock = dockyard::admin::socket_path(&r.root);
+    while !sock.exists() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The first pass holds its turn for 500 ms once it has chosen the blob.
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<Instant>();
+    let entered_tx = Mutex::new(Some(entered_tx));
+    let hook: Hook = Arc::new(move |stage, _| {
+        if stage == Stage::BlobChosen {
+            if let Some(tx) = entered_tx.lock().unwrap().take() {
+                let _ = tx.send(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let first = gc_with(
+        &r,
+        GcOptions {
+            hook: Some(hook),
+            ..Default::default()
+        },
+    );
+    let second = async {
+        let entered = tokio::task::spawn_blocking(move || entered_rx.recv().expect("first pass"))
+            .await
+            .unwrap();
+        let answer =
+            dockyard::admin::call(&r.root, &dockyard::admin::Command::Gc { dry_run: false })
+                .await
+                .expect("admin call")
+                .expect("a server answers");
+        (answer, entered.elapsed())
+    };
+    let (first, (answer, waited)) = tokio::join!(first, second);
+    assert_eq!(first.blobs, 1, "{first}");
+    assert!(
+        waited >= Duration::from_millis(450),
+        "the socket's pass answered {waited:?} into the first pass"
+    );
+    assert!(
+        matches!(&answer, dockyard::admin::Outcome::Ok(s) if s.starts_with("gc: freed 0 blobs")),
+        "{answer:?}"
+    );
+    r.stop().await;
+}
