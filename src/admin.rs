@@ -6,16 +6,19 @@
 //! change takes effect at once. When no server holds the root, the CLI opens the files and
 //! calls [`execute`] directly. Either way the command and its output are identical.
 //!
-//! Wire format: one JSON [`Command`] per line in, one JSON [`Outcome`] per line out.
+//! Wire format: one JSON [`Command`] per line in, one JSON [`Outcome`] per line out; a long
+//! command (`gc`, `fsck`, `du`) may send `progress` outcomes before its final answer.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::gc::Progress;
 use crate::users::Secret;
 use crate::{access, Core};
 
@@ -56,6 +59,17 @@ pub enum Command {
     AclList {
         subject: Option<String>,
     },
+    /// One GC pass now (after the one running, if any).
+    Gc {
+        dry_run: bool,
+    },
+    /// Check the instance; fails with the list of problems if there are any.
+    Fsck {
+        verify_hashes: bool,
+        repair: bool,
+    },
+    /// Bytes per repository, shared bytes, and what GC would reclaim now.
+    Du,
 }
 
 /// What a command answered: text for the person at the terminal, or a one-line error.
@@ -64,6 +78,8 @@ pub enum Command {
 pub enum Outcome {
     Ok(String),
     Err(String),
+    /// Not an answer: how far a long command has got. The answer follows.
+    Progress(String),
 }
 
 impl<E: std::fmt::Display> From<Result<String, E>> for Outcome {
@@ -77,6 +93,11 @@ impl<E: std::fmt::Display> From<Result<String, E>> for Outcome {
 
 /// Runs one command against an open instance. Errors are one line, for a person.
 pub async fn execute(core: &Core, command: Command) -> Outcome {
+    execute_with(core, command, None).await
+}
+
+/// [`execute`], sending progress lines of long commands to `progress`.
+pub async fn execute_with(core: &Core, command: Command, progress: Option<Progress>) -> Outcome {
     match command {
         Command::Ping => Outcome::Ok(format!("serving {}", core.store.root().display())),
         Command::UserAdd { name, password } => access::user_add(core, &name, password).await.into(),
@@ -99,6 +120,67 @@ pub async fn execute(core: &Core, command: Command) -> Outcome {
             access::acl_revoke(core, &subject, &pattern).await.into()
         }
         Command::AclList { subject } => access::acl_list(core, subject.as_deref()).await.into(),
+        Command::Gc { .. } | Command::Fsck { .. } | Command::Du => {
+            maintenance(core, command, progress).await
+        }
+    }
+}
+
+/// `gc`, `fsck` and `du` block on files and the database: they run on the blocking pool.
+async fn maintenance(core: &Core, command: Command, progress: Option<Progress>) -> Outcome {
+    use crate::{fsck, gc, usage};
+    let core = core.clone();
+    let ran = tokio::task::spawn_blocking(move || match command {
+        Command::Gc { dry_run } => {
+            let opts = gc::GcOptions {
+                dry_run,
+                progress,
+                ..Default::default()
+            };
+            gc::run_once(&core, &opts).map(|r| Outcome::Ok(format!("gc: {r}")))
+        }
+        Command::Fsck {
+            verify_hashes,
+            repair,
+        } => {
+            let opts = fsck::FsckOptions {
+                verify_hashes,
+                repair,
+                progress,
+            };
+            fsck::check(&core, &opts).map(|r| match r.clean() {
+                true => Outcome::Ok(format!("fsck: {r}")),
+                false => Outcome::Err(format!("fsck: {r}")),
+            })
+        }
+        Command::Du => usage::measure(&core).map(|u| Outcome::Ok(u.to_string())),
+        // `execute_with` sends only gc, fsck and du here.
+        other => Ok(Outcome::Err(format!(
+            "not a maintenance command: {other:?}"
+        ))),
+    })
+    .await;
+    match ran {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => Outcome::Err(e.to_string()),
+        Err(e) => Outcome::Err(format!("the command failed: {e}")),
+    }
+}
+
+/// Progress shown on stderr, rewriting one line, when stderr is a terminal.
+fn terminal_progress() -> Option<Progress> {
+    io::stderr().is_terminal().then(|| {
+        Arc::new(|line: &str| {
+            let mut e = io::stderr();
+            let _ = write!(e, "\r{line}\x1b[K");
+            let _ = e.flush();
+        }) as Progress
+    })
+}
+
+fn clear_progress(shown: bool) {
+    if shown && io::stderr().is_terminal() {
+        let _ = write!(io::stderr(), "\r\x1b[K");
     }
 }
 
@@ -157,15 +239,33 @@ async fn handle(core: &Core, stream: UnixStream) -> io::Result<()> {
         let outcome = match serde_json::from_str::<Command>(&line) {
             Ok(command) => {
                 tracing::info!(?command, "admin command");
-                execute(core, command).await
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let progress: Progress = Arc::new(move |line: &str| {
+                    let _ = tx.send(line.to_string());
+                });
+                let run = execute_with(core, command, Some(progress));
+                tokio::pin!(run);
+                loop {
+                    tokio::select! {
+                        outcome = &mut run => break outcome,
+                        Some(line) = rx.recv() => {
+                            // A client that went away does not stop the command.
+                            let _ = send(&mut write, &Outcome::Progress(line)).await;
+                        }
+                    }
+                }
             }
             Err(e) => Outcome::Err(format!("malformed admin command: {e}")),
         };
-        let mut out = serde_json::to_vec(&outcome).map_err(io::Error::other)?;
-        out.push(b'\n');
-        write.write_all(&out).await?;
+        send(&mut write, &outcome).await?;
     }
     Ok(())
+}
+
+async fn send(write: &mut (impl AsyncWriteExt + Unpin), outcome: &Outcome) -> io::Result<()> {
+    let mut out = serde_json::to_vec(outcome).map_err(io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await
 }
 
 /// Sends `command` to the server running on `root`, if there is one. `Ok(None)` means no
@@ -194,16 +294,35 @@ pub async fn call(root: &Path, command: &Command) -> io::Result<Option<Outcome>>
     line.push(b'\n');
     write.write_all(&line).await?;
     write.shutdown().await?;
-    let answer = BufReader::new(read)
-        .lines()
-        .next_line()
-        .await?
-        .ok_or_else(|| {
+    let mut lines = BufReader::new(read).lines();
+    let progress = terminal_progress();
+    let mut shown = false;
+    loop {
+        let answer = lines.next_line().await?.ok_or_else(|| {
             io::Error::other("the server closed the admin connection without answering")
-        })?;
-    serde_json::from_str(&answer)
-        .map(Some)
-        .map_err(|e| io::Error::other(format!("malformed admin answer: {e}")))
+        });
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                clear_progress(shown);
+                return Err(e);
+            }
+        };
+        let outcome: Outcome = serde_json::from_str(&answer)
+            .map_err(|e| io::Error::other(format!("malformed admin answer: {e}")))?;
+        match outcome {
+            Outcome::Progress(line) => {
+                if let Some(p) = &progress {
+                    p(&line);
+                    shown = true;
+                }
+            }
+            done => {
+                clear_progress(shown);
+                return Ok(Some(done));
+            }
+        }
+    }
 }
 
 /// Runs `command` on the instance at `config.root`: through the running server when there is
@@ -213,5 +332,9 @@ pub async fn run(config: crate::Config, command: Command) -> Result<Outcome, cra
         return Ok(outcome);
     }
     let core = Core::open(config)?;
-    Ok(execute(&core, command).await)
+    let progress = terminal_progress();
+    let shown = progress.is_some();
+    let outcome = execute_with(&core, command, progress).await;
+    clear_progress(shown);
+    Ok(outcome)
 }

@@ -30,6 +30,32 @@ pub struct Cli {
 pub enum Command {
     /// Serve the registry API (and /healthz, /readyz, /metrics).
     Serve(Instance),
+    /// Collect garbage now: unreferenced blobs past their grace, expired uploads, leftovers.
+    /// Goes through the running server if there is one.
+    Gc {
+        #[command(flatten)]
+        instance: Instance,
+        /// Report what would be freed; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check reference counts, rows against files, and (optionally) every blob's hash.
+    /// Exits non-zero with a summary when something is wrong.
+    Fsck {
+        #[command(flatten)]
+        instance: Instance,
+        /// Re-hash every blob and manifest to catch bit rot.
+        #[arg(long)]
+        verify_hashes: bool,
+        /// Fix counts and indexes and remove orphans; never deletes a blob a manifest names.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Bytes per repository, bytes shared between repositories, and what GC would reclaim.
+    Du {
+        #[command(flatten)]
+        instance: Instance,
+    },
     /// Validate a configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -210,6 +236,19 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
         }
         Command::User(c) => user(c),
         Command::Acl(c) => acl(c),
+        Command::Gc { instance, dry_run } => execute(instance, admin::Command::Gc { dry_run }),
+        Command::Fsck {
+            instance,
+            verify_hashes,
+            repair,
+        } => execute(
+            instance,
+            admin::Command::Fsck {
+                verify_hashes,
+                repair,
+            },
+        ),
+        Command::Du { instance } => execute(instance, admin::Command::Du),
     }
 }
 
@@ -284,7 +323,8 @@ fn execute(instance: Instance, command: admin::Command) -> Result<(), crate::Err
             println!("{text}");
             Ok(())
         }
-        Outcome::Err(message) => Err(crate::Error::Command(message)),
+        // Progress lines are shown while the command runs; one is never the final answer.
+        Outcome::Err(message) | Outcome::Progress(message) => Err(crate::Error::Command(message)),
     }
 }
 

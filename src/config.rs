@@ -28,6 +28,8 @@ pub struct Config {
     pub log_level: String,
     pub log_format: LogFormat,
     pub auth: AuthConfig,
+    /// The `[gc]` section.
+    pub gc: GcConfig,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -89,6 +91,47 @@ impl Default for AuthConfig {
     }
 }
 
+/// When garbage is collected; see `gc` for what the times mean.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GcConfig {
+    /// How often `serve` runs a pass by itself; `None` ("off") leaves it to `dockyard gc`.
+    pub interval: Option<Duration>,
+    /// How long a blob no manifest references is kept after its count fell to zero (and,
+    /// renewed, after a client last uploaded, checked or mounted it).
+    pub grace: Duration,
+    /// However short `grace` is, a blob a client uploaded, checked or mounted is kept this long
+    /// afterwards, so the manifest PUT that follows finds it. A file in `uploads/` without a
+    /// session is a leftover once untouched for [`GcConfig::lease`].
+    pub push_window: Duration,
+    /// What happens to a manifest that no tag and no index references.
+    pub untagged: Untagged,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Untagged {
+    Keep,
+    /// Deleted once it has been unreferenced this long.
+    After(Duration),
+}
+
+impl GcConfig {
+    /// How long a client's sighting of a blob protects it: the grace, renewed.
+    pub fn lease(&self) -> Duration {
+        self.grace.max(self.push_window)
+    }
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval: Some(Duration::from_secs(10 * 60)),
+            grace: Duration::from_secs(3600),
+            push_window: Duration::from_secs(15 * 60),
+            untagged: Untagged::Keep,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -105,6 +148,7 @@ impl Default for Config {
             log_level: "info".to_string(),
             log_format: LogFormat::Text,
             auth: AuthConfig::default(),
+            gc: GcConfig::default(),
         }
     }
 }
@@ -135,6 +179,8 @@ struct File {
     metrics: MetricsSection,
     #[serde(default)]
     auth: AuthSection,
+    #[serde(default)]
+    gc: GcSection,
 }
 
 #[derive(Deserialize, Default)]
@@ -192,6 +238,45 @@ struct AuthSection {
 
 fn duration(key: &str, s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|err| format!("{key} {s:?}: {err}"))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GcSection {
+    interval: Option<String>,
+    grace: Option<String>,
+    push_window: Option<String>,
+    untagged: Option<String>,
+}
+
+impl GcSection {
+    fn apply(self, gc: &mut GcConfig) -> Result<(), String> {
+        let duration = |key: &str, v: &str| {
+            humantime::parse_duration(v).map_err(|err| format!("gc.{key} {v:?}: {err}"))
+        };
+        if let Some(v) = self.interval {
+            gc.interval = match v.as_str() {
+                "off" => None,
+                _ => Some(duration("interval", &v)?).filter(|d| !d.is_zero()),
+            };
+        }
+        if let Some(v) = self.grace {
+            gc.grace = duration("grace", &v)?;
+        }
+        if let Some(v) = self.push_window {
+            gc.push_window = duration("push_window", &v)?;
+        }
+        if let Some(v) = self.untagged {
+            gc.untagged = match v.as_str() {
+                "keep" => Untagged::Keep,
+                _ => Untagged::After(
+                    duration("untagged", &v)
+                        .map_err(|e| format!("{e} (expected \"keep\" or a duration)"))?,
+                ),
+            };
+        }
+        Ok(())
+    }
 }
 
 /// A size written as a number of bytes or as a string such as `"4MiB"` or `"1GB"`.
@@ -328,6 +413,7 @@ impl Config {
         if let Some(w) = f.failure_window {
             a.failure_window = duration("auth.failure_window", &w)?;
         }
+        file.gc.apply(&mut c.gc)?;
         Ok(c)
     }
 }
@@ -354,6 +440,7 @@ mod tests {
         assert_eq!(c.log_level, d.log_level);
         assert_eq!(c.log_format, d.log_format);
         assert_eq!(c.auth, d.auth);
+        assert_eq!(c.gc, d.gc);
         // Every key of the file is one the parser knows (deny_unknown_fields) and every
         // `[auth]` field is spelled out in it.
         for key in [
@@ -394,6 +481,22 @@ mod tests {
         assert!(e.contains("failure_window"), "{e}");
         let e = Config::from_toml("[auth]\npassword = \"x\"\n").unwrap_err();
         assert!(e.contains("password"), "{e}");
+    }
+
+    #[test]
+    fn gc_section() {
+        let c = Config::from_toml(
+            "[gc]\ninterval = \"off\"\ngrace = \"0s\"\npush_window = \"30s\"\nuntagged = \"2h\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.gc.interval, None);
+        assert_eq!(c.gc.grace, Duration::ZERO);
+        assert_eq!(c.gc.lease(), Duration::from_secs(30));
+        assert_eq!(c.gc.untagged, Untagged::After(Duration::from_secs(7200)));
+        let e = Config::from_toml("[gc]\nuntagged = \"never\"\n").unwrap_err();
+        assert!(e.contains("gc.untagged") && e.contains("keep"), "{e}");
+        let e = Config::from_toml("[gc]\ngrase = \"1h\"\n").unwrap_err();
+        assert!(e.contains("grase"), "{e}");
     }
 
     #[test]

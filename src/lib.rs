@@ -12,6 +12,8 @@
 //! - `users`: user names, bcrypt passwords, repository patterns and permission rules, pure.
 //! - `token`: bearer tokens of the built-in token service (scopes, signing), pure.
 //! - `access`: users and grants of a running instance, and the snapshot requests consult.
+//! - `blob_locks`: per-digest locks and "last seen" times shared by pushes and the GC.
+//! - `gc`: one garbage-collection pass; `fsck`: consistency check and repair; `usage`: `du`.
 //! - `admin`: the control channel (a Unix socket) through which the CLI reaches a server.
 //! - `cli`: the `dockyard` command line.
 //!
@@ -28,19 +30,24 @@
 
 pub mod access;
 pub mod admin;
+pub mod blob_locks;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod fsck;
+pub mod gc;
 pub mod http;
 pub mod metrics;
 pub mod oci;
 pub mod server;
 pub mod store;
 pub mod token;
+pub mod usage;
 pub mod users;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 pub use config::Config;
 
@@ -60,6 +67,12 @@ pub enum Error {
     Command(String),
 }
 
+impl From<oci::RegistryError> for Error {
+    fn from(e: oci::RegistryError) -> Self {
+        Error::Command(e.message)
+    }
+}
+
 /// What every entry point works on: the configuration, the database and the blob store of
 /// one root directory. Cheap to clone (the database handle is shared).
 #[derive(Clone)]
@@ -70,6 +83,13 @@ pub struct Core {
     pub metrics: Arc<metrics::Metrics>,
     /// Users and grants as requests see them (shared with the control channel).
     pub access: Arc<access::Access>,
+    /// Shared by the requests that make or show a blob and the GC that deletes blobs.
+    pub blob_locks: Arc<blob_locks::BlobLocks>,
+    /// Held by a GC pass or an `fsck --repair`, so they take turns.
+    pub maintenance: Arc<Mutex<()>>,
+    /// Set when the server starts shutting down: a GC pass (timer or admin) stops between
+    /// two batches.
+    pub stopping: Arc<AtomicBool>,
 }
 
 impl Core {
@@ -78,12 +98,16 @@ impl Core {
     pub fn open(config: Config) -> Result<Core, Error> {
         let store = Store::open(&config.root)?;
         let db = Db::open(&store.path_for(Location::Database))?;
+        let blob_locks = Arc::new(blob_locks::BlobLocks::new(config.gc.lease()));
         Ok(Core {
             config,
             db,
             store,
             metrics: Arc::default(),
             access: Arc::default(),
+            blob_locks,
+            maintenance: Arc::new(Mutex::new(())),
+            stopping: Arc::new(AtomicBool::new(false)),
         })
     }
 }
@@ -138,9 +162,16 @@ impl Registry {
         }
     }
 
-    /// Serves the API on `listener` (and `/metrics` on `[metrics] listen` when set), and the
-    /// control channel on `<root>/admin.sock`, until `shutdown` completes; then stops
-    /// accepting and lets requests in flight finish up to `[server] shutdown_timeout`.
+    /// The opened root, shared with the server once it serves: for embedding programs and
+    /// tests that run `gc::run_once` or `fsck::check` beside it.
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// Serves the API on `listener` (and `/metrics` on `[metrics] listen` when set), the
+    /// control channel on `<root>/admin.sock`, and a GC pass every `[gc] interval`, until
+    /// `shutdown` completes; then stops accepting, lets requests in flight finish up to
+    /// `[server] shutdown_timeout`, and stops the GC between two batches.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -166,6 +197,8 @@ impl Registry {
         let timeout = self.core.config.shutdown_timeout;
         let metrics = self.core.metrics.clone();
         self.check_auth(&listener).await;
+        let gc_stop = self.core.stopping.clone();
+        let gc_timer = tokio::spawn(gc_timer(self.core.clone(), stopped(stop_rx.clone())));
         // The API serves even if the control channel cannot (say, a root path too long for a
         // Unix socket); the CLI then reports that it cannot reach the server.
         let admin = tokio::spawn(admin::serve(self.core.clone(), stopped(stop_rx.clone())));
@@ -194,12 +227,17 @@ impl Registry {
             _ = &mut api => {}
             _ = shutdown => {
                 let _ = stop_tx.send(true);
+                gc_stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 api.await;
             }
         }
         let _ = stop_tx.send(true);
+        gc_stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(m) = metrics_server {
             let _ = m.await;
+        }
+        if let Err(e) = gc_timer.await {
+            tracing::error!(error = %e, "gc timer task failed");
         }
         match admin.await {
             Ok(Err(e)) => tracing::error!(error = %e, "admin socket failed"),
@@ -207,5 +245,29 @@ impl Registry {
             Ok(Ok(())) => {}
         }
         Ok(())
+    }
+}
+
+/// Runs a GC pass every `[gc] interval` until `shutdown`. The pass runs on the blocking pool;
+/// `Core::stopping` ends one in progress between two batches.
+async fn gc_timer(core: Core, shutdown: impl Future<Output = ()>) {
+    let Some(every) = core.config.gc.interval else {
+        return;
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let (c, opts) = (core.clone(), gc::GcOptions::default());
+        match tokio::task::spawn_blocking(move || gc::run_once(&c, &opts)).await {
+            Ok(Ok(report)) if report.bytes() > 0 || report.manifests > 0 => {
+                tracing::info!("gc: {report}")
+            }
+            Ok(Ok(report)) => tracing::debug!("gc: {report}"),
+            Ok(Err(e)) => tracing::error!(error = %e, "gc pass failed"),
+            Err(e) => tracing::error!(error = %e, "gc task failed"),
+        }
     }
 }

@@ -6,6 +6,9 @@ mod util;
 mod admin;
 mod auth;
 mod auth_cli;
+mod crash;
+mod gc;
+mod gc_cli;
 
 mod interop;
 mod interop_auth;

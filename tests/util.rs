@@ -20,6 +20,8 @@ pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub struct TestRegistry {
     pub addr: SocketAddr,
     pub root: PathBuf,
+    /// The served instance, for tests that run a GC pass or fsck beside the server.
+    pub core: dockyard::Core,
     _dir: Option<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -50,6 +52,7 @@ impl TestRegistry {
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let registry = dockyard::Registry::open(config).expect("open registry");
+        let core = registry.core().clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let serve = registry.serve(listener, async {
             let _ = rx.await;
@@ -58,6 +61,7 @@ impl TestRegistry {
         TestRegistry {
             addr,
             root,
+            core,
             _dir: None,
             stop: Some(tx),
             task: Some(task),
@@ -652,6 +656,7 @@ impl TestRegistry {
         {
             dockyard::admin::Outcome::Ok(s) => Ok(s),
             dockyard::admin::Outcome::Err(e) => Err(e),
+            dockyard::admin::Outcome::Progress(p) => panic!("a progress line as the answer: {p}"),
         }
     }
 
@@ -798,4 +803,161 @@ pub async fn send_truncated(
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut answer)).await;
     answer
+}
+
+impl Process {
+    /// Starts `dockyard serve --listen 127.0.0.1:0 --root ROOT --config CONFIG`.
+    pub fn spawn_with_config(root: &Path, config: &Path) -> Process {
+        let (root, config) = (root.to_string_lossy(), config.to_string_lossy());
+        Process::spawn_args(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--root",
+            &root,
+            "--config",
+            &config,
+        ])
+    }
+}
+
+/// A config file for the binary with the given `[gc]` (and other) lines; lives in `dir`.
+pub fn write_config(dir: &Path, name: &str, toml: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, toml).expect("write config");
+    path
+}
+
+/// Runs `dockyard ARGS…` to completion: (success, stdout, stderr).
+pub fn dockyard_cli(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dockyard"))
+        .args(args)
+        .output()
+        .expect("run dockyard");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// The digests of every blob file under `root/blobs`.
+pub fn blob_files(root: &Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let Ok(algs) = std::fs::read_dir(root.join("blobs")) else {
+        return out;
+    };
+    for alg in algs.flatten() {
+        for shard in std::fs::read_dir(alg.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in std::fs::read_dir(shard.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                out.insert(format!(
+                    "{}:{}",
+                    alg.file_name().to_string_lossy(),
+                    f.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Puts a blob into the instance the way an upload's commit does (file, then a row linked
+/// into `repos`, both under the blob's lock), but without any client having seen it:
+/// garbage the GC may take at once when the grace is zero.
+pub async fn seed_blob(core: &dockyard::Core, repos: &[&str], bytes: &[u8]) -> String {
+    use dockyard::store::Location;
+    let d: dockyard::oci::Digest = sha256(bytes).parse().expect("digest");
+    let repos: Vec<dockyard::oci::RepoName> = repos
+        .iter()
+        .map(|r| dockyard::oci::RepoName::parse(r).expect("repo"))
+        .collect();
+    let (core, dd, bytes) = (core.clone(), d.clone(), bytes.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let _held = core.blob_locks.lock(&dd);
+        let path = core.store.path_for(Location::Blob(&dd));
+        std::fs::create_dir_all(path.parent().expect("shard")).expect("shard dir");
+        std::fs::write(&path, &bytes).expect("blob file");
+        core.db
+            .write_blocking(|tx| {
+                for r in &repos {
+                    dockyard::db::blobs::record(tx, r, &dd, bytes.len() as u64, None)?;
+                }
+                Ok(())
+            })
+            .expect("record seeded blob");
+    })
+    .await
+    .expect("seed task");
+    d.to_string()
+}
+
+/// Pulls `repo:reference` from the registry at `base` and checks the manifest bytes and
+/// every blob it lists byte for byte (by digest). Panics with `what` on any difference.
+pub async fn assert_pulls(
+    c: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    reference: &str,
+    manifest: &[u8],
+    what: &str,
+) {
+    let resp = c
+        .get(format!("{base}/v2/{repo}/manifests/{reference}"))
+        .header("Accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: GET manifest: {e}"));
+    assert_eq!(resp.status(), 200, "{what}: GET {repo}:{reference}");
+    let body = resp.bytes().await.expect("manifest body");
+    assert_eq!(
+        body.as_ref(),
+        manifest,
+        "{what}: manifest bytes of {repo}:{reference}"
+    );
+    let m: serde_json::Value = serde_json::from_slice(manifest).expect("manifest json");
+    let mut digests: Vec<String> = Vec::new();
+    if let Some(c) = m["config"]["digest"].as_str() {
+        digests.push(c.to_string());
+    }
+    for l in m["layers"].as_array().into_iter().flatten() {
+        digests.push(l["digest"].as_str().expect("layer digest").to_string());
+    }
+    for d in digests {
+        let resp = c
+            .get(format!("{base}/v2/{repo}/blobs/{d}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: GET blob: {e}"));
+        assert_eq!(
+            resp.status(),
+            200,
+            "{what}: GET blob {d} of {repo}:{reference}"
+        );
+        let bytes = resp.bytes().await.expect("blob body");
+        assert_eq!(
+            sha256(&bytes),
+            d,
+            "{what}: bytes of blob {d} of {repo}:{reference}"
+        );
+    }
+}
+
+/// A client that opens a connection per request. Blob GETs on a kept-alive connection wait
+/// ~40 ms each (Nagle's algorithm against delayed ACKs: the server does not set TCP_NODELAY
+/// on accepted sockets), which makes tests that pull many blobs slow for no reason of theirs.
+pub fn fresh_client() -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("reqwest client")
 }

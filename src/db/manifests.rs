@@ -206,9 +206,33 @@ pub fn delete(
     for c in &rec.children {
         add_manifest_ref(&mut manifests, r, c, -1)?;
     }
+    let mut referrers = tx.open_table(REFERRERS)?;
     if let Some(s) = &rec.subject {
-        tx.open_table(REFERRERS)?
-            .remove((r, s.as_str(), d.as_str()))?;
+        referrers.remove((r, s.as_str(), d.as_str()))?;
+    }
+    // Referrers of this manifest lose their subject now: an unreferenced one starts the
+    // clock after which `[gc] untagged` collects it.
+    let orphaned: Vec<String> = referrers
+        .range((r, d.as_str(), "")..)?
+        .map(|e| {
+            e.map(|(k, _)| {
+                (
+                    k.value().0 == r && k.value().1 == d,
+                    k.value().2.to_string(),
+                )
+            })
+        })
+        .take_while(|e| e.as_ref().map_or(true, |(same, _)| *same))
+        .map(|e| e.map(|(_, referrer)| referrer))
+        .collect::<Result<_, _>>()?;
+    let t = now();
+    for referrer in &orphaned {
+        if let Some(mut rr) = read_record(&manifests, r, referrer)? {
+            if rr.refcount == 0 {
+                rr.zero_since = Some(t);
+                manifests.insert((r, referrer.as_str()), encode(&rr).as_slice())?;
+            }
+        }
     }
     tx.open_table(MANIFEST_BODIES)?.remove((r, d.as_str()))?;
     let mut repos = tx.open_table(REPOS)?;

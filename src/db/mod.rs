@@ -104,6 +104,28 @@ impl Db {
         })
     }
 
+    /// Runs `f` in a read transaction on this thread, which must be allowed to block (the
+    /// blocking pool, or a program without a runtime).
+    pub fn read_blocking<T, F>(&self, f: F) -> Result<T, RegistryError>
+    where
+        F: FnOnce(&ReadTransaction) -> Result<T, RegistryError>,
+    {
+        let tx = self.inner.begin_read()?;
+        f(&tx)
+    }
+
+    /// Runs `f` in a write transaction on this thread and commits it if `f` succeeds; see
+    /// [`Db::write`]. Callers that hold blob locks take them before calling this.
+    pub fn write_blocking<T, F>(&self, f: F) -> Result<T, RegistryError>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<T, RegistryError>,
+    {
+        let tx = self.inner.begin_write()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
     /// Runs `f` in a read transaction on the blocking pool.
     pub async fn read<T, F>(&self, f: F) -> Result<T, RegistryError>
     where

@@ -19,16 +19,23 @@ pub async fn get(
     head: bool,
     req: &Request,
 ) -> Result<Response, RegistryError> {
-    let (n, d) = (name.clone(), digest.clone());
+    let (n, d, db) = (name.clone(), digest.clone(), state.db.clone());
+    // A client that sees the blob here may PUT a manifest naming it without uploading it:
+    // the sighting renews the blob's grace, atomically with the read (see `blob_locks`).
     let rec = state
-        .db
-        .read(move |tx| {
-            Ok(db::blobs::linked(
-                &tx.open_table(BLOBS)?,
-                &tx.open_table(REPO_BLOBS)?,
-                &n,
-                &d,
-            )?)
+        .with_blob(&digest, move |guard| {
+            let rec = db.read_blocking(|tx| {
+                Ok(db::blobs::linked(
+                    &tx.open_table(BLOBS)?,
+                    &tx.open_table(REPO_BLOBS)?,
+                    &n,
+                    &d,
+                )?)
+            })?;
+            if rec.is_some() {
+                guard.touch(&d);
+            }
+            Ok(rec)
         })
         .await?
         .ok_or_else(|| RegistryError::code(ErrorCode::BlobUnknown))?;
@@ -58,11 +65,16 @@ pub async fn get(
         return Ok(reply::finish(b, ""));
     }
     let path = state.store.path_for(Location::Blob(&digest));
-    let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
-        RegistryError::internal(format!(
-            "blob {digest} has a row but its file is unreadable: {e}"
-        ))
-    })?;
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| match e.kind() {
+            // Collected since the read above: possible only with a zero lease (`[gc] grace` and
+            // `push_window` both zero), where a sighting protects nothing.
+            std::io::ErrorKind::NotFound => RegistryError::code(ErrorCode::BlobUnknown),
+            _ => RegistryError::internal(format!(
+                "blob {digest} has a row but its file is unreadable: {e}"
+            )),
+        })?;
     if start > 0 {
         file.seek(std::io::SeekFrom::Start(start)).await?;
     }

@@ -27,6 +27,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 use crate::access::Access;
+use crate::blob_locks::BlobLocks;
 use crate::config::Config;
 use crate::db::Db;
 use crate::metrics::Metrics;
@@ -43,6 +44,8 @@ pub struct State {
     pub db: Db,
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    /// Shared with the GC: see `blob_locks`.
+    pub blob_locks: Arc<BlobLocks>,
     /// The hash state of uploads in progress, by upload id. Each session has its own lock, so
     /// chunks of one upload are applied in order while different uploads run in parallel. A
     /// session missing here (after a restart) is rebuilt by re-reading its file.
@@ -53,6 +56,27 @@ pub struct State {
 }
 
 impl State {
+    /// Runs `f` on the blocking pool holding the stripe of `digest` (see `blob_locks`), so
+    /// that it happens wholly before or wholly after any GC deletion of that blob. `f` gets
+    /// the guard to stamp the blob as seen.
+    pub async fn with_blob<T, F>(
+        &self,
+        digest: &crate::oci::Digest,
+        f: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: FnOnce(&mut crate::blob_locks::BlobGuard<'_>) -> Result<T, RegistryError>
+            + Send
+            + 'static,
+        T: Send + 'static,
+    {
+        let locks = self.blob_locks.clone();
+        let digest = digest.clone();
+        tokio::task::spawn_blocking(move || f(&mut locks.lock(&digest)))
+            .await
+            .map_err(|e| RegistryError::internal(format!("blob task: {e}")))?
+    }
+
     pub fn new(core: crate::Core) -> State {
         State {
             auth: Auth::new(
@@ -64,6 +88,7 @@ impl State {
             db: core.db,
             store: core.store,
             metrics: core.metrics,
+            blob_locks: core.blob_locks,
             cursors: Mutex::new(HashMap::new()),
             access: core.access,
         }

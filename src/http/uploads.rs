@@ -7,6 +7,8 @@
 //! `blobs/…` and that rename fsynced (`Store::promote`), and only then one write transaction
 //! records the blob, links it into the repository and forgets the session. A crash before
 //! the commit leaves a file without a row, which the GC removes; never a row without a file.
+//! The promote and the record happen under the blob's lock (`blob_locks`), which also stamps
+//! the blob as seen, so the GC cannot delete it between this and the manifest PUT.
 
 use std::sync::Arc;
 
@@ -88,10 +90,15 @@ async fn try_mount(
             format!("invalid repository name {from:?}"),
         )
     })?;
-    let (to, d) = (name.clone(), digest.clone());
+    let (to, d, db) = (name.clone(), digest.clone(), state.db.clone());
     let mounted = state
-        .db
-        .write(move |tx| db::blobs::mount(tx, &from, &to, &d))
+        .with_blob(&digest, move |guard| {
+            let mounted = db.write_blocking(|tx| db::blobs::mount(tx, &from, &to, &d))?;
+            if mounted.is_some() {
+                guard.touch(&d);
+            }
+            Ok(mounted)
+        })
         .await?;
     Ok(mounted.map(|_| created(name, &digest)))
 }
@@ -309,20 +316,27 @@ async fn commit_blob(
         )
         .with_detail(serde_json::json!({ "digest": expected.to_string() })));
     }
-    let store = state.store.clone();
-    let (i, d) = (id.to_string(), expected.clone());
-    tokio::task::spawn_blocking(move || {
-        if size == 0 && !path.exists() {
-            std::fs::File::create(&path)?.sync_all()?;
-        }
-        store.promote(&i, &d)
-    })
-    .await
-    .map_err(|e| RegistryError::internal(e.to_string()))??;
+    let (store, db) = (state.store.clone(), state.db.clone());
     let (n, d, i) = (name.clone(), expected.clone(), id.to_string());
+    // Promote and record under the blob's lock: a GC deleting the same digest either finishes
+    // (row and file gone) before `promote` looks for the file, or starts after the row is
+    // back and the blob is stamped as seen. Never a row whose file GC is about to unlink.
     state
-        .db
-        .write(move |tx| db::blobs::record(tx, &n, &d, size, session.then_some(i.as_str())))
+        .with_blob(expected, move |guard| {
+            if size == 0 && !path.exists() {
+                std::fs::File::create(&path)?.sync_all()?;
+            }
+            store.promote(&i, &d).map_err(|e| match e.kind() {
+                // The session's file went away under us: the GC expired it.
+                std::io::ErrorKind::NotFound => RegistryError::code(ErrorCode::BlobUploadUnknown),
+                _ => e.into(),
+            })?;
+            db.write_blocking(|tx| {
+                db::blobs::record(tx, &n, &d, size, session.then_some(i.as_str()))
+            })?;
+            guard.touch(&d);
+            Ok(())
+        })
         .await?;
     Ok(created(name, expected))
 }

@@ -59,7 +59,22 @@ impl Sink {
         mut body: BodyStream,
         max_len: u64,
     ) -> Result<Sink, RegistryError> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        // Only the first bytes of an upload create its file. Appending to a session whose
+        // file has gone (expired by the GC while this request waited) must fail: recreating
+        // it would let the hash state of the old bytes vouch for a file holding only new ones.
+        let file = match OpenOptions::new()
+            .create(self.len == 0)
+            .append(true)
+            .open(path)
+        {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.len > 0 => {
+                return Err(RegistryError::new(
+                    ErrorCode::BlobUploadUnknown,
+                    "the upload session expired",
+                ))
+            }
+            other => other?,
+        };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_DEPTH);
         let start_len = self.len;
         let writer = tokio::task::spawn_blocking(move || -> io::Result<Sink> {
@@ -147,4 +162,40 @@ pub fn truncate(path: &Path, len: u64) -> io::Result<()> {
     let f = OpenOptions::new().write(true).open(path)?;
     f.set_len(len)?;
     f.sync_data()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(bytes: &'static [u8]) -> BodyStream {
+        futures_util::stream::iter([Ok(Bytes::from_static(bytes))]).boxed()
+    }
+
+    /// Regression: a session expired (file removed) between a chunk's session check and its
+    /// append recreated the file with only the new chunk, and the finished upload, hashed
+    /// from the remembered state, was promoted as a blob with the wrong bytes.
+    #[tokio::test]
+    async fn a_continued_upload_whose_file_vanished_fails_instead_of_recreating_it() {
+        let dir = tempfile_dir();
+        let path = dir.join("upload");
+        let sink = Sink::new()
+            .append(&path, body(b"first"), 100)
+            .await
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let err = match sink.append(&path, body(b"second"), 100).await {
+            Err(e) => e,
+            Ok(_) => panic!("append recreated a vanished upload file"),
+        };
+        assert_eq!(err.code, ErrorCode::BlobUploadUnknown);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("dockyard-upload-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
 }

@@ -1,0 +1,196 @@
+//! Per-digest locks, and when a client last saw each blob: how pushes and the GC agree on
+//! which blobs may go.
+//!
+//! The digest space is split into a fixed number of stripes, each a mutex over the "last seen"
+//! times of the digests that hash to it. Whatever tells a client that a blob exists, or makes
+//! it exist (HEAD/GET, mount, the end of an upload), holds the blob's stripe across its
+//! database work and stamps the blob as seen before letting go. The GC holds the stripes of
+//! the blobs it deletes from the moment it re-checks them until their files are unlinked.
+//! So each of those requests happens wholly before a deletion (and the GC then sees the stamp
+//! and keeps the blob) or wholly after it (and the request finds no blob, and the client
+//! uploads it again).
+//!
+//! The times live in memory only: a restart forgets them. They are consulted by the GC of the
+//! same process, which is the only GC that can run while clients are served (redb lets one
+//! process open the database).
+//!
+//! Lock order: a stripe is always taken before a redb write transaction begins, never inside
+//! one, and a read that decides whether a blob exists begins after its stripe is held.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::oci::Digest;
+
+const STRIPES: usize = 1024;
+/// A stripe's map is swept of stale entries when it grows past this.
+const SWEEP_AT: usize = 64;
+
+/// Digest (as its canonical string) → when a client last saw it.
+type Seen = HashMap<String, Instant>;
+
+pub struct BlobLocks {
+    stripes: Box<[Mutex<Seen>]>,
+    /// How long a sighting protects a blob; older entries may be forgotten.
+    lease: Duration,
+    /// When the running GC pass took its snapshot: entries newer than that must be kept
+    /// until it ends, whatever their age (see `gc`).
+    pass_started: Mutex<Option<Instant>>,
+}
+
+/// One held stripe.
+pub struct BlobGuard<'a> {
+    seen: MutexGuard<'a, Seen>,
+    locks: &'a BlobLocks,
+}
+
+/// Several held stripes, taken in index order (so two holders of many cannot deadlock).
+pub struct BlobGuards<'a> {
+    held: Vec<(usize, BlobGuard<'a>)>,
+}
+
+fn stripe_of(digest: &str) -> usize {
+    // Digests are uniformly random; the first hex digits after the colon spread them evenly.
+    let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
+    let prefix = hex.get(..6).unwrap_or(hex);
+    usize::from_str_radix(prefix, 16).unwrap_or(0) % STRIPES
+}
+
+impl BlobLocks {
+    pub fn new(lease: Duration) -> BlobLocks {
+        BlobLocks {
+            stripes: (0..STRIPES).map(|_| Mutex::new(Seen::new())).collect(),
+            lease,
+            pass_started: Mutex::new(None),
+        }
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn lock_index(&self, i: usize) -> BlobGuard<'_> {
+        // A panic while a stripe was held leaves plain data behind; keep going.
+        let seen = self.stripes[i].lock().unwrap_or_else(|e| e.into_inner());
+        BlobGuard { seen, locks: self }
+    }
+
+    /// Holds the stripe of `digest`. Blocks while the GC is deleting a blob of that stripe.
+    pub fn lock(&self, digest: &Digest) -> BlobGuard<'_> {
+        self.lock_index(stripe_of(&digest.to_string()))
+    }
+
+    /// Holds the stripes of all `digests`.
+    pub fn lock_all<'d>(&self, digests: impl IntoIterator<Item = &'d str>) -> BlobGuards<'_> {
+        let mut idx: Vec<usize> = digests.into_iter().map(stripe_of).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        BlobGuards {
+            held: idx.into_iter().map(|i| (i, self.lock_index(i))).collect(),
+        }
+    }
+
+    /// Marks the start of a GC pass whose snapshot is taken now.
+    pub(crate) fn begin_pass(&self) -> Instant {
+        let now = Instant::now();
+        *self.pass_started.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+        now
+    }
+
+    /// Ends a pass and forgets sightings older than the lease.
+    pub(crate) fn end_pass(&self) {
+        *self.pass_started.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        for i in 0..STRIPES {
+            self.lock_index(i).sweep();
+        }
+    }
+
+    /// Sightings before this instant can be forgotten: they are older than the lease, and
+    /// older than the snapshot of a pass in progress.
+    fn forget_before(&self) -> Option<Instant> {
+        let by_age = Instant::now().checked_sub(self.lease)?;
+        Some(
+            match *self.pass_started.lock().unwrap_or_else(|e| e.into_inner()) {
+                Some(p) => by_age.min(p),
+                None => by_age,
+            },
+        )
+    }
+
+    /// How many sightings are remembered (for tests and the GC report).
+    pub fn remembered(&self) -> usize {
+        (0..STRIPES).map(|i| self.lock_index(i).seen.len()).sum()
+    }
+}
+
+impl BlobGuard<'_> {
+    /// Records that a client saw (or created) `digest` now. The caller holds its stripe.
+    pub fn touch(&mut self, digest: &Digest) {
+        if self.seen.len() >= SWEEP_AT {
+            self.sweep();
+        }
+        self.seen.insert(digest.to_string(), Instant::now());
+    }
+
+    pub fn last_seen(&self, digest: &str) -> Option<Instant> {
+        self.seen.get(digest).copied()
+    }
+
+    fn sweep(&mut self) {
+        if let Some(cutoff) = self.locks.forget_before() {
+            self.seen.retain(|_, t| *t >= cutoff);
+        }
+    }
+}
+
+impl BlobGuards<'_> {
+    /// When a client last saw `digest`, whose stripe must be among those held.
+    pub fn last_seen(&self, digest: &str) -> Option<Instant> {
+        let i = stripe_of(digest);
+        let pos = self
+            .held
+            .binary_search_by_key(&i, |(k, _)| *k)
+            .expect("the stripe of a digest the caller locked");
+        self.held[pos].1.last_seen(digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> Digest {
+        Digest::sha256_of(&[n])
+    }
+
+    #[test]
+    fn touches_are_remembered_per_digest_and_swept_when_stale() {
+        let locks = BlobLocks::new(Duration::ZERO);
+        {
+            let mut g = locks.lock(&d(1));
+            g.touch(&d(1));
+            assert!(g.last_seen(&d(1).to_string()).is_some());
+        }
+        // A pass in progress keeps what was seen after its snapshot, however old.
+        locks.begin_pass();
+        locks.lock(&d(2)).touch(&d(2));
+        for i in 0..STRIPES {
+            locks.lock_index(i).sweep();
+        }
+        assert!(locks.lock(&d(2)).last_seen(&d(2).to_string()).is_some());
+        locks.end_pass();
+        assert_eq!(locks.remembered(), 0);
+    }
+
+    #[test]
+    fn many_stripes_are_taken_once_each_in_order() {
+        let locks = BlobLocks::new(Duration::from_secs(60));
+        let ds: Vec<String> = (0..200).map(|n| d(n).to_string()).collect();
+        locks.lock(&d(7)).touch(&d(7));
+        let all = locks.lock_all(ds.iter().map(String::as_str).chain([ds[0].as_str()]));
+        assert!(all.held.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(all.last_seen(&ds[7]).is_some());
+        assert!(all.last_seen(&ds[8]).is_none());
+    }
+}

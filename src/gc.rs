@@ -1,0 +1,701 @@
+//! One garbage-collection pass → a [`GcReport`]. The timer that runs a pass every
+//! `[gc] interval` lives in `Registry::serve`; `dockyard gc` runs one on demand. Both call
+//! [`run_once`], and passes (and `fsck --repair`) take turns on `Core::maintenance`.
+//!
+//! A pass, in order:
+//! 1. Untagged manifests (unless `[gc] untagged = "keep"`): a manifest with reference count
+//!    zero (no tag, no index listing it) and no live subject, unreferenced for longer than
+//!    `untagged` (and `push_window`), is deleted by `db::manifests::delete`, which releases
+//!    its blobs and children; repeated while that frees more (an index, then its children).
+//! 2. Blobs: a blob whose count has been zero for longer than `grace`, and that no client has
+//!    seen (HEAD/GET, mount, upload) within `max(grace, push_window)`, nor since this pass
+//!    took its snapshot, loses its row and every repository link in a committed transaction,
+//!    then its file. The stripes of the batch (`blob_locks`) are held from the re-check
+//!    through the unlink.
+//! 3. Upload sessions untouched (row start, file mtime) for longer than `upload_expiry`:
+//!    rows first, then files.
+//! 4. Leftovers of crashes: files in `blobs/` without a row, older than `grace` (never one a
+//!    manifest names), and files in `uploads/` without a session, older than the lease.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use redb::ReadableTable;
+
+use crate::config::Untagged;
+use crate::db::{self, schema::*};
+use crate::oci::{Digest, RegistryError, RepoName};
+use crate::store::Location;
+use crate::{Core, Error};
+
+/// Blobs re-checked and deleted per write transaction.
+const BATCH: usize = 512;
+/// Rounds of manifest deletion per pass (index → children → their referrers …).
+const MAX_ROUNDS: usize = 16;
+
+/// Receives progress lines ("gc: blobs 1200/10000") a few times a second.
+pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// For tests: called where a pass has decided and not yet acted, so that a request can be
+/// interleaved exactly there. Runs on the pass's thread, which may block.
+pub type Hook = Arc<dyn Fn(Stage, &str) + Send + Sync>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// A blob was chosen from the snapshot; its stripe is not held yet.
+    BlobChosen,
+    /// A blob's row and links are committed gone; its stripe is held and its file is next.
+    BlobRowRemoved,
+}
+
+#[derive(Clone, Default)]
+pub struct GcOptions {
+    /// Count what would go; delete nothing.
+    pub dry_run: bool,
+    pub progress: Option<Progress>,
+    /// Set to stop the pass between batches (`Core::stopping` stops it too).
+    pub stop: Option<Arc<AtomicBool>>,
+    pub hook: Option<Hook>,
+}
+
+/// What a pass freed (or, dry, would free).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub blobs: u64,
+    pub blob_bytes: u64,
+    pub manifests: u64,
+    pub uploads: u64,
+    pub upload_bytes: u64,
+    /// Files without rows in `blobs/` and `uploads/`.
+    pub stray_files: u64,
+    pub stray_bytes: u64,
+    /// Unreferenced blobs kept because a client saw them within the lease.
+    pub kept_seen: u64,
+    /// Stray blob files kept because a manifest names them (`fsck --repair` restores them).
+    pub kept_named: u64,
+    pub elapsed: Duration,
+    /// The pass was asked to stop before it finished.
+    pub stopped: bool,
+}
+
+impl GcReport {
+    pub fn bytes(&self) -> u64 {
+        self.blob_bytes + self.upload_bytes + self.stray_bytes
+    }
+}
+
+fn plural(n: u64, one: &str) -> String {
+    if n == 1 {
+        format!("{n} {one}")
+    } else {
+        format!("{n} {one}s")
+    }
+}
+
+/// `1536` → `1.5 KiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl fmt::Display for GcReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} ({}), {}, {} ({}), {} ({}): {} in {:.2?}",
+            if self.dry_run { "would free" } else { "freed" },
+            plural(self.blobs, "blob"),
+            human_bytes(self.blob_bytes),
+            plural(self.manifests, "manifest"),
+            plural(self.uploads, "upload"),
+            human_bytes(self.upload_bytes),
+            plural(self.stray_files, "stray file"),
+            human_bytes(self.stray_bytes),
+            human_bytes(self.bytes()),
+            self.elapsed,
+        )?;
+        if self.kept_seen > 0 {
+            write!(
+                f,
+                "; kept {} that clients used recently",
+                plural(self.kept_seen, "unreferenced blob")
+            )?;
+        }
+        if self.kept_named > 0 {
+            write!(
+                f,
+                "; kept {} that manifests name (run `dockyard fsck --repair`)",
+                plural(self.kept_named, "blob file without a row")
+            )?;
+        }
+        if self.stopped {
+            write!(f, "; stopped early")?;
+        }
+        Ok(())
+    }
+}
+
+/// Throttles progress lines to a few per second.
+struct Ticker<'a> {
+    progress: Option<&'a Progress>,
+    last: Instant,
+}
+
+impl<'a> Ticker<'a> {
+    fn new(progress: Option<&'a Progress>) -> Self {
+        Ticker {
+            progress,
+            last: Instant::now(),
+        }
+    }
+
+    fn tick(&mut self, line: impl FnOnce() -> String) {
+        if let Some(p) = self.progress {
+            if self.last.elapsed() >= Duration::from_millis(200) {
+                self.last = Instant::now();
+                p(&line());
+            }
+        }
+    }
+}
+
+/// Runs one pass. Waits for a pass (or a repair) already running to finish first.
+pub fn run_once(core: &Core, opts: &GcOptions) -> Result<GcReport, Error> {
+    let _turn = core.maintenance.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let snapshot = core.blob_locks.begin_pass();
+    let mut report = GcReport {
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    let result = Pass {
+        core,
+        opts,
+        snapshot,
+        report: &mut report,
+        ticker: Ticker::new(opts.progress.as_ref()),
+    }
+    .run();
+    core.blob_locks.end_pass();
+    result?;
+    report.elapsed = started.elapsed();
+    if !opts.dry_run {
+        core.metrics.gc_run(report.bytes());
+    }
+    Ok(report)
+}
+
+struct Pass<'a> {
+    core: &'a Core,
+    opts: &'a GcOptions,
+    /// Taken before the pass's first read: a blob seen after it may have links the pass did
+    /// not read, so it is kept.
+    snapshot: Instant,
+    report: &'a mut GcReport,
+    ticker: Ticker<'a>,
+}
+
+/// Whether a record unreferenced since `zero_since` (whole Unix seconds, truncated) has
+/// surely been so for at least `age` at `now`. Both stamps are truncated, so the time that
+/// passed may be up to a second less than `now - since`: the test is strict, with `age`
+/// rounded up. Zero means at once.
+fn aged(zero_since: Option<u64>, created: u64, age: Duration, now: u64) -> bool {
+    if age.is_zero() {
+        return true;
+    }
+    let age = age.as_secs() + u64::from(age.subsec_nanos() > 0);
+    zero_since.unwrap_or(created).saturating_add(age) < now
+}
+
+fn parse_digest(s: &str) -> Result<Digest, Error> {
+    s.parse()
+        .map_err(|_| Error::Command(format!("database holds a bad digest {s:?}")))
+}
+
+fn file_age(meta: &fs::Metadata) -> Duration {
+    meta.modified()
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .unwrap_or(Duration::ZERO)
+}
+
+fn remove_file(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+impl Pass<'_> {
+    fn stopped(&mut self) -> bool {
+        let stop = self.core.stopping.load(Ordering::Relaxed)
+            || self
+                .opts
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed));
+        if stop {
+            self.report.stopped = true;
+        }
+        stop
+    }
+
+    fn hook(&self, stage: Stage, digest: &str) {
+        if let Some(h) = &self.opts.hook {
+            h(stage, digest);
+        }
+    }
+
+    fn run(mut self) -> Result<(), Error> {
+        if let Untagged::After(age) = self.core.config.gc.untagged {
+            self.manifests(age.max(self.core.config.gc.push_window))?;
+        }
+        if !self.stopped() {
+            self.blobs()?;
+        }
+        if !self.stopped() {
+            self.uploads()?;
+        }
+        if !self.stopped() {
+            self.stray_blobs()?;
+        }
+        if !self.stopped() {
+            self.stray_uploads()?;
+        }
+        Ok(())
+    }
+
+    fn manifests(&mut self, age: Duration) -> Result<(), Error> {
+        let db = &self.core.db;
+        for _ in 0..MAX_ROUNDS {
+            let now = db::now();
+            let chosen: Vec<(String, String)> = db.read_blocking(|tx| {
+                let table = tx.open_table(MANIFESTS)?;
+                let mut out = Vec::new();
+                for e in table.iter()? {
+                    let (k, v) = e?;
+                    let (repo, digest) = k.value();
+                    let rec: ManifestRecord = decode(v.value())?;
+                    if orphan(&table, repo, &rec, age, now)? {
+                        out.push((repo.to_string(), digest.to_string()));
+                    }
+                }
+                Ok(out)
+            })?;
+            if chosen.is_empty() {
+                return Ok(());
+            }
+            if self.opts.dry_run {
+                // Only the first level: what a cascade releases starts its own clock now.
+                self.report.manifests += chosen.len() as u64;
+                return Ok(());
+            }
+            let mut deleted = 0;
+            for batch in chosen.chunks(BATCH) {
+                let batch = batch
+                    .iter()
+                    .map(|(r, d)| {
+                        let repo = RepoName::parse(r)
+                            .ok_or_else(|| Error::Command(format!("bad repository {r:?}")))?;
+                        Ok((repo, parse_digest(d)?))
+                    })
+                    .collect::<Result<Vec<_>, Error>>()?;
+                deleted += db.write_blocking(|tx| {
+                    let now = db::now();
+                    let mut n = 0;
+                    for (repo, digest) in &batch {
+                        // Re-checked in the deleting transaction: a tag or index may have
+                        // claimed it since the snapshot.
+                        let still = {
+                            let table = tx.open_table(MANIFESTS)?;
+                            let d = digest.to_string();
+                            let v = table.get((repo.as_str(), d.as_str()))?;
+                            match v {
+                                Some(v) => {
+                                    let rec: ManifestRecord = decode(v.value())?;
+                                    drop(v);
+                                    orphan(&table, repo.as_str(), &rec, age, now)?
+                                }
+                                None => false,
+                            }
+                        };
+                        if still && db::manifests::delete(tx, repo, digest)? {
+                            n += 1;
+                        }
+                    }
+                    Ok(n)
+                })?;
+                let done = self.report.manifests + deleted;
+                self.ticker.tick(|| format!("gc: manifests {done}"));
+                if self.stopped() {
+                    break;
+                }
+            }
+            self.report.manifests += deleted;
+            if deleted == 0 || self.report.stopped {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn blobs(&mut self) -> Result<(), Error> {
+        let core = self.core;
+        let gc = &core.config.gc;
+        let lease = core.blob_locks.lease();
+        let now = db::now();
+        // Candidates from one snapshot, with every repository link they had in it. A link
+        // added later comes with a sighting after `self.snapshot`, which keeps the blob.
+        let (candidates, mut links) = core.db.read_blocking(|tx| {
+            let mut candidates = Vec::new();
+            for e in tx.open_table(BLOBS)?.iter()? {
+                let (k, v) = e?;
+                let rec: BlobRecord = decode(v.value())?;
+                if rec.refcount == 0 && aged(rec.zero_since, rec.created, gc.grace, now) {
+                    candidates.push((k.value().to_string(), rec.size));
+                }
+            }
+            let mut links: HashMap<String, Vec<String>> = HashMap::new();
+            if !candidates.is_empty() {
+                let wanted: HashSet<&str> = candidates.iter().map(|(d, _)| d.as_str()).collect();
+                for e in tx.open_table(REPO_BLOBS)?.iter()? {
+                    let (k, _) = e?;
+                    let (repo, digest) = k.value();
+                    if wanted.contains(digest) {
+                        links
+                            .entry(digest.to_string())
+                            .or_default()
+                            .push(repo.to_string());
+                    }
+                }
+            }
+            Ok((candidates, links))
+        })?;
+        let total = candidates.len();
+        let snapshot = self.snapshot;
+        let recent =
+            |seen: Option<Instant>| seen.is_some_and(|t| t.elapsed() < lease || t >= snapshot);
+        for (i, batch) in candidates.chunks(BATCH).enumerate() {
+            for (d, _) in batch {
+                self.hook(Stage::BlobChosen, d);
+            }
+            let guards = core
+                .blob_locks
+                .lock_all(batch.iter().map(|(d, _)| d.as_str()));
+            if self.opts.dry_run {
+                for (d, size) in batch {
+                    if recent(guards.last_seen(d)) {
+                        self.report.kept_seen += 1;
+                    } else {
+                        self.report.blobs += 1;
+                        self.report.blob_bytes += size;
+                    }
+                }
+                continue;
+            }
+            let mut kept = 0;
+            let removed: Vec<(String, u64)> = core.db.write_blocking(|tx| {
+                let now = db::now();
+                let mut blobs = tx.open_table(BLOBS)?;
+                let mut link_table = tx.open_table(REPO_BLOBS)?;
+                let mut removed = Vec::new();
+                for (d, _) in batch {
+                    let rec: BlobRecord = match blobs.get(d.as_str())? {
+                        Some(v) => decode(v.value())?,
+                        None => continue,
+                    };
+                    // The decision again, where nothing can change under it: the count in the
+                    // one write transaction, the sightings under the held stripes.
+                    if rec.refcount != 0 || !aged(rec.zero_since, rec.created, gc.grace, now) {
+                        continue;
+                    }
+                    if recent(guards.last_seen(d)) {
+                        kept += 1;
+                        continue;
+                    }
+                    blobs.remove(d.as_str())?;
+                    for repo in links.remove(d).unwrap_or_default() {
+                        link_table.remove((repo.as_str(), d.as_str()))?;
+                    }
+                    removed.push((d.clone(), rec.size));
+                }
+                Ok(removed)
+            })?;
+            self.report.kept_seen += kept;
+            // Row before file: the rows are committed gone; now the files, stripes still held.
+            for (d, size) in &removed {
+                self.hook(Stage::BlobRowRemoved, d);
+                let digest = parse_digest(d)?;
+                remove_file(&core.store.path_for(Location::Blob(&digest)))?;
+                self.report.blobs += 1;
+                self.report.blob_bytes += size;
+            }
+            drop(guards);
+            let done = ((i + 1) * BATCH).min(total);
+            self.ticker.tick(|| format!("gc: blobs {done}/{total}"));
+            if self.stopped() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn uploads(&mut self) -> Result<(), Error> {
+        let core = self.core;
+        let expiry = core.config.upload_expiry;
+        let now = SystemTime::now();
+        let sessions: Vec<(String, UploadRecord)> = core.db.read_blocking(|tx| {
+            tx.open_table(UPLOADS)?
+                .iter()?
+                .map(|e| {
+                    let (k, v) = e?;
+                    Ok((k.value().to_string(), decode(v.value())?))
+                })
+                .collect()
+        })?;
+        let mut expired = Vec::new();
+        for (id, rec) in sessions {
+            let path = core.store.path_for(Location::Upload(&id));
+            let started = now
+                .duration_since(SystemTime::UNIX_EPOCH + Duration::from_secs(rec.started))
+                .unwrap_or(Duration::ZERO);
+            // A chunk appended renews the session: its file's mtime moves.
+            let (idle, size) = match fs::metadata(&path) {
+                Ok(m) => (started.min(file_age(&m)), m.len()),
+                Err(_) => (started, 0),
+            };
+            if idle >= expiry {
+                expired.push((id, path, size));
+            }
+        }
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let gone: Vec<(PathBuf, u64)> = if self.opts.dry_run {
+            expired.into_iter().map(|(_, p, s)| (p, s)).collect()
+        } else {
+            core.db.write_blocking(|tx| {
+                let mut table = tx.open_table(UPLOADS)?;
+                let mut gone = Vec::new();
+                for (id, path, size) in expired {
+                    if table.remove(id.as_str())?.is_some() {
+                        gone.push((path, size));
+                    }
+                }
+                Ok(gone)
+            })?
+        };
+        for (path, size) in gone {
+            if !self.opts.dry_run {
+                remove_file(&path)?;
+            }
+            self.report.uploads += 1;
+            self.report.upload_bytes += size;
+        }
+        Ok(())
+    }
+
+    /// Files in `blobs/` whose digest has no row, older than the grace period.
+    fn stray_blobs(&mut self) -> Result<(), Error> {
+        let core = self.core;
+        let grace = core.config.gc.grace;
+        let files = blob_files(core.store.root())?;
+        let strays: Vec<(Digest, PathBuf)> = core.db.read_blocking(|tx| {
+            let blobs = tx.open_table(BLOBS)?;
+            let mut out = Vec::new();
+            for (digest, path) in files {
+                if blobs.get(digest.to_string().as_str())?.is_none() {
+                    out.push((digest, path));
+                }
+            }
+            Ok(out)
+        })?;
+        if strays.is_empty() {
+            return Ok(());
+        }
+        // Never delete bytes a manifest names, even if their row is lost: fsck restores it.
+        let named = named_blobs(core)?;
+        for (digest, path) in strays {
+            let d = digest.to_string();
+            if named.contains(&d) {
+                self.report.kept_named += 1;
+                continue;
+            }
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            };
+            if file_age(&meta) < grace {
+                continue;
+            }
+            // Under the stripe a push is either before its promote or past its record.
+            let _guard = core.blob_locks.lock(&digest);
+            let has_row = core
+                .db
+                .read_blocking(|tx| Ok(tx.open_table(BLOBS)?.get(d.as_str())?.is_some()))?;
+            if has_row {
+                continue;
+            }
+            if !self.opts.dry_run {
+                remove_file(&path)?;
+            }
+            self.report.stray_files += 1;
+            self.report.stray_bytes += meta.len();
+        }
+        Ok(())
+    }
+
+    /// Files in `uploads/` that belong to no session, untouched for the lease: monolithic
+    /// uploads cut off by a crash, or sessions whose row went first.
+    fn stray_uploads(&mut self) -> Result<(), Error> {
+        let core = self.core;
+        let age = core.config.gc.lease();
+        for (id, path) in upload_files(core.store.root())? {
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            };
+            if file_age(&meta) < age {
+                continue;
+            }
+            let has_row = core
+                .db
+                .read_blocking(|tx| Ok(tx.open_table(UPLOADS)?.get(id.as_str())?.is_some()))?;
+            if has_row {
+                continue;
+            }
+            if !self.opts.dry_run {
+                remove_file(&path)?;
+            }
+            self.report.stray_files += 1;
+            self.report.stray_bytes += meta.len();
+        }
+        Ok(())
+    }
+}
+
+/// A manifest no tag or index references, whose subject (if any) is gone, unreferenced for
+/// at least `age`.
+fn orphan(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    repo: &str,
+    rec: &ManifestRecord,
+    age: Duration,
+    now: u64,
+) -> Result<bool, RegistryError> {
+    if rec.refcount != 0 || !aged(rec.zero_since, rec.created, age, now) {
+        return Ok(false);
+    }
+    Ok(match &rec.subject {
+        Some(s) => table.get((repo, s.as_str()))?.is_none(),
+        None => true,
+    })
+}
+
+/// Every digest a manifest row lists as config or layer.
+pub(crate) fn named_blobs(core: &Core) -> Result<HashSet<String>, Error> {
+    Ok(core.db.read_blocking(|tx| {
+        let mut named = HashSet::new();
+        for e in tx.open_table(MANIFESTS)?.iter()? {
+            let (_, v) = e?;
+            let rec: ManifestRecord = decode(v.value())?;
+            named.extend(rec.blobs);
+        }
+        Ok(named)
+    })?)
+}
+
+/// Every file under `blobs/<algorithm>/<xx>/` whose name is a digest of that algorithm.
+/// Anything else there is not ours to judge and is left alone.
+pub(crate) fn blob_files(root: &Path) -> io::Result<Vec<(Digest, PathBuf)>> {
+    let mut out = Vec::new();
+    for alg in read_dir(&root.join("blobs"))? {
+        let Some(alg_name) = alg.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            continue;
+        };
+        for shard in read_dir(&alg)? {
+            for file in read_dir(&shard)? {
+                let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                if let Ok(d) = format!("{alg_name}:{name}").parse::<Digest>() {
+                    if shard.file_name().and_then(|n| n.to_str()) == Some(&d.hex()[..2]) {
+                        out.push((d, file));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every file directly under `uploads/`, with its name.
+pub(crate) fn upload_files(root: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    Ok(read_dir(&root.join("uploads"))?
+        .into_iter()
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.to_string();
+            Some((name, p))
+        })
+        .collect())
+}
+
+/// The entries of a directory; none if it does not exist.
+fn read_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.map(|e| e.path())).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_and_sizes() {
+        // Regression: stamped at 100.9 s (truncated to 100), a one-second window was over
+        // at 101.0 s, and an index child pushed 0.1 s earlier was collected under its index.
+        assert!(!aged(Some(100), 0, Duration::from_secs(1), 101));
+        assert!(aged(Some(100), 0, Duration::from_secs(1), 102));
+        assert!(!aged(Some(100), 0, Duration::from_secs(10), 110));
+        assert!(aged(Some(100), 0, Duration::from_secs(10), 111));
+        assert!(!aged(Some(100), 0, Duration::from_millis(1500), 102));
+        assert!(aged(None, 5, Duration::ZERO, 5));
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn report_reads_as_a_sentence() {
+        let r = GcReport {
+            blobs: 1,
+            blob_bytes: 2048,
+            manifests: 2,
+            elapsed: Duration::from_millis(5),
+            ..Default::default()
+        };
+        let s = r.to_string();
+        assert!(
+            s.starts_with("freed 1 blob (2.0 KiB), 2 manifests, 0 uploads"),
+            "{s}"
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! `dockyard gc`, `fsck` and `du` as a person runs them: the real binary, through a running
+//! server's control channel and directly on a stopped instance.
+
+use std::ffi::OsStr;
+use std::path::Path;
+
+use dockyard::db::schema::{decode, encode, BlobRecord, BLOBS};
+use redb::ReadableTable;
+
+use crate::util::*;
+
+fn cli(args: &[&str], config: &Path) -> (bool, String, String) {
+    let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    all.push(OsStr::new("--config"));
+    all.push(config.as_os_str());
+    dockyard_cli(&all)
+}
+
+async fn push(c: &reqwest::Client, base: &str, repo: &str, tag: &str, layers: &[&[u8]]) -> Vec<u8> {
+    let config = serde_json::to_vec(&serde_json::json!({"os": "linux", "repo": repo})).unwrap();
+    for b in layers.iter().copied().chain([config.as_slice()]) {
+        let resp = c
+            .post(format!(
+                "{base}/v2/{repo}/blobs/uploads/?digest={}",
+                sha256(b)
+            ))
+            .body(b.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+    let manifest = image_manifest(&config, layers);
+    let resp = c
+        .put(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header("Content-Type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    manifest
+}
+
+fn blob_path(root: &Path, digest: &str) -> std::path::PathBuf {
+    root.join("blobs/sha256")
+        .join(&digest[7..9])
+        .join(&digest[7..])
+}
+
+/// Rewrites one blob row in place on a stopped instance.
+async fn edit_blob_row(
+    config: &Path,
+    digest: &str,
+    edit: impl FnOnce(Option<BlobRecord>) -> Option<BlobRecord> + Send + 'static,
+) {
+    let core = dockyard::Core::open(dockyard::Config::load(config).unwrap()).unwrap();
+    let d = digest.to_string();
+    core.db
+        .write(move |tx| {
+            let mut t = tx.open_table(BLOBS)?;
+            let old = t
+                .get(d.as_str())?
+                .map(|v| decode::<BlobRecord>(v.value()))
+                .transpose()?;
+            match edit(old) {
+                Some(rec) => t.insert(d.as_str(), encode(&rec).as_slice())?,
+                None => t.remove(d.as_str())?,
+            };
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn gc_fsck_and_du_through_a_running_server_and_on_a_stopped_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let config = write_config(
+        dir.path(),
+        "registry.toml",
+        &format!(
+            "[storage]\nroot = {:?}\n[gc]\ninterval = \"off\"\ngrace = \"0s\"\npush_window = \"0s\"\n",
+            root.display().to_string()
+        ),
+    );
+    let c = fresh_client();
+    let (l1, l2, l3) = (random_bytes(4000), random_bytes(5000), random_bytes(6000));
+
+    // --- through a running server: the CLI cannot open the database, so success means the
+    // command went through the control channel.
+    let p = Process::spawn_with_config(&root, &config);
+    let base = p.url("");
+    let ma = push(&c, &base, "team/a", "v1", &[&l1, &l2]).await;
+    let mb = push(&c, &base, "team/b", "v1", &[&l1, &l3]).await;
+    let resp = c
+        .delete(format!("{base}/v2/team/b/manifests/{}", sha256(&mb)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let before = blob_files(&root);
+
+    let (ok, out, err) = cli(&["du"], &config);
+    assert!(ok, "du: {err}");
+    assert!(
+        out.contains("REPOSITORY") && out.contains("team/a") && out.contains("team/b"),
+        "{out}"
+    );
+    assert!(
+        out.contains("shared by several repositories: 1 blobs"),
+        "{out}"
+    );
+    assert!(
+        out.contains("gc would reclaim now") && out.contains("2 blobs"),
+        "{out}"
+    );
+
+    let (ok, out, err) = cli(&["gc", "--dry-run"], &config);
+    assert!(ok, "gc --dry-run: {err}");
+    assert!(out.starts_with("gc: would free 2 blobs"), "{out}");
+    assert_eq!(blob_files(&root), before, "a dry run deletes nothing");
+
+    let (ok, out, err) = cli(&["gc"], &config);
+    assert!(ok, "gc: {err}");
+    assert!(out.starts_with("gc: freed 2 blobs"), "{out}");
+    assert_eq!(blob_files(&root).len(), before.len() - 2);
+
+    let (ok, out, err) = cli(&["fsck", "--verify-hashes"], &config);
+    assert!(ok, "fsck: {err}");
+    assert!(out.starts_with("fsck: consistent"), "{out}");
+
+    // A referenced blob's file lost behind the server's back: a problem for a person, which
+    // --repair must not paper over by dropping the row.
+    let lost = sha256(&l2);
+    let saved = std::fs::read(blob_path(&root, &lost)).unwrap();
+    std::fs::remove_file(blob_path(&root, &lost)).unwrap();
+    let (ok, _, err) = cli(&["fsck", "--repair"], &config);
+    assert!(!ok, "a lost referenced file is not repairable");
+    assert!(
+        err.contains(&lost) && err.contains("needs a person"),
+        "{err}"
+    );
+    std::fs::write(blob_path(&root, &lost), &saved).unwrap();
+    let (ok, _, err) = cli(&["fsck"], &config);
+    assert!(
+        ok,
+        "the row was kept, so putting the file back makes it whole: {err}"
+    );
+    assert!(p.stop().success());
+
+    // --- on a stopped instance: damage counts, lose a named blob's row, leave a stray file.
+    let shared = sha256(&l1);
+    edit_blob_row(&config, &shared, |r| {
+        r.map(|mut r| {
+            r.refcount = 7;
+            r
+        })
+    })
+    .await;
+    edit_blob_row(&config, &lost, |_| None).await;
+    let stray = random_bytes(100);
+    let ds = sha256(&stray);
+    std::fs::create_dir_all(blob_path(&root, &ds).parent().unwrap()).unwrap();
+    std::fs::write(blob_path(&root, &ds), &stray).unwrap();
+
+    let (ok, out, err) = cli(&["fsck"], &config);
+    assert!(!ok, "fsck exits non-zero on problems: {out}");
+    assert!(err.starts_with("dockyard: fsck: 3 problems"), "{err}");
+    assert!(err.contains("counts 7 references"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "blob {lost} is listed by 1 manifests and its file exists"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&format!("blob file {ds} has no row")), "{err}");
+
+    let (ok, out, err) = cli(&["fsck", "--repair"], &config);
+    assert!(ok, "repair fixes all three: {err}");
+    assert!(out.contains("repaired 3"), "{out}");
+    let (ok, out, err) = cli(&["fsck"], &config);
+    assert!(ok && out.starts_with("fsck: consistent"), "{out}{err}");
+    assert!(!blob_path(&root, &ds).exists(), "the stray file is gone");
+
+    // Bit rot: found by --verify-hashes, reported, never dropped (not even by --repair).
+    let victim = blob_path(&root, &shared);
+    let good = std::fs::read(&victim).unwrap();
+    let mut rotten = good.clone();
+    rotten[100] ^= 0x40;
+    std::fs::write(&victim, &rotten).unwrap();
+    let (ok, _, _) = cli(&["fsck"], &config);
+    assert!(
+        ok,
+        "without --verify-hashes sizes match and nothing is noticed"
+    );
+    let (ok, _, err) = cli(&["fsck", "--verify-hashes", "--repair"], &config);
+    assert!(!ok);
+    assert!(err.contains(&format!("blob {shared} is corrupt")), "{err}");
+    assert!(victim.exists(), "a corrupt blob is reported, not deleted");
+    let (ok, out, _) = cli(&["gc"], &config);
+    assert!(ok && out.starts_with("gc: freed 0 blobs"), "{out}");
+    std::fs::write(&victim, &good).unwrap();
+
+    // Whole again: served byte for byte.
+    let p = Process::spawn_with_config(&root, &config);
+    assert_pulls(&c, &p.url(""), "team/a", "v1", &ma, "after the repairs").await;
+    let (ok, out, err) = cli(&["fsck", "--verify-hashes"], &config);
+    assert!(ok && out.starts_with("fsck: consistent"), "{out}{err}");
+    assert!(p.stop().success());
+}
