@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::oci::Digest;
 
-const STRIPES: usize = 1024;
+const STRIPES: usize = 8192;
 /// A stripe's map is swept of stale entries when it grows past this.
 const SWEEP_AT: usize = 64;
 

@@ -34,8 +34,10 @@ use crate::oci::{Digest, RegistryError, RepoName};
 use crate::store::Location;
 use crate::{Core, Error};
 
-/// Blobs re-checked and deleted per write transaction.
-const BATCH: usize = 512;
+/// Blobs re-checked and deleted per write transaction (their stripes held meanwhile).
+const BATCH: usize = 1024;
+/// Manifests deleted per write transaction: a bound on how long a push waits for the writer.
+const MANIFEST_BATCH: usize = 256;
 /// Rounds of manifest deletion per pass (index → children → their referrers …).
 const MAX_ROUNDS: usize = 16;
 
@@ -236,10 +238,12 @@ fn file_age(meta: &fs::Metadata) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-fn remove_file(path: &Path) -> io::Result<()> {
+/// Removes a file; false if it was already gone (a push renamed its upload away, say).
+fn remove_file(path: &Path) -> io::Result<bool> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -308,7 +312,7 @@ impl Pass<'_> {
                 return Ok(());
             }
             let mut deleted = 0;
-            for batch in chosen.chunks(BATCH) {
+            for batch in chosen.chunks(MANIFEST_BATCH) {
                 let batch = batch
                     .iter()
                     .map(|(r, d)| {
@@ -506,6 +510,7 @@ impl Pass<'_> {
             if !self.opts.dry_run {
                 remove_file(&path)?;
             }
+            // The session is gone either way: its row went first.
             self.report.uploads += 1;
             self.report.upload_bytes += size;
         }
@@ -552,11 +557,10 @@ impl Pass<'_> {
             if has_row {
                 continue;
             }
-            if !self.opts.dry_run {
-                remove_file(&path)?;
+            if self.opts.dry_run || remove_file(&path)? {
+                self.report.stray_files += 1;
+                self.report.stray_bytes += meta.len();
             }
-            self.report.stray_files += 1;
-            self.report.stray_bytes += meta.len();
         }
         Ok(())
     }
@@ -579,11 +583,10 @@ impl Pass<'_> {
             if has_row {
                 continue;
             }
-            if !self.opts.dry_run {
-                remove_file(&path)?;
+            if self.opts.dry_run || remove_file(&path)? {
+                self.report.stray_files += 1;
+                self.report.stray_bytes += meta.len();
             }
-            self.report.stray_files += 1;
-            self.report.stray_bytes += meta.len();
         }
         Ok(())
     }
