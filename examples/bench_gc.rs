@@ -380,7 +380,7 @@ async fn main() {
         .expect("gc task")
         .expect("gc pass");
     let _ = stop_server.send(());
-    server.await.expect("server");
+    server.await.expect("server task").expect("serve");
     assert_eq!(report.manifests as usize, garbage_manifests, "{report}");
     assert_eq!(report.blobs as usize, garbage_blobs, "{report}");
     assert_eq!(failed, 0, "pushes failed during the benchmark");
