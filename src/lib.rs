@@ -98,10 +98,7 @@ impl Registry {
         // The API serves even if the control channel cannot (say, a root path too long for a
         // Unix socket); the CLI then reports that it cannot reach the server.
         let state = Arc::new(http::State::new(self.core));
-        let http = warp::serve(http::routes(state))
-            .incoming(listener)
-            .graceful(stopped(stop_rx))
-            .run();
+        let http = http::serve::run(listener, http::routes(state), stopped(stop_rx));
         tokio::pin!(http);
         tokio::select! {
             _ = &mut http => {}

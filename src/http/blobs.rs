@@ -1,16 +1,12 @@
 //! `GET`/`HEAD`/`DELETE /v2/<name>/blobs/<digest>`: streaming blob reads with single ranges.
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 use warp::http::{header, StatusCode};
 use warp::reply::Response;
 
 use super::{reply, Request, State};
 use crate::db::{self, schema::*};
 use crate::oci::{Digest, ErrorCode, RegistryError, RepoName};
-use crate::store::Location;
-
-const READ_CHUNK: usize = 256 * 1024;
+use crate::store::read::FileChunks;
 
 pub async fn get(
     state: &State,
@@ -20,15 +16,26 @@ pub async fn get(
     req: &Request,
 ) -> Result<Response, RegistryError> {
     let (n, d) = (name.clone(), digest.clone());
-    let rec = state
+    let store = state.store.clone();
+    // One trip to the blocking pool finds the row and opens the file.
+    let (rec, file) = state
         .db
         .read(move |tx| {
-            Ok(db::blobs::linked(
-                &tx.open_table(BLOBS)?,
-                &tx.open_table(REPO_BLOBS)?,
-                &n,
-                &d,
-            )?)
+            let Some(rec) =
+                db::blobs::linked(&tx.open_table(BLOBS)?, &tx.open_table(REPO_BLOBS)?, &n, &d)?
+            else {
+                return Ok(None);
+            };
+            let file = if head {
+                None
+            } else {
+                Some(store.open_blob(&d).map_err(|e| {
+                    RegistryError::internal(format!(
+                        "blob {d} has a row but its file is unreadable: {e}"
+                    ))
+                })?)
+            };
+            Ok(Some((rec, file)))
         })
         .await?
         .ok_or_else(|| RegistryError::code(ErrorCode::BlobUnknown))?;
@@ -53,22 +60,10 @@ pub async fn get(
             format!("bytes {start}-{}/{size}", start + len - 1),
         );
     }
-    if head {
-        return Ok(reply::finish(b, ""));
+    match file {
+        Some(file) => Ok(reply::stream(b, FileChunks::new(file, start, len))),
+        None => Ok(reply::finish(b, "")),
     }
-    let path = state.store.path_for(Location::Blob(&digest));
-    let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
-        RegistryError::internal(format!(
-            "blob {digest} has a row but its file is unreadable: {e}"
-        ))
-    })?;
-    if start > 0 {
-        file.seek(std::io::SeekFrom::Start(start)).await?;
-    }
-    Ok(reply::stream(
-        b,
-        ReaderStream::with_capacity(file.take(len), READ_CHUNK),
-    ))
 }
 
 /// Parses a single `bytes=` range against a blob of `size` bytes into inclusive bounds.

@@ -8,6 +8,7 @@ mod manifests;
 pub mod path;
 mod referrers;
 pub mod reply;
+pub mod serve;
 mod tags;
 mod uploads;
 

@@ -16,7 +16,8 @@ use warp::reply::Response;
 use super::{reply, Request, State};
 use crate::db;
 use crate::oci::{Digest, ErrorCode, RegistryError, RepoName};
-use crate::store::{upload, BodyStream, Location, Sink};
+use crate::store::upload::{self, Durability};
+use crate::store::{BodyStream, Location, Sink};
 
 fn upload_location(name: &RepoName, id: &str) -> String {
     format!("/v2/{name}/blobs/uploads/{id}")
@@ -56,7 +57,7 @@ pub async fn start(
         let path = state.store.path_for(Location::Upload(&id));
         let result = async {
             let sink = Sink::new()
-                .append(&path, body, state.config.max_blob_size)
+                .append(&path, body, state.config.max_blob_size, Durability::Sync)
                 .await?;
             commit_blob(state, &name, &id, sink, &expected, false).await
         }
@@ -67,9 +68,10 @@ pub async fn start(
         return result;
     }
     let (n, i) = (name.clone(), id.clone());
+    // A session lost in a crash only makes the client start its upload again.
     state
         .db
-        .write(move |tx| db::uploads::create(tx, &i, &n))
+        .write_unsynced(move |tx| db::uploads::create(tx, &i, &n))
         .await?;
     Ok(progress(StatusCode::ACCEPTED, &name, &id, 0))
 }
@@ -163,6 +165,7 @@ async fn append(
     sink: Sink,
     req: &Request,
     body: BodyStream,
+    durability: Durability,
 ) -> Result<(Sink, Sink), RegistryError> {
     let before = Sink {
         len: sink.len,
@@ -181,7 +184,10 @@ async fn append(
         }
     }
     let path = state.store.path_for(Location::Upload(id));
-    match sink.append(&path, body, state.config.max_blob_size).await {
+    match sink
+        .append(&path, body, state.config.max_blob_size, durability)
+        .await
+    {
         Ok(after) => Ok((before, after)),
         Err(e) => {
             let len = before.len;
@@ -203,7 +209,7 @@ pub async fn patch(
     let mut slot = slot.lock().await;
     let sink = current(state, &id, &mut slot).await?;
     let len = sink.len;
-    match append(state, &id, sink, req, body).await {
+    match append(state, &id, sink, req, body, Durability::Lazy).await {
         Ok((_, after)) => {
             let len = after.len;
             *slot = Some(after);
@@ -233,7 +239,7 @@ pub async fn finish(
     let slot = cursor(state, &id);
     let mut slot = slot.lock().await;
     let sink = current(state, &id, &mut slot).await?;
-    let (before, after) = append(state, &id, sink, req, body).await?;
+    let (before, after) = append(state, &id, sink, req, body, Durability::Sync).await?;
     let result = commit_blob(state, &name, &id, after, &expected, true).await;
     if result.is_err() {
         // A wrong digest leaves the session as it was before this request.
