@@ -4,6 +4,7 @@
 mod util;
 
 mod admin;
+mod bench;
 
 mod interop;
 mod interop_cli;

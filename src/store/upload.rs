@@ -83,12 +83,12 @@ impl Sink {
         max_len: u64,
         durability: Durability,
     ) -> Result<Sink, RegistryError> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
         let (wtx, mut wrx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_DEPTH);
         let (htx, mut hrx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_DEPTH);
         let start_len = self.len;
+        let path = path.to_path_buf();
         let writer = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-            let mut file = file;
+            let mut file = OpenOptions::new().create(true).append(true).open(path)?;
             let (mut written, mut kicked) = (0u64, 0u64);
             while let Some(chunk) = wrx.blocking_recv() {
                 file.write_all(&chunk)?;
