@@ -32,8 +32,8 @@ pub struct Sink {
 /// Read size when rehashing a file.
 const READ_BUFFER: usize = 1 << 20;
 /// Chunks queued between the network and each blocking task. A chunk is at most the HTTP
-/// read buffer (1 MiB, `http::serve`), so an upload holds a few MiB at most.
-const CHANNEL_DEPTH: usize = 8;
+/// read buffer (1 MiB, `http::serve`), so an upload holds about 4 MiB at most.
+const CHANNEL_DEPTH: usize = 4;
 /// How much is written before its writeback to disk is started.
 const WRITEBACK: u64 = 8 << 20;
 
