@@ -158,7 +158,10 @@ enum Goal {
 
 #[derive(Serialize, Default, Clone)]
 struct Cell {
+    /// The best of `samples`.
     value: Option<f64>,
+    /// Every successful measurement, in the order taken.
+    samples: Vec<f64>,
     errors: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     first_error: Option<String>,
@@ -269,6 +272,7 @@ impl Table {
         let higher = row.higher_is_better;
         let cell = row.cell(kind);
         if let Some(v) = value {
+            cell.samples.push(v);
             cell.value = Some(match cell.value {
                 // Repeated measurements keep the best: interference only ever slows a run.
                 Some(old) if higher => old.max(v),
@@ -378,6 +382,23 @@ impl Bench {
         }
     }
 
+    fn cpu_seconds(&self) -> Vec<Option<f64>> {
+        self.servers.iter().map(|s| s.cpu_seconds().ok()).collect()
+    }
+
+    /// Records the CPU each server spent since `before`, per GiB moved.
+    fn record_cpu(&mut self, key: &str, before: Vec<Option<f64>>, gib: f64) {
+        let after = self.cpu_seconds();
+        for (i, (a, b)) in before.into_iter().zip(after).enumerate() {
+            let kind = self.servers[i].kind;
+            let r = match (a, b) {
+                (Some(a), Some(b)) => Ok((b - a) / gib),
+                _ => Err("cannot read /proc/<pid>/stat".into()),
+            };
+            self.record(key, kind, r);
+        }
+    }
+
     fn memory_mib(&self, i: usize, peak: bool) -> Result<f64> {
         let (rss, hwm) = self.servers[i].memory()?;
         Ok(if peak { hwm } else { rss } as f64 / 1024.0)
@@ -480,6 +501,12 @@ async fn run(args: Args) -> Result<bool> {
     )
     .goal = Some(Goal::RatioAndLimit(2.0, 0.6));
     t.row(
+        "cpu.push",
+        "1. server CPU time per GiB pushed (user+sys)",
+        "s",
+        false,
+    );
+    t.row(
         "limit.sha256",
         "1. limit: sha256 of the same bytes, one core",
         "MB/s",
@@ -505,6 +532,12 @@ async fn run(args: Args) -> Result<bool> {
         true,
     )
     .goal = Some(Goal::Ratio(1.5));
+    t.row(
+        "cpu.pull",
+        "2. server CPU time per GiB pulled (user+sys)",
+        "s",
+        false,
+    );
     t.row(
         "limit.loopback",
         "2. limit: one loopback TCP stream from memory",
@@ -687,6 +720,7 @@ async fn run(args: Args) -> Result<bool> {
         for i in b.order() {
             b.servers[i].reset_peak()?;
         }
+        let cpu_before = b.cpu_seconds();
         let mut k = 0;
         for _ in 0..b.sizes.push_reps {
             for (key, chunk) in [
@@ -701,6 +735,8 @@ async fn run(args: Args) -> Result<bool> {
                 k += 1;
             }
         }
+        let pushed_gib = (b.sizes.blob * b.sizes.push_reps * 2) as f64 / (1u64 << 30) as f64;
+        b.record_cpu("cpu.push", cpu_before, pushed_gib);
         for (i, &kind) in kinds.iter().enumerate() {
             let m = b.memory_mib(i, true);
             b.record("mem.push", kind, m);
@@ -709,6 +745,7 @@ async fn run(args: Args) -> Result<bool> {
         // 2. Pull the first pushed blob whole, then ranges spread across it.
         println!("-- 2. pull: whole blob and {} ranges", b.sizes.ranges);
         let verify = b.sizes.mode == "tiny";
+        let cpu_before = b.cpu_seconds();
         for _ in 0..b.sizes.push_reps {
             for i in b.order() {
                 let want = blob_at(0);
@@ -759,6 +796,8 @@ async fn run(args: Args) -> Result<bool> {
                 failed.map(|e| e.to_string()),
             );
         }
+        let pulled = b.sizes.blob * b.sizes.push_reps + b.sizes.range * b.sizes.ranges;
+        b.record_cpu("cpu.pull", cpu_before, pulled as f64 / (1u64 << 30) as f64);
     }
 
     if want("images") {

@@ -238,6 +238,21 @@ impl Server {
         Ok((field("VmRSS:")?, field("VmHWM:")?))
     }
 
+    /// User plus system CPU seconds the process has used (/proc/<pid>/stat), a measure of
+    /// the server's work that other load on the machine does not inflate.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let pid = self.pid().ok_or("server not running")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the parenthesised command: state is the first, utime the 12th.
+        let rest = &stat[stat.rfind(')').ok_or("malformed stat")? + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11).ok_or("short stat")?.parse::<f64>()?
+            + f.get(12).ok_or("short stat")?.parse::<f64>()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        Ok(ticks / hz)
+    }
+
     /// Resets the peak resident set (VmHWM) to the current one, so the next reading is the
     /// peak of what ran in between (`echo 5 > /proc/<pid>/clear_refs`, Linux 4.0+).
     pub fn reset_peak(&self) -> Result<()> {
