@@ -1058,6 +1058,10 @@ async fn run(args: Args) -> Result<bool> {
         std::fs::write(path, serde_json::to_vec_pretty(&json)?)?;
         println!("   JSON: {}", path.display());
     }
+    // Dropping the servers removes their roots; on a filesystem mounted with `discard`,
+    // unlinking gigabytes can take a while, so say what the wait is.
+    eprintln!("-- removing the temporary roots ({})", disk.join(", "));
+    drop(b);
     Ok(errors == 0)
 }
 
