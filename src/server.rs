@@ -26,6 +26,9 @@ use warp::http;
 
 use crate::metrics::Metrics;
 
+/// The largest read buffer of one HTTP/1 connection.
+const READ_BUFFER: usize = 1 << 20;
+
 /// The client's address, put into every request's extensions (warp's own `addr::remote`
 /// only works under `warp::serve`).
 #[derive(Clone, Copy, Debug)]
@@ -144,7 +147,10 @@ pub async fn run<S>(
         let watcher = graceful.watcher();
         let tls = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
-            let builder = hyper::server::conn::http1::Builder::new();
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            // hyper grows a connection's read buffer from 8 KiB only while reads keep filling
+            // it, so a blob push arrives in large chunks while small requests stay small.
+            builder.max_buf_size(READ_BUFFER);
             let result = match tls {
                 None => {
                     watcher

@@ -6,6 +6,7 @@ mod util;
 mod admin;
 mod auth;
 mod auth_cli;
+mod bench;
 mod crash;
 mod gc;
 mod gc_cli;

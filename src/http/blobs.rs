@@ -1,16 +1,12 @@
 //! `GET`/`HEAD`/`DELETE /v2/<name>/blobs/<digest>`: streaming blob reads with single ranges.
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 use warp::http::{header, StatusCode};
 use warp::reply::Response;
 
 use super::{reply, Request, State};
 use crate::db::{self, schema::*};
 use crate::oci::{Digest, ErrorCode, RegistryError, RepoName};
-use crate::store::Location;
-
-const READ_CHUNK: usize = 256 * 1024;
+use crate::store::read::FileChunks;
 
 pub async fn get(
     state: &State,
@@ -19,10 +15,16 @@ pub async fn get(
     head: bool,
     req: &Request,
 ) -> Result<Response, RegistryError> {
-    let (n, d, db) = (name.clone(), digest.clone(), state.db.clone());
+    let (n, d, db, store) = (
+        name.clone(),
+        digest.clone(),
+        state.db.clone(),
+        state.store.clone(),
+    );
     // A client that sees the blob here may PUT a manifest naming it without uploading it:
     // the sighting renews the blob's grace, atomically with the read (see `blob_locks`).
-    let rec = state
+    // The same trip to the blocking pool opens the file.
+    let (rec, file) = state
         .with_blob(&digest, move |guard| {
             let rec = db.read_blocking(|tx| {
                 Ok(db::blobs::linked(
@@ -32,10 +34,24 @@ pub async fn get(
                     &d,
                 )?)
             })?;
-            if rec.is_some() {
-                guard.touch(&d);
-            }
-            Ok(rec)
+            let Some(rec) = rec else {
+                return Ok(None);
+            };
+            guard.touch(&d);
+            let file = if head {
+                None
+            } else {
+                Some(store.open_blob(&d).map_err(|e| match e.kind() {
+                    // Collected since the read above: possible only with a zero lease
+                    // (`[gc] grace` and `push_window` both zero), where a sighting protects
+                    // nothing.
+                    std::io::ErrorKind::NotFound => RegistryError::code(ErrorCode::BlobUnknown),
+                    _ => RegistryError::internal(format!(
+                        "blob {d} has a row but its file is unreadable: {e}"
+                    )),
+                })?)
+            };
+            Ok(Some((rec, file)))
         })
         .await?
         .ok_or_else(|| RegistryError::code(ErrorCode::BlobUnknown))?;
@@ -61,27 +77,10 @@ pub async fn get(
             format!("bytes {start}-{}/{size}", start + len - 1),
         );
     }
-    if head {
-        return Ok(reply::finish(b, ""));
+    match file {
+        Some(file) => Ok(reply::stream(b, FileChunks::new(file, start, len))),
+        None => Ok(reply::finish(b, "")),
     }
-    let path = state.store.path_for(Location::Blob(&digest));
-    let mut file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| match e.kind() {
-            // Collected since the read above: possible only with a zero lease (`[gc] grace` and
-            // `push_window` both zero), where a sighting protects nothing.
-            std::io::ErrorKind::NotFound => RegistryError::code(ErrorCode::BlobUnknown),
-            _ => RegistryError::internal(format!(
-                "blob {digest} has a row but its file is unreadable: {e}"
-            )),
-        })?;
-    if start > 0 {
-        file.seek(std::io::SeekFrom::Start(start)).await?;
-    }
-    Ok(reply::stream(
-        b,
-        ReaderStream::with_capacity(file.take(len), READ_CHUNK),
-    ))
 }
 
 /// A 416 that names the blob's length (RFC 9110), so the client can ask again.

@@ -18,7 +18,8 @@ use warp::reply::Response;
 use super::{reply, Request, State};
 use crate::db;
 use crate::oci::{Digest, ErrorCode, RegistryError, RepoName};
-use crate::store::{upload, BodyStream, Location, Sink};
+use crate::store::upload::{self, Durability};
+use crate::store::{BodyStream, Location, Sink};
 
 fn upload_location(name: &RepoName, id: &str) -> String {
     format!("/v2/{name}/blobs/uploads/{id}")
@@ -59,7 +60,7 @@ pub async fn start(
         let path = state.store.path_for(Location::Upload(&id));
         let result = async {
             let sink = Sink::new()
-                .append(&path, body, state.config.max_blob_size)
+                .append(&path, body, state.config.max_blob_size, Durability::Sync)
                 .await?;
             commit_blob(state, &name, &id, sink, &expected, false).await
         }
@@ -70,9 +71,10 @@ pub async fn start(
         return result;
     }
     let (n, i) = (name.clone(), id.clone());
+    // A session lost in a crash only makes the client start its upload again.
     state
         .db
-        .write(move |tx| db::uploads::create(tx, &i, &n))
+        .write_unsynced(move |tx| db::uploads::create(tx, &i, &n))
         .await?;
     Ok(progress(StatusCode::ACCEPTED, &name, &id, 0))
 }
@@ -198,6 +200,7 @@ async fn append(
     sink: Sink,
     req: &Request,
     body: BodyStream,
+    durability: Durability,
 ) -> Result<(Sink, Sink), RegistryError> {
     let before = Sink {
         len: sink.len,
@@ -216,7 +219,10 @@ async fn append(
         }
     }
     let path = state.store.path_for(Location::Upload(id));
-    match sink.append(&path, body, state.config.max_blob_size).await {
+    match sink
+        .append(&path, body, state.config.max_blob_size, durability)
+        .await
+    {
         Ok(after) => Ok((before, after)),
         Err(e) => {
             let len = before.len;
@@ -237,7 +243,7 @@ pub async fn patch(
     ensure_space(state)?;
     let sink = current(state, &id, &mut slot).await?;
     let len = sink.len;
-    match append(state, &id, sink, req, body).await {
+    match append(state, &id, sink, req, body, Durability::Lazy).await {
         Ok((_, after)) => {
             let len = after.len;
             *slot = Some(after);
@@ -273,7 +279,7 @@ pub async fn finish(
         ensure_space(state)?;
     }
     let sink = current(state, &id, &mut slot).await?;
-    let (before, after) = append(state, &id, sink, req, body).await?;
+    let (before, after) = append(state, &id, sink, req, body, Durability::Sync).await?;
     let result = commit_blob(state, &name, &id, after, &expected, true).await;
     if result.is_err() {
         // A wrong digest leaves the session as it was before this request.

@@ -11,6 +11,7 @@
 //!     └── <uuid>                    bytes of an upload in progress (or of a monolithic PUT)
 //! ```
 
+pub mod read;
 pub mod upload;
 
 use std::fs;
@@ -95,6 +96,11 @@ impl Store {
         let probe = self.root.join(".write-probe");
         fs::write(&probe, b"probe")?;
         fs::remove_file(&probe)
+    }
+
+    /// Opens a blob's file for reading (blocking: call it from the blocking pool).
+    pub fn open_blob(&self, digest: &Digest) -> io::Result<fs::File> {
+        fs::File::open(self.path_for(Location::Blob(digest)))
     }
 
     pub fn remove_upload(&self, upload_id: &str) -> io::Result<()> {

@@ -1,9 +1,17 @@
-//! Writing an upload: request bytes stream through a bounded channel to one blocking task that
-//! appends them to the upload file and hashes them, so a blob is never held in memory whole
-//! and the network and the disk work at the same time.
+//! Writing an upload: request bytes stream through bounded channels to two blocking tasks,
+//! one appending them to the upload file and one hashing them, so a blob is never held in
+//! memory whole and the network, the disk and the hash all work at the same time.
+//!
+//! Durability: the bytes of a blob are fsynced once, when the upload is finished and before
+//! the file is renamed into the blob store (`Sink::append` with `Durability::Sync`). While
+//! the bytes stream in, writeback of what was written is started every `WRITEBACK` bytes, so
+//! the disk works during the upload and the final fsync has little left to do. A `PATCH` is
+//! not fsynced on its own: after a power loss its tail may be gone, which the session's
+//! length (rebuilt from the file) shows, and the digest check at the end refuses anything
+//! that does not hash to what the client named.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -21,8 +29,22 @@ pub struct Sink {
     pub hasher: Hasher,
 }
 
-const WRITE_BUFFER: usize = 1 << 20;
-const CHANNEL_DEPTH: usize = 32;
+/// Read size when rehashing a file.
+const READ_BUFFER: usize = 1 << 20;
+/// Chunks queued between the network and each blocking task. A chunk is at most the HTTP
+/// read buffer (1 MiB, `http::serve`), so an upload holds about 4 MiB at most.
+const CHANNEL_DEPTH: usize = 4;
+/// How much is written before its writeback to disk is started.
+const WRITEBACK: u64 = 8 << 20;
+
+/// Whether `Sink::append` makes the file durable before it returns.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Durability {
+    /// fsync the file: the upload is about to become a blob.
+    Sync,
+    /// Leave it to the kernel (writeback is already started): a `PATCH` in the middle.
+    Lazy,
+}
 
 impl Sink {
     pub fn new() -> Sink {
@@ -37,7 +59,7 @@ impl Sink {
     pub fn rehash(path: &Path, algorithm: Algorithm) -> io::Result<Sink> {
         let mut f = File::open(path)?;
         let mut hasher = Hasher::new(algorithm);
-        let mut buf = vec![0u8; WRITE_BUFFER];
+        let mut buf = vec![0u8; READ_BUFFER];
         let mut len = 0u64;
         loop {
             let n = f.read(&mut buf)?;
@@ -50,14 +72,16 @@ impl Sink {
         Ok(Sink { len, hasher })
     }
 
-    /// Appends `body` to the file at `path`, hashing as it goes, and fsyncs it. Stops with
-    /// SIZE_INVALID once the upload would pass `max_len`. On error the file may hold a partial
-    /// tail; the caller drops the session or truncates back to `self.len`.
+    /// Appends `body` to the file at `path`, hashing as it goes; with `Durability::Sync` the
+    /// file (with everything appended before) is fsynced. Stops with SIZE_INVALID once the
+    /// upload would pass `max_len`. On error the file may hold a partial tail; the caller
+    /// drops the session or truncates back to `self.len`.
     pub async fn append(
-        mut self,
+        self,
         path: &Path,
         mut body: BodyStream,
         max_len: u64,
+        durability: Durability,
     ) -> Result<Sink, RegistryError> {
         // Only the first bytes of an upload create its file. Appending to a session whose
         // file has gone (expired by the GC while this request waited) must fail: recreating
@@ -75,18 +99,31 @@ impl Sink {
             }
             other => other?,
         };
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+        let (wtx, mut wrx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+        let (htx, mut hrx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_DEPTH);
         let start_len = self.len;
-        let writer = tokio::task::spawn_blocking(move || -> io::Result<Sink> {
-            let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
-            while let Some(chunk) = rx.blocking_recv() {
-                self.hasher.update(&chunk);
-                out.write_all(&chunk)?;
-                self.len += chunk.len() as u64;
+        let writer = tokio::task::spawn_blocking(move || -> io::Result<u64> {
+            let mut file = file;
+            let (mut written, mut kicked) = (0u64, 0u64);
+            while let Some(chunk) = wrx.blocking_recv() {
+                file.write_all(&chunk)?;
+                written += chunk.len() as u64;
+                if written - kicked >= WRITEBACK {
+                    start_writeback(&file, start_len + kicked, written - kicked);
+                    kicked = written;
+                }
             }
-            let file = out.into_inner().map_err(|e| e.into_error())?;
-            file.sync_data()?;
-            Ok(self)
+            if durability == Durability::Sync {
+                file.sync_data()?;
+            }
+            Ok(written)
+        });
+        let mut hasher = self.hasher;
+        let hashing = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = hrx.blocking_recv() {
+                hasher.update(&chunk);
+            }
+            hasher
         });
         let mut received = start_len;
         let mut failure = None;
@@ -110,21 +147,26 @@ impl Sink {
                 ));
                 break;
             }
-            if tx.send(chunk).await.is_err() {
+            // Both tasks see every chunk (a reference-counted view, not a copy).
+            if htx.send(chunk.clone()).await.is_err() || wtx.send(chunk).await.is_err() {
                 writer_failed = true; // its error is reported below
                 break;
             }
         }
-        drop(tx);
+        drop((wtx, htx));
         if failure.is_some() || writer_failed {
             drain(body).await;
         }
-        let written = writer
-            .await
-            .map_err(|e| RegistryError::internal(format!("upload writer: {e}")))??;
+        let task_failed =
+            |e: tokio::task::JoinError| RegistryError::internal(format!("upload task: {e}"));
+        let written = writer.await.map_err(task_failed)??;
+        let hasher = hashing.await.map_err(task_failed)?;
         match failure {
             Some(f) => Err(f),
-            None => Ok(written),
+            None => Ok(Sink {
+                len: start_len + written,
+                hasher,
+            }),
         }
     }
 
@@ -164,6 +206,26 @@ pub fn truncate(path: &Path, len: u64) -> io::Result<()> {
     f.sync_data()
 }
 
+/// Asks the kernel to start writing `len` bytes at `offset` to disk without waiting, so an
+/// upload's final fsync finds most of it already written. Advisory: errors are ignored (the
+/// fsync that follows reports real ones).
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a file descriptor we own, with no pointers.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,11 +242,14 @@ mod tests {
         let dir = tempfile_dir();
         let path = dir.join("upload");
         let sink = Sink::new()
-            .append(&path, body(b"first"), 100)
+            .append(&path, body(b"first"), 100, Durability::Sync)
             .await
             .unwrap();
         std::fs::remove_file(&path).unwrap();
-        let err = match sink.append(&path, body(b"second"), 100).await {
+        let err = match sink
+            .append(&path, body(b"second"), 100, Durability::Sync)
+            .await
+        {
             Err(e) => e,
             Ok(_) => panic!("append recreated a vanished upload file"),
         };

@@ -1,0 +1,1097 @@
+//! Dockyard against CNCF Distribution, side by side on one machine.
+//!
+//! ```text
+//! cargo build --release && cargo run --release --example bench                  # full run
+//! cargo run --release --example bench -- --quick --json bench.json                 # < 2 min
+//! ```
+//!
+//! Starts the release `dockyard` binary that cargo built next to this example and, when
+//! Debian's `docker-registry` (Distribution 2.8) is installed, a Distribution instance with
+//! filesystem storage; each gets its own loopback port and an empty temporary root. Every
+//! workload of issue 6 runs against both, alternating which goes first, and one table is
+//! printed (and written as JSON with `--json`). `--tiny` is the test suite's smoke run.
+
+mod client;
+mod servers;
+mod workloads;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use serde::Serialize;
+
+use client::Result;
+use servers::{Kind, Server};
+use workloads::*;
+
+#[derive(Parser)]
+#[command(about = "Benchmark Dockyard against CNCF Distribution on this machine")]
+struct Args {
+    /// Smaller sizes and counts (a 256 MiB blob, 1,000 repositories, 1 s per load level):
+    /// finishes in under two minutes.
+    #[arg(long)]
+    quick: bool,
+    /// A smoke run of every workload at toy sizes, for the test suite; its figures mean nothing.
+    #[arg(long, conflicts_with = "quick")]
+    tiny: bool,
+    /// Also write the table as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The dockyard binary [default: `dockyard` next to this example's directory, i.e. the
+    /// one `cargo build --release` made].
+    #[arg(long)]
+    dockyard_bin: Option<PathBuf>,
+    /// Run only these workloads (comma-separated: push, images, small, catalog, startup);
+    /// `push` includes the pull of workload 2.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Run Dockyard alone even when Distribution is installed.
+    #[arg(long)]
+    no_distribution: bool,
+}
+
+/// How big each workload is in one mode.
+struct Sizes {
+    mode: &'static str,
+    blob: usize,
+    chunk: usize,
+    push_reps: usize,
+    range: usize,
+    ranges: usize,
+    images: usize,
+    image_clients: usize,
+    layer_max: usize,
+    levels: [usize; 3],
+    level_time: Duration,
+    tags: usize,
+    repos: usize,
+    seed_clients: usize,
+    startups: usize,
+}
+
+const MIB: usize = 1 << 20;
+
+impl Sizes {
+    fn full() -> Sizes {
+        Sizes {
+            mode: "full",
+            blob: 1024 * MIB,
+            chunk: 16 * MIB,
+            push_reps: 2,
+            range: 64 * MIB,
+            ranges: 8,
+            images: 200,
+            image_clients: 16,
+            layer_max: 100 * 1024,
+            levels: [1, 16, 64],
+            level_time: Duration::from_secs(3),
+            tags: 20,
+            repos: 10_000,
+            seed_clients: 16,
+            startups: 3,
+        }
+    }
+
+    fn quick() -> Sizes {
+        Sizes {
+            mode: "quick",
+            blob: 256 * MIB,
+            push_reps: 1,
+            ranges: 4,
+            images: 50,
+            level_time: Duration::from_secs(1),
+            repos: 1_000,
+            ..Sizes::full()
+        }
+    }
+
+    fn tiny() -> Sizes {
+        Sizes {
+            mode: "tiny",
+            blob: 3 * MIB + 12_345,
+            chunk: MIB,
+            push_reps: 1,
+            range: 256 * 1024,
+            ranges: 2,
+            images: 6,
+            image_clients: 3,
+            layer_max: 8 * 1024,
+            levels: [1, 16, 64],
+            level_time: Duration::from_millis(150),
+            tags: 3,
+            repos: 30,
+            seed_clients: 4,
+            startups: 1,
+        }
+    }
+
+    fn size_label(&self, n: usize) -> String {
+        if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
+            format!("{} GiB", n >> 30)
+        } else if n >= MIB && n.is_multiple_of(MIB) {
+            format!("{} MiB", n >> 20)
+        } else {
+            format!("{n} B")
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The table
+
+/// What a row promises, from the issue's targets.
+#[derive(Clone, Copy)]
+enum Goal {
+    /// Dockyard at least this many times better than Distribution.
+    Ratio(f64),
+    /// As `Ratio`, and Dockyard at least this fraction of the limit.
+    RatioAndLimit(f64, f64),
+    /// Dockyard's figure under this value (in the row's unit); with zero errors.
+    Under(f64),
+    /// Zero errors and at least this ratio.
+    RatioNoErrors(f64),
+}
+
+#[derive(Serialize, Default, Clone)]
+struct Cell {
+    /// The best of `samples`.
+    value: Option<f64>,
+    /// Every successful measurement, in the order taken.
+    samples: Vec<f64>,
+    errors: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Row {
+    key: String,
+    workload: String,
+    unit: &'static str,
+    higher_is_better: bool,
+    dockyard: Cell,
+    distribution: Cell,
+    /// How many times better Dockyard is than Distribution (>1: Dockyard ahead).
+    ratio: Option<f64>,
+    limit: Option<f64>,
+    limit_what: Option<String>,
+    target: Option<String>,
+    target_met: Option<bool>,
+    #[serde(skip)]
+    goal: Option<Goal>,
+}
+
+impl Row {
+    fn cell(&mut self, kind: Kind) -> &mut Cell {
+        match kind {
+            Kind::Dockyard => &mut self.dockyard,
+            Kind::Distribution => &mut self.distribution,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.ratio = match (self.dockyard.value, self.distribution.value) {
+            (Some(d), Some(r)) if d > 0.0 && r > 0.0 => {
+                Some(if self.higher_is_better { d / r } else { r / d })
+            }
+            _ => None,
+        };
+        let Some(goal) = self.goal else { return };
+        let d = self.dockyard.value;
+        let clean = self.dockyard.errors == 0;
+        let (text, met) = match goal {
+            Goal::Ratio(x) => (format!(">= {x}x"), self.ratio.map(|r| r >= x && clean)),
+            Goal::RatioNoErrors(x) => (
+                format!(">= {x}x, 0 errors"),
+                self.ratio.map(|r| r >= x && clean),
+            ),
+            Goal::RatioAndLimit(x, f) => (
+                format!(">= {x}x, >= {:.0}% of limit", f * 100.0),
+                match (self.ratio, d, self.limit) {
+                    (Some(r), Some(d), Some(l)) => Some(r >= x && d >= f * l && clean),
+                    (None, Some(d), Some(l)) => Some(d >= f * l && clean).filter(|m| !m),
+                    _ => None,
+                },
+            ),
+            Goal::Under(v) => (format!("< {v} {}", self.unit), d.map(|d| d < v && clean)),
+        };
+        self.target = Some(text);
+        self.target_met = met;
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    rows: Vec<Row>,
+}
+
+impl Table {
+    fn row(&mut self, key: &str, workload: &str, unit: &'static str, higher: bool) -> &mut Row {
+        if let Some(i) = self.rows.iter().position(|r| r.key == key) {
+            return &mut self.rows[i];
+        }
+        self.rows.push(Row {
+            key: key.to_string(),
+            workload: workload.to_string(),
+            unit,
+            higher_is_better: higher,
+            dockyard: Cell::default(),
+            distribution: Cell::default(),
+            ratio: None,
+            limit: None,
+            limit_what: None,
+            target: None,
+            target_met: None,
+            goal: None,
+        });
+        self.rows.last_mut().expect("just pushed")
+    }
+
+    fn get(&mut self, key: &str) -> &mut Row {
+        self.rows
+            .iter_mut()
+            .find(|r| r.key == key)
+            .unwrap_or_else(|| panic!("row {key} declared before use"))
+    }
+
+    /// Records one measurement (or failure) of `kind` in row `key`.
+    fn record(
+        &mut self,
+        key: &str,
+        kind: Kind,
+        value: Option<f64>,
+        errors: usize,
+        err: Option<String>,
+    ) {
+        let row = self.get(key);
+        let name = row.workload.clone();
+        let higher = row.higher_is_better;
+        let cell = row.cell(kind);
+        if let Some(v) = value {
+            cell.samples.push(v);
+            cell.value = Some(match cell.value {
+                // Repeated measurements keep the best: interference only ever slows a run.
+                Some(old) if higher => old.max(v),
+                Some(old) => old.min(v),
+                None => v,
+            });
+        }
+        cell.errors += errors;
+        if let Some(e) = err {
+            eprintln!("  !! {} / {name}: {e}", kind.name());
+            cell.first_error.get_or_insert(e);
+        }
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn fmt_cell(c: &Cell, present: bool) -> String {
+    if !present {
+        return "-".into();
+    }
+    let mut s = c.value.map(fmt_num).unwrap_or_else(|| "failed".into());
+    if c.errors > 0 {
+        s.push_str(&format!(" ({} err)", c.errors));
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------
+// Machine facts
+
+#[derive(Serialize)]
+struct Machine {
+    nproc: usize,
+    cpu: String,
+    mem_total_gib: f64,
+    loadavg_start: String,
+    loadavg_end: String,
+    sha_ni: bool,
+}
+
+fn proc_field(file: &str, key: &str) -> Option<String> {
+    let s = std::fs::read_to_string(file).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn machine() -> Machine {
+    let mem_kib: f64 = proc_field("/proc/meminfo", "MemTotal")
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    Machine {
+        nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu: proc_field("/proc/cpuinfo", "model name").unwrap_or_default(),
+        mem_total_gib: mem_kib / (1024.0 * 1024.0),
+        loadavg_start: loadavg(),
+        loadavg_end: String::new(),
+        sha_ni: proc_field("/proc/cpuinfo", "flags")
+            .is_some_and(|f| f.split(' ').any(|x| x == "sha_ni")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The run
+
+struct Bench {
+    sizes: Sizes,
+    servers: Vec<Server>,
+    table: Table,
+    step: usize,
+}
+
+impl Bench {
+    /// Indices of the servers in the order of the next step: alternating who goes first, so
+    /// neither always runs on the warmer (or more disturbed) machine.
+    fn order(&mut self) -> Vec<usize> {
+        self.step += 1;
+        let mut v: Vec<usize> = (0..self.servers.len()).collect();
+        if self.step.is_multiple_of(2) {
+            v.reverse();
+        }
+        v
+    }
+
+    fn record(&mut self, key: &str, kind: Kind, r: Result<f64>) {
+        match r {
+            Ok(v) => self.table.record(key, kind, Some(v), 0, None),
+            Err(e) => self.table.record(key, kind, None, 1, Some(e.to_string())),
+        }
+    }
+
+    fn cpu_seconds(&self) -> Vec<Option<f64>> {
+        self.servers.iter().map(|s| s.cpu_seconds().ok()).collect()
+    }
+
+    /// Records the CPU each server spent since `before`, per GiB moved.
+    fn record_cpu(&mut self, key: &str, before: Vec<Option<f64>>, gib: f64) {
+        let after = self.cpu_seconds();
+        for (i, (a, b)) in before.into_iter().zip(after).enumerate() {
+            let kind = self.servers[i].kind;
+            let r = match (a, b) {
+                (Some(a), Some(b)) => Ok((b - a) / gib),
+                _ => Err("cannot read /proc/<pid>/stat".into()),
+            };
+            self.record(key, kind, r);
+        }
+    }
+
+    fn memory_mib(&self, i: usize, peak: bool) -> Result<f64> {
+        let (rss, hwm) = self.servers[i].memory()?;
+        Ok(if peak { hwm } else { rss } as f64 / 1024.0)
+    }
+}
+
+fn mbps(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / secs(d) / 1e6
+}
+
+async fn run(args: Args) -> Result<bool> {
+    let sizes = if args.tiny {
+        Sizes::tiny()
+    } else if args.quick {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
+    let started = Instant::now();
+    let only = args.only.clone();
+    let want = |w: &str| only.is_empty() || only.iter().any(|o| o == w);
+    let mut machine = machine();
+    let bin = match args.dockyard_bin {
+        Some(b) => b,
+        None => {
+            let exe = std::env::current_exe()?;
+            exe.parent()
+                .and_then(Path::parent)
+                .map(|d| d.join("dockyard"))
+                .ok_or("cannot locate the dockyard binary")?
+        }
+    };
+    if !bin.is_file() {
+        return Err(format!(
+            "{} not found: run `cargo build --release` first (or pass --dockyard-bin)",
+            bin.display()
+        )
+        .into());
+    }
+    let dist_bin = if args.no_distribution {
+        None
+    } else {
+        servers::distribution_binary()
+    };
+    if dist_bin.is_none() {
+        let why = if args.no_distribution {
+            "--no-distribution was given"
+        } else {
+            "Debian's docker-registry package is not installed (apt-get install -y docker-registry)"
+        };
+        eprintln!(
+            "\n{}\n!!! NO COMPARISON: {why};\n!!! only Dockyard's column will be filled.\n{}\n",
+            "!".repeat(78),
+            "!".repeat(78)
+        );
+    }
+
+    println!(
+        "== Dockyard vs Distribution, {} run: {} x {}, {} GiB RAM, load {}",
+        sizes.mode,
+        machine.nproc,
+        machine.cpu,
+        fmt_num(machine.mem_total_gib),
+        machine.loadavg_start
+    );
+    println!("   dockyard: {}", bin.display());
+    let mut servers = vec![];
+    servers.push(Server::start(Kind::Dockyard, &bin).await?);
+    if let Some(d) = &dist_bin {
+        println!("   distribution: {}", d.display());
+        servers.push(Server::start(Kind::Distribution, d).await?);
+    }
+    let mut b = Bench {
+        servers,
+        table: Table::default(),
+        step: 0,
+        sizes,
+    };
+    let kinds: Vec<Kind> = b.servers.iter().map(|s| s.kind).collect();
+    let s = &b.sizes;
+    let blob_label = s.size_label(s.blob);
+
+    // Declare the rows in the order they print.
+    let t = &mut b.table;
+    t.row(
+        "push.monolithic",
+        &format!("1. push {blob_label} blob, monolithic (POST, PUT)"),
+        "MB/s",
+        true,
+    )
+    .goal = Some(Goal::RatioAndLimit(2.0, 0.6));
+    t.row(
+        "push.chunked",
+        &format!(
+            "1. push {blob_label} blob, chunked ({} PATCHes)",
+            s.size_label(s.chunk)
+        ),
+        "MB/s",
+        true,
+    )
+    .goal = Some(Goal::RatioAndLimit(2.0, 0.6));
+    t.row(
+        "cpu.push",
+        "1. server CPU time per GiB pushed (user+sys)",
+        "s",
+        false,
+    );
+    t.row(
+        "limit.sha256",
+        "1. limit: sha256 of the same bytes, one core",
+        "MB/s",
+        true,
+    );
+    t.row(
+        "limit.copy_fsync",
+        "1. limit: file-to-file copy + fsync",
+        "MB/s",
+        true,
+    );
+    t.row(
+        "pull.full",
+        &format!("2. pull {blob_label} blob (GET)"),
+        "MB/s",
+        true,
+    )
+    .goal = Some(Goal::Ratio(1.5));
+    t.row(
+        "pull.range",
+        &format!("2. pull {} ranges of it", s.size_label(s.range)),
+        "MB/s",
+        true,
+    )
+    .goal = Some(Goal::Ratio(1.5));
+    t.row(
+        "cpu.pull",
+        "2. server CPU time per GiB pulled (user+sys)",
+        "s",
+        false,
+    );
+    t.row(
+        "limit.loopback",
+        "2. limit: one loopback TCP stream from memory",
+        "MB/s",
+        true,
+    );
+    t.row(
+        "images",
+        &format!(
+            "3. {} small images by {} clients",
+            s.images, s.image_clients
+        ),
+        "images/s",
+        true,
+    )
+    .goal = Some(Goal::RatioNoErrors(3.0));
+    for p in Probe::all() {
+        for c in s.levels {
+            let k = format!("small.{}.c{c}", p.key());
+            let goal16 = c == 16;
+            t.row(
+                &format!("{k}.rps"),
+                &format!("4. {} @{c}: rate", p.label()),
+                "req/s",
+                true,
+            )
+            .goal = goal16.then_some(Goal::Ratio(4.0));
+            t.row(
+                &format!("{k}.p50"),
+                &format!("4. {} @{c}: p50", p.label()),
+                "ms",
+                false,
+            );
+            t.row(
+                &format!("{k}.p99"),
+                &format!("4. {} @{c}: p99", p.label()),
+                "ms",
+                false,
+            )
+            .goal = goal16.then_some(Goal::Ratio(1.0));
+        }
+    }
+    t.row(
+        "catalog.seed",
+        &format!(
+            "5. seed {} repos (mount + manifest PUT, {} clients)",
+            s.repos, s.seed_clients
+        ),
+        "repos/s",
+        true,
+    );
+    t.row(
+        "catalog.full",
+        &format!("5. _catalog, all {} repos (following Link)", s.repos),
+        "ms",
+        false,
+    )
+    .goal = Some(Goal::Ratio(20.0));
+    t.row(
+        "catalog.paged",
+        &format!("5. _catalog, all {} repos in n=100 pages", s.repos),
+        "ms",
+        false,
+    )
+    .goal = Some(Goal::Ratio(20.0));
+    t.row(
+        "catalog.first_page",
+        "5. _catalog?n=100, first page",
+        "ms",
+        false,
+    );
+    t.row("mem.idle", "6. RSS idle after start", "MiB", false)
+        .goal = Some(Goal::Under(12.0));
+    t.row(
+        "mem.push",
+        "6. peak RSS during workload 1 (push)",
+        "MiB",
+        false,
+    )
+    .goal = Some(Goal::Under(48.0));
+    t.row(
+        "mem.small",
+        "6. peak RSS during workload 4 (<=64 conns)",
+        "MiB",
+        false,
+    )
+    .goal = Some(Goal::Under(48.0));
+    t.row(
+        "startup.empty",
+        "7. start-up to first 200 on /v2/, empty root",
+        "ms",
+        false,
+    );
+    t.row(
+        "startup.full",
+        &format!("7. start-up to first 200 on /v2/, {}+ manifests", s.repos),
+        "ms",
+        false,
+    )
+    .goal = Some(Goal::Under(50.0));
+
+    // 6 (idle). Measured before anything ran, after a short settle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (i, &kind) in kinds.iter().enumerate() {
+        let m = b.memory_mib(i, false);
+        b.record("mem.idle", kind, m);
+    }
+    for (i, &kind) in kinds.iter().enumerate() {
+        let ms = b.servers[i].first_start.as_secs_f64() * 1e3;
+        b.table.record("startup.empty", kind, Some(ms), 0, None);
+    }
+
+    // Limits of workloads 1 and 2, on the bytes to be pushed.
+    println!("-- generating {blob_label} of random bytes");
+    let window = 64;
+    let total_pushes = b.sizes.push_reps * 2;
+    let data = Bytes::from(random_bytes(
+        b.sizes.blob + window * total_pushes,
+        0x5EED ^ std::process::id() as u64,
+    ));
+    let blob_len = b.sizes.blob;
+    let blob_at = |k: usize| data.slice(k * window..k * window + blob_len);
+    let mut digests = Vec::new();
+    let mut best_hash = Duration::MAX;
+    for k in 0..total_pushes {
+        let (d, took) = hash_rate(&blob_at(k));
+        best_hash = best_hash.min(took);
+        digests.push(d);
+    }
+    let hash_mbps = mbps(b.sizes.blob, best_hash);
+    let scratch = tempfile::Builder::new().prefix("bench-limits-").tempdir()?;
+    // Best of the repetitions, as for the registries: interference only slows a run.
+    let (mut copy, mut lo): (Result<f64>, Result<f64>) =
+        (Err("not run".into()), Err("not run".into()));
+    for _ in 0..b.sizes.push_reps {
+        let c = copy_with_fsync(&blob_at(0), scratch.path()).map(|d| mbps(b.sizes.blob, d));
+        copy = match (copy, c) {
+            (Ok(a), Ok(c)) => Ok(a.max(c)),
+            (_, c) => c,
+        };
+        // The loopback stream is cheap and the noisiest of the three: try it thrice as often.
+        for _ in 0..3 {
+            let l = loopback(blob_at(0)).await.map(|d| mbps(b.sizes.blob, d));
+            lo = match (lo, l) {
+                (Ok(a), Ok(l)) => Ok(a.max(l)),
+                (_, l) => l,
+            };
+        }
+    }
+    drop(scratch);
+    let limit_row = |t: &mut Table, key: &str, v: Result<f64>| {
+        let r = t.get(key);
+        match v {
+            Ok(v) => {
+                r.limit = Some(v);
+                r.limit_what = Some("measured".into());
+            }
+            Err(e) => eprintln!("  !! limit {key}: {e}"),
+        }
+    };
+    limit_row(&mut b.table, "limit.sha256", Ok(hash_mbps));
+    limit_row(&mut b.table, "limit.copy_fsync", copy);
+    limit_row(&mut b.table, "limit.loopback", lo);
+    let push_limit = b.table.get("limit.sha256").limit;
+    for k in ["push.monolithic", "push.chunked"] {
+        let r = b.table.get(k);
+        r.limit = push_limit;
+        r.limit_what = Some("sha256, one core".into());
+    }
+    let pull_limit = b.table.get("limit.loopback").limit;
+    for k in ["pull.full", "pull.range"] {
+        let r = b.table.get(k);
+        r.limit = pull_limit;
+        r.limit_what = Some("one loopback TCP stream".into());
+    }
+
+    if want("push") {
+        // 1. Push.
+        println!(
+            "-- 1. push {blob_label}: monolithic and chunked, best of {}",
+            b.sizes.push_reps
+        );
+        for i in b.order() {
+            b.servers[i].reset_peak()?;
+        }
+        let cpu_before = b.cpu_seconds();
+        let mut k = 0;
+        for _ in 0..b.sizes.push_reps {
+            for (key, chunk) in [
+                ("push.monolithic", None),
+                ("push.chunked", Some(b.sizes.chunk)),
+            ] {
+                for i in b.order() {
+                    let (blob, d) = (blob_at(k), digests[k].clone());
+                    let r = push_blob(b.servers[i].addr, "big/blob", blob, &d, chunk).await;
+                    b.record(key, kinds[i], r.map(|t| mbps(b.sizes.blob, t)));
+                }
+                k += 1;
+            }
+        }
+        let pushed_gib = (b.sizes.blob * b.sizes.push_reps * 2) as f64 / (1u64 << 30) as f64;
+        b.record_cpu("cpu.push", cpu_before, pushed_gib);
+        for (i, &kind) in kinds.iter().enumerate() {
+            let m = b.memory_mib(i, true);
+            b.record("mem.push", kind, m);
+        }
+
+        // 2. Pull the first pushed blob whole, then ranges spread across it.
+        println!("-- 2. pull: whole blob and {} ranges", b.sizes.ranges);
+        let verify = b.sizes.mode == "tiny";
+        let cpu_before = b.cpu_seconds();
+        for _ in 0..b.sizes.push_reps {
+            for i in b.order() {
+                let want = blob_at(0);
+                let r = pull_blob(
+                    b.servers[i].addr,
+                    "big/blob",
+                    &digests[0],
+                    None,
+                    b.sizes.blob as u64,
+                    verify.then_some(want.as_ref()),
+                )
+                .await;
+                b.record("pull.full", kinds[i], r.map(|t| mbps(b.sizes.blob, t)));
+            }
+        }
+        for i in b.order() {
+            let (mut took, mut moved, mut failed) = (Duration::ZERO, 0, None);
+            for j in 0..b.sizes.ranges {
+                let span = b.sizes.blob - b.sizes.range;
+                let start =
+                    span / b.sizes.ranges.max(2).saturating_sub(1) * j.min(b.sizes.ranges - 1);
+                let start = start.min(span);
+                let end = start + b.sizes.range - 1;
+                let want = blob_at(0).slice(start..=end);
+                match pull_blob(
+                    b.servers[i].addr,
+                    "big/blob",
+                    &digests[0],
+                    Some((start as u64, end as u64)),
+                    b.sizes.range as u64,
+                    verify.then_some(want.as_ref()),
+                )
+                .await
+                {
+                    Ok(t) => {
+                        took += t;
+                        moved += b.sizes.range;
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            let errors = failed.is_some() as usize;
+            b.table.record(
+                "pull.range",
+                kinds[i],
+                (moved > 0).then(|| mbps(moved, took)),
+                errors,
+                failed.map(|e| e.to_string()),
+            );
+        }
+        let pulled = b.sizes.blob * b.sizes.push_reps + b.sizes.range * b.sizes.ranges;
+        b.record_cpu("cpu.pull", cpu_before, pulled as f64 / (1u64 << 30) as f64);
+    }
+
+    if want("images") {
+        // 3. Small images.
+        println!(
+            "-- 3. {} small images by {} clients",
+            b.sizes.images, b.sizes.image_clients
+        );
+        let images = Arc::new(make_images(b.sizes.images, b.sizes.layer_max, 0xA11CE));
+        for i in b.order() {
+            let batch = push_images(b.servers[i].addr, images.clone(), b.sizes.image_clients).await;
+            let rate = batch.ok as f64 / secs(batch.elapsed);
+            b.table.record(
+                "images",
+                kinds[i],
+                Some(rate),
+                batch.errors,
+                batch.first_error,
+            );
+        }
+    }
+
+    // The image workloads 4 and 5 read and mount from.
+    let mut hots = Vec::new();
+    for i in 0..b.servers.len() {
+        hots.push(Arc::new(
+            seed_hot(b.servers[i].addr, b.sizes.tags, 0xB0B).await?,
+        ));
+    }
+
+    if want("small") {
+        // 4. Small requests at 1, 16 and 64 connections.
+        println!(
+            "-- 4. small requests, {:?} connections, {:?} each",
+            b.sizes.levels, b.sizes.level_time
+        );
+        for i in b.order() {
+            b.servers[i].reset_peak()?;
+        }
+        for p in Probe::all() {
+            for c in b.sizes.levels {
+                let key = format!("small.{}.c{c}", p.key());
+                for i in b.order() {
+                    let load =
+                        hammer(b.servers[i].addr, p, hots[i].clone(), c, b.sizes.level_time).await;
+                    let ok = load.ok > 0;
+                    b.table.record(
+                        &format!("{key}.rps"),
+                        kinds[i],
+                        ok.then_some(load.rps),
+                        load.errors,
+                        load.first_error,
+                    );
+                    b.table.record(
+                        &format!("{key}.p50"),
+                        kinds[i],
+                        ok.then_some(load.p50_us / 1e3),
+                        0,
+                        None,
+                    );
+                    b.table.record(
+                        &format!("{key}.p99"),
+                        kinds[i],
+                        ok.then_some(load.p99_us / 1e3),
+                        0,
+                        None,
+                    );
+                }
+            }
+        }
+        for (i, &kind) in kinds.iter().enumerate() {
+            let m = b.memory_mib(i, true);
+            b.record("mem.small", kind, m);
+        }
+    }
+
+    if want("catalog") {
+        // 5. The catalog over many repositories.
+        println!(
+            "-- 5. seeding {} repositories, then listing the catalog",
+            b.sizes.repos
+        );
+        for i in b.order() {
+            let batch = seed_repos(
+                b.servers[i].addr,
+                hots[i].clone(),
+                b.sizes.repos,
+                b.sizes.seed_clients,
+            )
+            .await;
+            let rate = batch.ok as f64 / secs(batch.elapsed);
+            b.table.record(
+                "catalog.seed",
+                kinds[i],
+                Some(rate),
+                batch.errors,
+                batch.first_error,
+            );
+        }
+        // Every repository holding a manifest: the seeded ones, the 16 of workload 3 and hot/app
+        // (Distribution also lists big/blob, which holds only a blob).
+        let images_pushed = if want("images") {
+            b.sizes.images.min(16)
+        } else {
+            0
+        };
+        let expected = b.sizes.repos + images_pushed + 1;
+        let max_pages = expected / 100 + 10;
+        for _ in 0..2 {
+            for (key, n) in [("catalog.full", None), ("catalog.paged", Some(100))] {
+                for i in b.order() {
+                    let r = list_catalog(b.servers[i].addr, n, max_pages)
+                        .await
+                        .and_then(|(t, count, _)| {
+                            if count < expected {
+                                Err(format!(
+                                    "catalog listed {count} repositories, {expected} exist"
+                                )
+                                .into())
+                            } else {
+                                Ok(t.as_secs_f64() * 1e3)
+                            }
+                        });
+                    b.record(key, kinds[i], r);
+                }
+            }
+            for i in b.order() {
+                let r = first_page(b.servers[i].addr).await;
+                b.record("catalog.first_page", kinds[i], r);
+            }
+        }
+    }
+
+    if want("startup") {
+        // 7. Start-up with everything stored so far.
+        println!("-- 7. restarting each registry {} times", b.sizes.startups);
+        for _ in 0..b.sizes.startups {
+            for i in b.order() {
+                let r = b.servers[i].restart().await.map(|d| d.as_secs_f64() * 1e3);
+                b.record("startup.full", kinds[i], r);
+            }
+        }
+    }
+
+    let disk: Vec<String> = b
+        .servers
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {:.1} GiB",
+                s.kind.name(),
+                s.disk_usage() as f64 / (1u64 << 30) as f64
+            )
+        })
+        .collect();
+    for s in &mut b.servers {
+        let _ = s.stop().await;
+    }
+
+    // The table.
+    machine.loadavg_end = loadavg();
+    let present = |k: Kind| kinds.contains(&k);
+    for r in &mut b.table.rows {
+        r.finish();
+    }
+    println!();
+    println!(
+        "== {} run on {} x {} ({} GiB RAM, sha_ni: {}), load avg {} -> {}, {:.0} s, disk used: {}",
+        b.sizes.mode,
+        machine.nproc,
+        machine.cpu,
+        fmt_num(machine.mem_total_gib),
+        machine.sha_ni,
+        machine.loadavg_start,
+        machine.loadavg_end,
+        started.elapsed().as_secs_f64(),
+        disk.join(", ")
+    );
+    if b.sizes.mode != "full" {
+        println!(
+            "   ({} mode: smaller sizes and counts than the issue's, labelled in each row)",
+            b.sizes.mode
+        );
+    }
+    println!("   ratio: how many times better Dockyard is (> 1: Dockyard ahead). Figures: best of the repetitions.");
+    let w = b
+        .table
+        .rows
+        .iter()
+        .map(|r| r.workload.len() + r.unit.len() + 3)
+        .max()
+        .unwrap_or(40);
+    println!(
+        "{:<w$}  {:>14}  {:>14}  {:>7}  {:>10}  target",
+        "workload", "Dockyard", "Distribution", "ratio", "limit"
+    );
+    println!("{}", "-".repeat(w + 72));
+    let (mut met, mut missed) = (0, 0);
+    for r in &b.table.rows {
+        let ran = r.dockyard.value.is_some() || r.dockyard.errors > 0 || r.limit.is_some();
+        if !ran {
+            continue; // a workload left out with --only
+        }
+        let name = format!("{} ({})", r.workload, r.unit);
+        let limit = r.limit.map(fmt_num).unwrap_or_default();
+        let is_limit = r.key.starts_with("limit.");
+        let (d, dist) = if is_limit {
+            (String::new(), String::new())
+        } else {
+            (
+                fmt_cell(&r.dockyard, present(Kind::Dockyard)),
+                fmt_cell(&r.distribution, present(Kind::Distribution)),
+            )
+        };
+        let target = match (&r.target, r.target_met) {
+            (Some(t), Some(true)) => {
+                met += 1;
+                format!("{t}: met")
+            }
+            (Some(t), Some(false)) => {
+                missed += 1;
+                format!("{t}: MISSED")
+            }
+            (Some(t), None) => format!("{t}: n/a"),
+            _ => String::new(),
+        };
+        println!(
+            "{name:<w$}  {d:>14}  {dist:>14}  {:>7}  {limit:>10}  {target}",
+            r.ratio
+                .map(|x| format!("{}x", fmt_num(x)))
+                .unwrap_or_default()
+        );
+    }
+    println!("   targets: {met} met, {missed} missed");
+    let errors: usize = b
+        .table
+        .rows
+        .iter()
+        .map(|r| r.dockyard.errors + r.distribution.errors)
+        .sum();
+    if !present(Kind::Distribution) {
+        eprintln!("\n!!! NO COMPARISON: Distribution was not run; ratios are empty.\n");
+    }
+    if errors > 0 {
+        eprintln!("!!! {errors} failed requests or runs (not counted in any figure); see the `!!` lines above");
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "mode": b.sizes.mode,
+            "machine": machine,
+            "distribution": present(Kind::Distribution),
+            "seconds": started.elapsed().as_secs_f64(),
+            "rows": b.table.rows,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&json)?)?;
+        println!("   JSON: {}", path.display());
+    }
+    // Dropping the servers removes their roots; on a filesystem mounted with `discard`,
+    // unlinking gigabytes can take a while, so say what the wait is.
+    eprintln!("-- removing the temporary roots ({})", disk.join(", "));
+    drop(b);
+    Ok(errors == 0)
+}
+
+async fn first_page(addr: std::net::SocketAddr) -> Result<f64> {
+    let mut c = client::Conn::connect(addr).await?;
+    let t = Instant::now();
+    c.get("/v2/_catalog?n=100", &[])
+        .await?
+        .expect(200, "GET _catalog?n=100")?;
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

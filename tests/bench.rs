@@ -1,0 +1,97 @@
+//! The side-by-side benchmark (`examples/bench`) builds, and a toy-sized run of every
+//! workload completes without a failed request. Its timings decide nothing here.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The bench example cargo built for this test run (`cargo test` builds examples), or a
+/// fresh build of it when only this test binary was built.
+fn bench_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    // target/<profile>/deps/main-<hash> → target/<profile>/examples/bench
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile directory");
+    let bench = profile_dir.join("examples").join("bench");
+    if !bench.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        crate::util::run(Command::new(cargo).args(["build", "--example", "bench"]));
+    }
+    bench
+}
+
+#[test]
+fn the_benchmark_runs_every_workload_at_tiny_size() {
+    let json = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new(bench_binary())
+        .arg("--tiny")
+        .arg("--json")
+        .arg(json.path())
+        .arg("--dockyard-bin")
+        .arg(env!("CARGO_BIN_EXE_dockyard"))
+        .output()
+        .expect("run the bench example");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench --tiny failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(json.path()).unwrap()).unwrap();
+    let with_distribution = report["distribution"].as_bool().unwrap();
+    if !with_distribution {
+        // The side-by-side half is the point of the benchmark: CI installs the reference.
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must run the benchmark against Distribution (.ci/run installs docker-registry)"
+        );
+        eprintln!("\n!!!!! docker-registry is not installed: the tiny benchmark ran Dockyard only !!!!!\n");
+    }
+    let rows = report["rows"].as_array().unwrap();
+    for workload in [
+        "push.monolithic",
+        "push.chunked",
+        "pull.full",
+        "pull.range",
+        "images",
+        "small.manifest.c64.rps",
+        "small.head_blob.c16.p99",
+        "small.tags.c1.rps",
+        "catalog.full",
+        "catalog.paged",
+        "mem.idle",
+        "mem.push",
+        "mem.small",
+        "startup.full",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["key"] == workload)
+            .unwrap_or_else(|| panic!("no row {workload} in the report"));
+        let mut columns = vec!["dockyard"];
+        if with_distribution {
+            columns.push("distribution");
+        }
+        for c in columns {
+            assert!(
+                row[c]["value"].as_f64().is_some_and(|v| v > 0.0),
+                "{workload}: no {c} figure in {row}"
+            );
+            assert_eq!(row[c]["errors"], 0, "{workload}: {c} had errors: {row}");
+        }
+        if with_distribution {
+            assert!(row["ratio"].is_number(), "{workload}: no ratio in {row}");
+        }
+    }
+    for limit in ["limit.sha256", "limit.copy_fsync", "limit.loopback"] {
+        let row = rows.iter().find(|r| r["key"] == limit).unwrap();
+        assert!(row["limit"].as_f64().is_some_and(|v| v > 0.0), "{row}");
+    }
+    assert!(
+        stdout.contains("workload"),
+        "the table is printed:\n{stdout}"
+    );
+}
