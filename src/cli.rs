@@ -138,9 +138,7 @@ fn admin(instance: &Instance, command: admin::Command) -> Result<(), crate::Erro
             println!("{text}");
             Ok(())
         }
-        admin::Outcome::Err(text) | admin::Outcome::Progress(text) => {
-            Err(crate::Error::Failed(text))
-        }
+        admin::Outcome::Err(text) => Err(crate::Error::Failed(text)),
     }
 }
 
