@@ -7,7 +7,7 @@
 //! calls [`execute`] directly. Either way the command and its output are identical.
 //!
 //! Wire format: one JSON [`Command`] per line in, one JSON [`Outcome`] per line out; a long
-//! command (`gc`, `fsck`, `du`) may send `progress` outcomes before its final answer.
+//! command (`gc`, `fsck`, `du`) may send `{"progress": …}` lines before its answer.
 
 use std::future::Future;
 use std::io::{self, IsTerminal, Write};
@@ -78,8 +78,13 @@ pub enum Command {
 pub enum Outcome {
     Ok(String),
     Err(String),
-    /// Not an answer: how far a long command has got. The answer follows.
-    Progress(String),
+}
+
+/// Not an answer: how far a long command has got, sent before its [`Outcome`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct ProgressLine {
+    progress: String,
 }
 
 impl<E: std::fmt::Display> From<Result<String, E>> for Outcome {
@@ -250,7 +255,7 @@ async fn handle(core: &Core, stream: UnixStream) -> io::Result<()> {
                         outcome = &mut run => break outcome,
                         Some(line) = rx.recv() => {
                             // A client that went away does not stop the command.
-                            let _ = send(&mut write, &Outcome::Progress(line)).await;
+                            let _ = send(&mut write, &ProgressLine { progress: line }).await;
                         }
                     }
                 }
@@ -262,8 +267,8 @@ async fn handle(core: &Core, stream: UnixStream) -> io::Result<()> {
     Ok(())
 }
 
-async fn send(write: &mut (impl AsyncWriteExt + Unpin), outcome: &Outcome) -> io::Result<()> {
-    let mut out = serde_json::to_vec(outcome).map_err(io::Error::other)?;
+async fn send(write: &mut (impl AsyncWriteExt + Unpin), line: &impl Serialize) -> io::Result<()> {
+    let mut out = serde_json::to_vec(line).map_err(io::Error::other)?;
     out.push(b'\n');
     write.write_all(&out).await
 }
@@ -308,20 +313,17 @@ pub async fn call(root: &Path, command: &Command) -> io::Result<Option<Outcome>>
                 return Err(e);
             }
         };
-        let outcome: Outcome = serde_json::from_str(&answer)
-            .map_err(|e| io::Error::other(format!("malformed admin answer: {e}")))?;
-        match outcome {
-            Outcome::Progress(line) => {
-                if let Some(p) = &progress {
-                    p(&line);
-                    shown = true;
-                }
+        if let Ok(ProgressLine { progress: line }) = serde_json::from_str(&answer) {
+            if let Some(p) = &progress {
+                p(&line);
+                shown = true;
             }
-            done => {
-                clear_progress(shown);
-                return Ok(Some(done));
-            }
+            continue;
         }
+        clear_progress(shown);
+        return serde_json::from_str(&answer)
+            .map(Some)
+            .map_err(|e| io::Error::other(format!("malformed admin answer: {e}")));
     }
 }
 

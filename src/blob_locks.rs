@@ -14,8 +14,10 @@
 //! same process, which is the only GC that can run while clients are served (redb lets one
 //! process open the database).
 //!
-//! Lock order: a stripe is always taken before a redb write transaction begins, never inside
-//! one, and a read that decides whether a blob exists begins after its stripe is held.
+//! Lock order: whoever waits for a stripe takes it before its redb write transaction begins;
+//! inside a write transaction stripes are only tried (the GC takes what is free and leaves
+//! the rest for later), so no one holding the writer ever waits for a stripe. A read that
+//! decides whether a blob exists begins after its stripe is held.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -50,7 +52,7 @@ pub struct BlobGuards<'a> {
     held: Vec<(usize, BlobGuard<'a>)>,
 }
 
-fn stripe_of(digest: &str) -> usize {
+pub(crate) fn stripe_of(digest: &str) -> usize {
     // Digests are uniformly random; the first hex digits after the colon spread them evenly.
     let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
     let prefix = hex.get(..6).unwrap_or(hex);
@@ -89,6 +91,26 @@ impl BlobLocks {
         BlobGuards {
             held: idx.into_iter().map(|i| (i, self.lock_index(i))).collect(),
         }
+    }
+
+    /// Holds whichever stripes of `digests` are free right now, without waiting: for a holder
+    /// of the redb writer (see the lock order above).
+    pub fn try_lock_all<'d>(&self, digests: impl IntoIterator<Item = &'d str>) -> BlobGuards<'_> {
+        let mut idx: Vec<usize> = digests.into_iter().map(stripe_of).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let held = idx
+            .into_iter()
+            .filter_map(|i| {
+                let seen = match self.stripes[i].try_lock() {
+                    Ok(g) => g,
+                    Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => return None,
+                };
+                Some((i, BlobGuard { seen, locks: self }))
+            })
+            .collect();
+        BlobGuards { held }
     }
 
     /// Marks the start of a GC pass whose snapshot is taken now.
@@ -144,15 +166,28 @@ impl BlobGuard<'_> {
     }
 }
 
-impl BlobGuards<'_> {
+impl<'a> BlobGuards<'a> {
+    fn position(&self, digest: &str) -> Option<usize> {
+        let i = stripe_of(digest);
+        self.held.binary_search_by_key(&i, |(k, _)| *k).ok()
+    }
+
+    /// Whether the stripe of `digest` is among those held.
+    pub fn holds(&self, digest: &str) -> bool {
+        self.position(digest).is_some()
+    }
+
     /// When a client last saw `digest`, whose stripe must be among those held.
     pub fn last_seen(&self, digest: &str) -> Option<Instant> {
-        let i = stripe_of(digest);
         let pos = self
-            .held
-            .binary_search_by_key(&i, |(k, _)| *k)
+            .position(digest)
             .expect("the stripe of a digest the caller locked");
         self.held[pos].1.last_seen(digest)
+    }
+
+    /// The held stripes in index order, to be released one at a time.
+    pub fn into_stripes(self) -> impl Iterator<Item = (usize, BlobGuard<'a>)> {
+        self.held.into_iter()
     }
 }
 
@@ -181,6 +216,17 @@ mod tests {
         assert!(locks.lock(&d(2)).last_seen(&d(2).to_string()).is_some());
         locks.end_pass();
         assert_eq!(locks.remembered(), 0);
+    }
+
+    #[test]
+    fn trying_takes_only_free_stripes() {
+        let locks = BlobLocks::new(Duration::from_secs(60));
+        let (a, b) = (d(1).to_string(), d(2).to_string());
+        assert_ne!(stripe_of(&a), stripe_of(&b));
+        let held = locks.lock(&d(1));
+        let tried = locks.try_lock_all([a.as_str(), b.as_str()]);
+        assert!(!tried.holds(&a) && tried.holds(&b));
+        drop(held);
     }
 
     #[test]

@@ -323,8 +323,7 @@ fn execute(instance: Instance, command: admin::Command) -> Result<(), crate::Err
             println!("{text}");
             Ok(())
         }
-        // Progress lines are shown while the command runs; one is never the final answer.
-        Outcome::Err(message) | Outcome::Progress(message) => Err(crate::Error::Command(message)),
+        Outcome::Err(message) => Err(crate::Error::Command(message)),
     }
 }
 

@@ -10,8 +10,8 @@
 //! 2. Blobs: a blob whose count has been zero for longer than `grace`, and that no client has
 //!    seen (HEAD/GET, mount, upload) within `max(grace, push_window)`, nor since this pass
 //!    took its snapshot, loses its row and every repository link in a committed transaction,
-//!    then its file. The stripes of the batch (`blob_locks`) are held from the re-check
-//!    through the unlink.
+//!    then its file. Its stripe (`blob_locks`) is held from the re-check, inside the write
+//!    transaction, through the unlink; a stripe busy at that moment defers the blob.
 //! 3. Upload sessions untouched (row start, file mtime) for longer than `upload_expiry`:
 //!    rows first, then files.
 //! 4. Leftovers of crashes: files in `blobs/` without a row, older than `grace` (never one a
@@ -28,16 +28,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 use redb::ReadableTable;
 
+use crate::blob_locks::stripe_of;
 use crate::config::Untagged;
 use crate::db::{self, schema::*};
 use crate::oci::{Digest, RegistryError, RepoName};
 use crate::store::Location;
 use crate::{Core, Error};
 
-/// Blobs re-checked and deleted per write transaction (their stripes held meanwhile).
-const BATCH: usize = 1024;
+/// Blobs re-checked and deleted per write transaction. Each transaction waits for the writer
+/// behind the pushes' commits, so fewer is faster under load; its stripes are held from the
+/// re-check until each stripe's files are unlinked.
+const BATCH: usize = 4096;
+/// Rounds for blobs whose stripe a push held when their batch was tried.
+const BUSY_RETRIES: usize = 3;
 /// Manifests deleted per write transaction: a bound on how long a push waits for the writer.
-const MANIFEST_BATCH: usize = 256;
+const MANIFEST_BATCH: usize = 512;
 /// Rounds of manifest deletion per pass (index → children → their referrers …).
 const MAX_ROUNDS: usize = 16;
 
@@ -396,14 +401,11 @@ impl Pass<'_> {
         let snapshot = self.snapshot;
         let recent =
             |seen: Option<Instant>| seen.is_some_and(|t| t.elapsed() < lease || t >= snapshot);
-        for (i, batch) in candidates.chunks(BATCH).enumerate() {
-            for (d, _) in batch {
-                self.hook(Stage::BlobChosen, d);
-            }
-            let guards = core
-                .blob_locks
-                .lock_all(batch.iter().map(|(d, _)| d.as_str()));
-            if self.opts.dry_run {
+        if self.opts.dry_run {
+            for batch in candidates.chunks(BATCH) {
+                let guards = core
+                    .blob_locks
+                    .lock_all(batch.iter().map(|(d, _)| d.as_str()));
                 for (d, size) in batch {
                     if recent(guards.last_seen(d)) {
                         self.report.kept_seen += 1;
@@ -412,51 +414,83 @@ impl Pass<'_> {
                         self.report.blob_bytes += size;
                     }
                 }
-                continue;
             }
-            let mut kept = 0;
-            let removed: Vec<(String, u64)> = core.db.write_blocking(|tx| {
-                let now = db::now();
-                let mut blobs = tx.open_table(BLOBS)?;
-                let mut link_table = tx.open_table(REPO_BLOBS)?;
-                let mut removed = Vec::new();
+            return Ok(());
+        }
+        let mut pending = candidates;
+        let mut done = 0;
+        for _attempt in 0..BUSY_RETRIES {
+            let mut busy = Vec::new();
+            for batch in pending.chunks(BATCH) {
                 for (d, _) in batch {
-                    let rec: BlobRecord = match blobs.get(d.as_str())? {
-                        Some(v) => decode(v.value())?,
-                        None => continue,
-                    };
-                    // The decision again, where nothing can change under it: the count in the
-                    // one write transaction, the sightings under the held stripes.
-                    if rec.refcount != 0 || !aged(rec.zero_since, rec.created, gc.grace, now) {
-                        continue;
-                    }
-                    if recent(guards.last_seen(d)) {
-                        kept += 1;
-                        continue;
-                    }
-                    blobs.remove(d.as_str())?;
-                    for repo in links.remove(d).unwrap_or_default() {
-                        link_table.remove((repo.as_str(), d.as_str()))?;
-                    }
-                    removed.push((d.clone(), rec.size));
+                    self.hook(Stage::BlobChosen, d);
                 }
-                Ok(removed)
-            })?;
-            self.report.kept_seen += kept;
-            // Row before file: the rows are committed gone; now the files, stripes still held.
-            for (d, size) in &removed {
-                self.hook(Stage::BlobRowRemoved, d);
-                let digest = parse_digest(d)?;
-                remove_file(&core.store.path_for(Location::Blob(&digest)))?;
-                self.report.blobs += 1;
-                self.report.blob_bytes += size;
+                let mut kept = 0;
+                // The writer first, then whichever stripes are free: the pass never holds a
+                // stripe while it waits for the writer (behind the pushes' commits), and never
+                // waits for a stripe while it holds the writer. A blob whose stripe a push
+                // holds right now is tried again after this round.
+                let (removed, guards) = core.db.write_blocking(|tx| {
+                    let guards = core
+                        .blob_locks
+                        .try_lock_all(batch.iter().map(|(d, _)| d.as_str()));
+                    let now = db::now();
+                    let mut blobs = tx.open_table(BLOBS)?;
+                    let mut link_table = tx.open_table(REPO_BLOBS)?;
+                    let mut removed = Vec::new();
+                    for (d, size) in batch {
+                        if !guards.holds(d) {
+                            busy.push((d.clone(), *size));
+                            continue;
+                        }
+                        let rec: BlobRecord = match blobs.get(d.as_str())? {
+                            Some(v) => decode(v.value())?,
+                            None => continue,
+                        };
+                        // The decision again, where nothing can change under it: the count in
+                        // the one write transaction, the sightings under the held stripe.
+                        if rec.refcount != 0 || !aged(rec.zero_since, rec.created, gc.grace, now) {
+                            continue;
+                        }
+                        if recent(guards.last_seen(d)) {
+                            kept += 1;
+                            continue;
+                        }
+                        blobs.remove(d.as_str())?;
+                        for repo in links.remove(d).unwrap_or_default() {
+                            link_table.remove((repo.as_str(), d.as_str()))?;
+                        }
+                        removed.push((d.clone(), rec.size));
+                    }
+                    Ok((removed, guards))
+                })?;
+                self.report.kept_seen += kept;
+                // Row before file: the rows are committed gone; now the files, each stripe
+                // released as soon as its files are.
+                let mut by_stripe: HashMap<usize, Vec<(String, u64)>> = HashMap::new();
+                for (d, size) in removed {
+                    by_stripe.entry(stripe_of(&d)).or_default().push((d, size));
+                }
+                for (stripe, guard) in guards.into_stripes() {
+                    for (d, size) in by_stripe.remove(&stripe).unwrap_or_default() {
+                        self.hook(Stage::BlobRowRemoved, &d);
+                        let digest = parse_digest(&d)?;
+                        remove_file(&core.store.path_for(Location::Blob(&digest)))?;
+                        self.report.blobs += 1;
+                        self.report.blob_bytes += size;
+                    }
+                    drop(guard);
+                }
+                done += batch.len();
+                self.ticker.tick(|| format!("gc: blobs {done}/{total}"));
+                if self.stopped() {
+                    return Ok(());
+                }
             }
-            drop(guards);
-            let done = ((i + 1) * BATCH).min(total);
-            self.ticker.tick(|| format!("gc: blobs {done}/{total}"));
-            if self.stopped() {
+            if busy.is_empty() {
                 break;
             }
+            pending = busy;
         }
         Ok(())
     }
