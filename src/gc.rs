@@ -529,16 +529,24 @@ impl Pass<'_> {
         let gone: Vec<(PathBuf, u64)> = if self.opts.dry_run {
             expired.into_iter().map(|(_, p, s)| (p, s)).collect()
         } else {
-            core.db.write_blocking(|tx| {
-                let mut table = tx.open_table(UPLOADS)?;
-                let mut gone = Vec::new();
-                for (id, path, size) in expired {
-                    if table.remove(id.as_str())?.is_some() {
-                        gone.push((path, size));
+            core.db
+                .write_blocking(|tx| {
+                    let mut table = tx.open_table(UPLOADS)?;
+                    let mut gone = Vec::new();
+                    for (id, path, size) in expired {
+                        if table.remove(id.as_str())?.is_some() {
+                            gone.push((id, path, size));
+                        }
                     }
-                }
-                Ok(gone)
-            })?
+                    Ok(gone)
+                })?
+                .into_iter()
+                .map(|(id, path, size)| {
+                    // The session is gone: its hash state too (a late chunk finds no row first).
+                    core.cursors.lock().expect("cursor map lock").remove(&id);
+                    (path, size)
+                })
+                .collect()
         };
         for (path, size) in gone {
             if !self.opts.dry_run {

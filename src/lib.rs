@@ -87,6 +87,8 @@ pub struct Core {
     pub blob_locks: Arc<blob_locks::BlobLocks>,
     /// Held by a GC pass or an `fsck --repair`, so they take turns.
     pub maintenance: Arc<Mutex<()>>,
+    /// Hash state of uploads in progress (see `store::Cursors`).
+    pub cursors: Arc<store::Cursors>,
     /// Set when the server starts shutting down: a GC pass (timer or admin) stops between
     /// two batches.
     pub stopping: Arc<AtomicBool>,
@@ -107,6 +109,7 @@ impl Core {
             access: Arc::default(),
             blob_locks,
             maintenance: Arc::new(Mutex::new(())),
+            cursors: Arc::default(),
             stopping: Arc::new(AtomicBool::new(false)),
         })
     }

@@ -681,8 +681,14 @@ async fn expired_uploads_and_crash_leftovers_are_removed_rows_first() {
         std::fs::read_dir(r.root.join("uploads")).unwrap().count(),
         2
     );
+    let id = location.rsplit('/').next().unwrap().to_string();
+    assert!(r.core.cursors.lock().unwrap().contains_key(&id));
     let report = run_gc(&r).await;
     assert_eq!((report.uploads, report.stray_files), (1, 2), "{report}");
+    assert!(
+        !r.core.cursors.lock().unwrap().contains_key(&id),
+        "regression: an expired session's hash state stayed in memory"
+    );
     assert_eq!(report.upload_bytes, 1000);
     assert_eq!(report.stray_bytes, 1600);
     assert_eq!(

@@ -15,10 +15,9 @@ pub mod reply;
 mod tags;
 mod uploads;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Buf;
 use futures_util::{Stream, StreamExt};
@@ -33,7 +32,7 @@ use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::oci::{ErrorCode, RegistryError};
 use crate::server::{ClientAddr, Principal, RouteLabel};
-use crate::store::{BodyStream, Sink, Store};
+use crate::store::{BodyStream, Cursors, Store};
 use crate::users::Action;
 use auth::{Auth, Caller, Need};
 use path::Route;
@@ -46,10 +45,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// Shared with the GC: see `blob_locks`.
     pub blob_locks: Arc<BlobLocks>,
-    /// The hash state of uploads in progress, by upload id. Each session has its own lock, so
-    /// chunks of one upload are applied in order while different uploads run in parallel. A
-    /// session missing here (after a restart) is rebuilt by re-reading its file.
-    pub cursors: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Sink>>>>>,
+    /// Hash state of uploads in progress, shared with the GC (see `store::Cursors`).
+    pub cursors: Arc<Cursors>,
     /// Users and grants (the snapshot the control channel refreshes) and the token key.
     pub access: Arc<Access>,
     pub auth: Auth,
@@ -89,7 +86,7 @@ impl State {
             store: core.store,
             metrics: core.metrics,
             blob_locks: core.blob_locks,
-            cursors: Mutex::new(HashMap::new()),
+            cursors: core.cursors,
             access: core.access,
         }
     }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use crate::oci::Digest;
 
-pub use upload::{BodyStream, Sink};
+pub use upload::{BodyStream, Cursors, Sink};
 
 #[derive(Clone, Debug)]
 pub struct Store {

@@ -23,6 +23,14 @@ use crate::oci::{Algorithm, Digest, ErrorCode, Hasher, RegistryError};
 /// A request body, as the HTTP layer hands it over.
 pub type BodyStream = BoxStream<'static, io::Result<Bytes>>;
 
+/// The hash state of uploads in progress, by upload id. Each session has its own lock, so
+/// chunks of one upload are applied in order while different uploads run in parallel. A
+/// session missing here (after a restart) is rebuilt by re-reading its file; the GC drops the
+/// entries of sessions it expires.
+pub type Cursors = std::sync::Mutex<
+    std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<Option<Sink>>>>,
+>;
+
 /// How far an upload has got: its length and the hash of everything so far.
 pub struct Sink {
     pub len: u64,
