@@ -378,7 +378,7 @@ fn cli(args: &[&str], config: &Path) -> (bool, String, String) {
     let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
     all.push(OsStr::new("--config"));
     all.push(config.as_os_str());
-    dockyard_cli(&all)
+    dockyard(&all)
 }
 
 /// fsck finds only what GC removes (returns how many); after a GC pass, nothing.

@@ -13,32 +13,16 @@ fn cli(args: &[&str], config: &Path) -> (bool, String, String) {
     let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
     all.push(OsStr::new("--config"));
     all.push(config.as_os_str());
-    dockyard_cli(&all)
+    dockyard(&all)
 }
 
 async fn push(c: &reqwest::Client, base: &str, repo: &str, tag: &str, layers: &[&[u8]]) -> Vec<u8> {
     let config = serde_json::to_vec(&serde_json::json!({"os": "linux", "repo": repo})).unwrap();
     for b in layers.iter().copied().chain([config.as_slice()]) {
-        let resp = c
-            .post(format!(
-                "{base}/v2/{repo}/blobs/uploads/?digest={}",
-                sha256(b)
-            ))
-            .body(b.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 201);
+        push_blob(c, base, repo, b).await;
     }
     let manifest = image_manifest(&config, layers);
-    let resp = c
-        .put(format!("{base}/v2/{repo}/manifests/{tag}"))
-        .header("Content-Type", OCI_MANIFEST)
-        .body(manifest.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+    put_manifest(c, base, repo, tag, &manifest).await;
     manifest
 }
 

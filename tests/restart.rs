@@ -9,34 +9,8 @@ async fn data_survives_a_restart_of_the_binary() {
     let layer = random_bytes(200_000);
 
     let p = Process::spawn(dir.path());
-    // Push through the child process by pointing the helpers at its address.
-    let base = p.url("");
     let d = sha256(&layer);
-    let resp = c
-        .post(format!("{base}/v2/keep/me/blobs/uploads/?digest={d}"))
-        .body(layer.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
-    let dc = sha256(&config);
-    let resp = c
-        .post(format!("{base}/v2/keep/me/blobs/uploads/?digest={dc}"))
-        .body(config.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let manifest = image_manifest(&config, &[&layer]);
-    let resp = c
-        .put(format!("{base}/v2/keep/me/manifests/v1"))
-        .header("Content-Type", OCI_MANIFEST)
-        .body(manifest.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+    let (manifest, _) = push_image(&c, &p, "keep/me", "v1", &[&layer]).await;
     let status = p.stop();
     assert!(
         status.success(),

@@ -107,8 +107,36 @@ pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// What a test pushes to: an in-process registry, the binary, or a base URL.
+pub trait Serves {
+    fn url(&self, path: &str) -> String;
+}
+
+impl Serves for TestRegistry {
+    fn url(&self, path: &str) -> String {
+        TestRegistry::url(self, path)
+    }
+}
+
+impl Serves for Process {
+    fn url(&self, path: &str) -> String {
+        Process::url(self, path)
+    }
+}
+
+impl Serves for str {
+    fn url(&self, path: &str) -> String {
+        format!("{self}{path}")
+    }
+}
+
 /// Pushes a blob in one POST with `?digest=` and asserts 201.
-pub async fn push_blob(c: &reqwest::Client, r: &TestRegistry, repo: &str, bytes: &[u8]) -> String {
+pub async fn push_blob(
+    c: &reqwest::Client,
+    r: &(impl Serves + ?Sized),
+    repo: &str,
+    bytes: &[u8],
+) -> String {
     let d = sha256(bytes);
     let resp = c
         .post(r.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
@@ -123,6 +151,29 @@ pub async fn push_blob(c: &reqwest::Client, r: &TestRegistry, repo: &str, bytes:
         resp.text().await.unwrap_or_default()
     );
     d
+}
+
+/// PUTs an OCI image manifest under `reference` and asserts 201.
+pub async fn put_manifest(
+    c: &reqwest::Client,
+    r: &(impl Serves + ?Sized),
+    repo: &str,
+    reference: &str,
+    manifest: &[u8],
+) {
+    let resp = c
+        .put(r.url(&format!("/v2/{repo}/manifests/{reference}")))
+        .header("Content-Type", OCI_MANIFEST)
+        .body(manifest.to_vec())
+        .send()
+        .await
+        .expect("put manifest");
+    assert_eq!(
+        resp.status(),
+        201,
+        "put manifest: {}",
+        resp.text().await.unwrap_or_default()
+    );
 }
 
 pub fn descriptor(media_type: &str, bytes: &[u8]) -> serde_json::Value {
@@ -143,7 +194,7 @@ pub fn image_manifest(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
 /// Pushes config, layers and manifest under `tag`; returns the manifest bytes and digest.
 pub async fn push_image(
     c: &reqwest::Client,
-    r: &TestRegistry,
+    r: &(impl Serves + ?Sized),
     repo: &str,
     tag: &str,
     layers: &[&[u8]],
@@ -159,19 +210,7 @@ pub async fn push_image(
         push_blob(c, r, repo, l).await;
     }
     let manifest = image_manifest(&config, layers);
-    let resp = c
-        .put(r.url(&format!("/v2/{repo}/manifests/{tag}")))
-        .header("Content-Type", OCI_MANIFEST)
-        .body(manifest.clone())
-        .send()
-        .await
-        .expect("put manifest");
-    assert_eq!(
-        resp.status(),
-        201,
-        "put manifest: {}",
-        resp.text().await.unwrap_or_default()
-    );
+    put_manifest(c, r, repo, tag, &manifest).await;
     let d = sha256(&manifest);
     (manifest, d)
 }
@@ -368,8 +407,8 @@ impl Drop for Process {
     }
 }
 
-/// Runs the binary to completion: (success, stdout, stderr).
-pub fn dockyard(args: &[&str]) -> (bool, String, String) {
+/// Runs `dockyard ARGS…` to completion: (success, stdout, stderr).
+pub fn dockyard<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dockyard"))
         .args(args)
         .env("NO_COLOR", "1")
@@ -825,19 +864,6 @@ pub fn write_config(dir: &Path, name: &str, toml: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, toml).expect("write config");
     path
-}
-
-/// Runs `dockyard ARGS…` to completion: (success, stdout, stderr).
-pub fn dockyard_cli(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dockyard"))
-        .args(args)
-        .output()
-        .expect("run dockyard");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
 }
 
 /// The digests of every blob file under `root/blobs`.
