@@ -198,7 +198,7 @@ async fn main() -> Result<()> {
     };
     admin(Command::UserAdd {
         name: "bench".into(),
-        password: dockyard::users::Secret::new(password),
+        password: dockyard::auth::users::Secret::new(password),
     })
     .await?;
     admin(Command::AclGrant {

@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::auth::access;
+use crate::auth::users::Secret;
 use crate::gc::Progress;
-use crate::users::Secret;
-use crate::{access, Core};
+use crate::Core;
 
 /// Everything the control channel can be asked to do. Each variant is handled in
 /// [`execute`]; new subcommands add a variant and a match arm.
@@ -133,7 +134,7 @@ pub async fn execute_with(core: &Core, command: Command, progress: Option<Progre
 
 /// `gc`, `fsck` and `du` block on files and the database: they run on the blocking pool.
 async fn maintenance(core: &Core, command: Command, progress: Option<Progress>) -> Outcome {
-    use crate::{fsck, gc, usage};
+    use crate::gc::{self, fsck, usage};
     let core = core.clone();
     let ran = tokio::task::spawn_blocking(move || match command {
         Command::Gc { dry_run } => {

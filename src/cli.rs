@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::admin::{self, Outcome};
+use crate::auth::users::Secret;
 use crate::config::{Config, LogFormat};
-use crate::users::Secret;
 use crate::Registry;
 
 #[derive(Parser)]
@@ -346,7 +346,7 @@ fn read_password(user: &str, from_stdin: bool) -> Result<Secret, crate::Error> {
         ));
     }
     let first = rpassword::prompt_password(format!("Password for {user}: "))?;
-    crate::users::check_password(&first).map_err(|e| fail(e.to_string()))?;
+    crate::auth::users::check_password(&first).map_err(|e| fail(e.to_string()))?;
     let again = rpassword::prompt_password("Retype the password: ")?;
     if first != again {
         return Err(fail("the passwords do not match".to_string()));

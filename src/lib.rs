@@ -9,11 +9,10 @@
 //! - `http`: the warp routes of the distribution API, health and metrics endpoints.
 //! - `server`: the accept loop: TLS, request ids, access log, graceful shutdown.
 //! - `metrics`: counters and histograms in the Prometheus text format.
-//! - `users`: user names, bcrypt passwords, repository patterns and permission rules, pure.
-//! - `token`: bearer tokens of the built-in token service (scopes, signing), pure.
-//! - `access`: users and grants of a running instance, and the snapshot requests consult.
-//! - `blob_locks`: per-digest locks and "last seen" times shared by pushes and the GC.
-//! - `gc`: one garbage-collection pass; `fsck`: consistency check and repair; `usage`: `du`.
+//! - `auth`: who may do what: `users` (names, bcrypt passwords, patterns, policy, pure),
+//!   `token` (bearer tokens, pure), `access` (users and grants of a running instance).
+//! - `gc`: one garbage-collection pass, with `blob_locks` (per-digest locks and "last seen"
+//!   times shared by pushes and the GC), `fsck` (consistency check and repair), `usage` (`du`).
 //! - `admin`: the control channel (a Unix socket) through which the CLI reaches a server.
 //! - `cli`: the `dockyard` command line.
 //!
@@ -28,22 +27,17 @@
 //! # Ok(()) }
 //! ```
 
-pub mod access;
 pub mod admin;
-pub mod blob_locks;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
-pub mod fsck;
 pub mod gc;
 pub mod http;
 pub mod metrics;
 pub mod oci;
 pub mod server;
 pub mod store;
-pub mod token;
-pub mod usage;
-pub mod users;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -51,7 +45,9 @@ use std::sync::{Arc, Mutex};
 
 pub use config::Config;
 
+use auth::access;
 use db::Db;
+use gc::blob_locks;
 use store::{Location, Store};
 
 #[derive(Debug, thiserror::Error)]

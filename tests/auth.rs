@@ -7,8 +7,8 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use dockyard::admin::Command;
+use dockyard::auth::users::Secret;
 use dockyard::config::AuthMode;
-use dockyard::users::Secret;
 
 use crate::util::*;
 

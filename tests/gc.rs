@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dockyard::config::Untagged;
-use dockyard::fsck::{self, FsckOptions, FsckReport};
+use dockyard::gc::fsck::{self, FsckOptions, FsckReport};
 use dockyard::gc::{self, GcOptions, GcReport, Hook, Stage};
 use rand::seq::SliceRandom;
 use rand::Rng;

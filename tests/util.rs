@@ -701,7 +701,7 @@ impl TestRegistry {
     pub async fn add_user(&self, name: &str, password: &str) {
         self.admin(dockyard::admin::Command::UserAdd {
             name: name.to_string(),
-            password: dockyard::users::Secret::new(password),
+            password: dockyard::auth::users::Secret::new(password),
         })
         .await
         .expect("user add");

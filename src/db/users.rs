@@ -8,9 +8,9 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::schema::*;
 use super::{now, DbError};
+use crate::auth::token::KEY_LEN;
+use crate::auth::users::{Actions, Error, Grant, Pattern, Policy, ANONYMOUS};
 use crate::oci::RegistryError;
-use crate::token::KEY_LEN;
-use crate::users::{Actions, Error, Grant, Pattern, Policy, ANONYMOUS};
 
 type Checked<T> = Result<Result<T, Error>, RegistryError>;
 

@@ -25,10 +25,10 @@ use warp::http::{header, Method, StatusCode};
 use warp::reply::Response;
 
 use super::{reply, Request, State};
+use crate::auth::token::{self, Claims};
+use crate::auth::users::{self, Action, Policy};
 use crate::config::{AuthConfig, AuthMode};
 use crate::oci::{ErrorCode, RegistryError, RepoName};
-use crate::token::{self, Claims};
-use crate::users::{self, Action, Policy};
 
 /// Verified credentials kept at most; past this the cache starts over.
 const CACHE_LIMIT: usize = 10_000;
@@ -644,7 +644,7 @@ fn presented(req: &Request) -> Result<Presented, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::users::{Actions, Grant, Pattern};
+    use crate::auth::users::{Actions, Grant, Pattern};
 
     #[test]
     fn forms_decode_like_browsers_encode_them() {

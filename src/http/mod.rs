@@ -25,15 +25,15 @@ use warp::http::{HeaderMap, Method, StatusCode};
 use warp::reply::Response;
 use warp::Filter;
 
-use crate::access::Access;
-use crate::blob_locks::BlobLocks;
+use crate::auth::access::Access;
+use crate::auth::users::Action;
 use crate::config::Config;
 use crate::db::Db;
+use crate::gc::blob_locks::BlobLocks;
 use crate::metrics::Metrics;
 use crate::oci::{ErrorCode, RegistryError};
 use crate::server::{ClientAddr, Principal, RouteLabel};
 use crate::store::{BodyStream, Cursors, Store};
-use crate::users::Action;
 use auth::{Auth, Caller, Need};
 use path::Route;
 
@@ -62,7 +62,7 @@ impl State {
         f: F,
     ) -> Result<T, RegistryError>
     where
-        F: FnOnce(&mut crate::blob_locks::BlobGuard<'_>) -> Result<T, RegistryError>
+        F: FnOnce(&mut crate::gc::blob_locks::BlobGuard<'_>) -> Result<T, RegistryError>
             + Send
             + 'static,
         T: Send + 'static,

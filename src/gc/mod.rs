@@ -16,6 +16,13 @@
 //!    rows first, then files.
 //! 4. Leftovers of crashes: files in `blobs/` without a row, older than `grace` (never one a
 //!    manifest names), and files in `uploads/` without a session, older than the lease.
+//!
+//! Beside the pass: `blob_locks` (where pushes and the GC meet), `fsck` (the audit and its
+//! repair) and `usage` (`dockyard du`).
+
+pub mod blob_locks;
+pub mod fsck;
+pub mod usage;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -28,9 +35,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use redb::ReadableTable;
 
-use crate::blob_locks::stripe_of;
 use crate::config::Untagged;
 use crate::db::{self, schema::*};
+use crate::gc::blob_locks::stripe_of;
 use crate::oci::{Digest, RegistryError, RepoName};
 use crate::store::Location;
 use crate::{Core, Error};

@@ -10,10 +10,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::auth::token::KEY_LEN;
+use crate::auth::users::{self, Actions, HtpasswdLine, Pattern, Policy, Secret};
 use crate::db::{self, Db};
 use crate::oci::RegistryError;
-use crate::token::KEY_LEN;
-use crate::users::{self, Actions, HtpasswdLine, Pattern, Policy, Secret};
 use crate::Core;
 
 /// Why a user or ACL command did nothing: a refusal to show the person as it is, or a failure
