@@ -14,6 +14,7 @@ mod gc_cli;
 mod interop;
 mod interop_auth;
 mod interop_cli;
+mod migrate;
 mod ops;
 mod protocol;
 mod restart;

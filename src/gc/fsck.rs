@@ -891,6 +891,8 @@ fn apply(tx: &WriteTransaction, fix: &Fix) -> Result<bool, RegistryError> {
         }
         Fix::RemoveTag { repo, tag } => {
             tx.open_table(TAGS)?.remove((repo.as_str(), tag.as_str()))?;
+            tx.open_table(TAG_PUSHED)?
+                .remove((repo.as_str(), tag.as_str()))?;
         }
         Fix::RestoreBlob {
             digest,
@@ -987,6 +989,7 @@ mod tests {
             refcount,
             created: 1,
             zero_since: (refcount == 0).then_some(1),
+            pushed_ms: 1000,
         }
     }
 
