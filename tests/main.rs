@@ -16,5 +16,6 @@ mod interop_auth;
 mod interop_cli;
 mod migrate;
 mod ops;
+mod policy;
 mod protocol;
 mod restart;
