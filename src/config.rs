@@ -459,13 +459,13 @@ impl Config {
             a.failure_window = duration("auth.failure_window", &w)?;
         }
         file.gc.apply(&mut c.gc)?;
-        c.policies = crate::policy::Policies(
+        c.policies = crate::policy::Policies(std::sync::Arc::new(
             file.policy
                 .into_iter()
                 .enumerate()
                 .map(|(i, p)| p.parse(i))
                 .collect::<Result<_, _>>()?,
-        );
+        ));
         Ok(c)
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod retention;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::users::Pattern;
@@ -39,9 +40,10 @@ impl Policy {
     }
 }
 
-/// Every policy, in the file's order.
+/// Every policy, in the file's order. Shared: every manifest PUT takes a copy into its
+/// transaction.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Policies(pub Vec<Policy>);
+pub struct Policies(pub Arc<Vec<Policy>>);
 
 impl Policies {
     /// The policy governing `repo`: the first whose pattern matches.
@@ -144,7 +146,11 @@ mod tests {
             immutable_tags: vec![TagGlob::parse("v*").unwrap()],
             quota: Some(quota),
         };
-        let ps = Policies(vec![p("ci/special", 1), p("ci/**", 2), p("**", 3)]);
+        let ps = Policies(Arc::new(vec![
+            p("ci/special", 1),
+            p("ci/**", 2),
+            p("**", 3),
+        ]));
         assert_eq!(ps.for_repo("ci/special").unwrap().quota, Some(1));
         assert_eq!(ps.for_repo("ci/other/x").unwrap().quota, Some(2));
         assert_eq!(ps.for_repo("library/alpine").unwrap().quota, Some(3));
