@@ -293,7 +293,7 @@ async fn oras_pushes_and_pulls_an_artifact() {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !has_oras {
-        if std::env::var("CI").as_deref() == Ok("true") {
+        if crate::util::in_ci() {
             panic!("the oras Python SDK is required in CI (ORAS_PYTHON={python})");
         }
         eprintln!("\n!!!!! SKIPPED: the `oras` Python package is not importable by {python}; `pip install oras` to run this test !!!!!\n");
