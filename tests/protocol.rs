@@ -1356,12 +1356,11 @@ async fn odd_range_headers_never_cause_a_server_error() {
             .headers()
             .get("content-range")
             .map(|v| v.to_str().unwrap().to_string());
-        let length = hdr(&resp, "content-length");
         match want {
             Whole => {
                 assert_eq!(status, 200, "Range {range:?}");
                 assert_eq!(content_range, None, "Range {range:?}");
-                assert_eq!(length, "100", "Range {range:?}");
+                assert_eq!(hdr(&resp, "content-length"), "100", "Range {range:?}");
                 assert_eq!(hdr(&resp, "docker-content-digest"), d);
                 assert!(resp.bytes().await.unwrap() == bytes, "Range {range:?}");
             }
@@ -1372,7 +1371,11 @@ async fn odd_range_headers_never_cause_a_server_error() {
                     Some(format!("bytes {a}-{b}/100").as_str()),
                     "Range {range:?}"
                 );
-                assert_eq!(length, (b - a + 1).to_string(), "Range {range:?}");
+                assert_eq!(
+                    hdr(&resp, "content-length"),
+                    (b - a + 1).to_string(),
+                    "Range {range:?}"
+                );
                 assert_eq!(hdr(&resp, "docker-content-digest"), d);
                 assert!(
                     resp.bytes().await.unwrap() == bytes[a..=b],

@@ -443,6 +443,16 @@ impl Drop for Process {
     }
 }
 
+/// Waits (up to 10 s) for the control socket of the server on `root`: the listening line
+/// can come before it exists, and a CLI run before it opens the files and finds them locked.
+pub fn wait_for_admin_socket(root: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dockyard::admin::socket_path(root).exists() {
+        assert!(Instant::now() < deadline, "no admin socket under {root:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Runs `dockyard ARGS…` to completion: (success, stdout, stderr).
 pub fn dockyard<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dockyard"))
