@@ -21,7 +21,15 @@ fn main() {
     }
     let status = Command::new(env!("CARGO"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["test", "--test", "main", TEST, "--", "--exact", "--nocapture"])
+        .args([
+            "test",
+            "--test",
+            "main",
+            TEST,
+            "--",
+            "--exact",
+            "--nocapture",
+        ])
         .env("DOCKYARD_POWERCUT_ROUNDS", &rounds)
         .status()
         .unwrap_or_else(|e| {
