@@ -71,6 +71,11 @@ pub enum Command {
     },
     /// Bytes per repository, shared bytes, and what GC would reclaim now.
     Du,
+    /// A consistent copy of the whole root into `dest` (an absolute path), see
+    /// `portability::backup`.
+    Backup {
+        dest: PathBuf,
+    },
 }
 
 /// What a command answered: text for the person at the terminal, or a one-line error.
@@ -126,13 +131,13 @@ pub async fn execute_with(core: &Core, command: Command, progress: Option<Progre
             access::acl_revoke(core, &subject, &pattern).await.into()
         }
         Command::AclList { subject } => access::acl_list(core, subject.as_deref()).await.into(),
-        Command::Gc { .. } | Command::Fsck { .. } | Command::Du => {
+        Command::Gc { .. } | Command::Fsck { .. } | Command::Du | Command::Backup { .. } => {
             maintenance(core, command, progress).await
         }
     }
 }
 
-/// `gc`, `fsck` and `du` block on files and the database: they run on the blocking pool.
+/// `gc`, `fsck`, `du` and `backup` block on files and the database: they run on the blocking pool.
 async fn maintenance(core: &Core, command: Command, progress: Option<Progress>) -> Outcome {
     use crate::gc::{self, fsck, usage};
     let core = core.clone();
@@ -160,6 +165,15 @@ async fn maintenance(core: &Core, command: Command, progress: Option<Progress>) 
             })
         }
         Command::Du => usage::measure(&core).map(|u| Outcome::Ok(u.to_string())),
+        Command::Backup { dest } => {
+            use crate::portability::backup;
+            let opts = backup::BackupOptions {
+                dest,
+                mode: backup::Mode::Backup,
+                progress,
+            };
+            backup::run(&core, &opts).map(|r| Outcome::Ok(r.to_string()))
+        }
         // `execute_with` sends only gc, fsck and du here.
         other => Ok(Outcome::Err(format!(
             "not a maintenance command: {other:?}"
@@ -174,7 +188,7 @@ async fn maintenance(core: &Core, command: Command, progress: Option<Progress>) 
 }
 
 /// Progress shown on stderr, rewriting one line, when stderr is a terminal.
-fn terminal_progress() -> Option<Progress> {
+pub(crate) fn terminal_progress() -> Option<Progress> {
     io::stderr().is_terminal().then(|| {
         Arc::new(|line: &str| {
             let mut e = io::stderr();
@@ -184,7 +198,7 @@ fn terminal_progress() -> Option<Progress> {
     })
 }
 
-fn clear_progress(shown: bool) {
+pub(crate) fn clear_progress(shown: bool) {
     if shown && io::stderr().is_terminal() {
         let _ = write!(io::stderr(), "\r\x1b[K");
     }

@@ -8,6 +8,7 @@ pub mod blobs;
 pub mod listing;
 pub mod manifests;
 pub mod schema;
+pub mod snapshot;
 pub mod uploads;
 pub mod users;
 

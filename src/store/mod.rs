@@ -27,6 +27,15 @@ pub struct Store {
     root: PathBuf,
 }
 
+/// How [`Store::place_into`] got a blob into the other root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placed {
+    /// A file of the right size was already there (an earlier backup).
+    Present,
+    Linked,
+    Copied,
+}
+
 /// Every path under the root, in one place.
 pub enum Location<'a> {
     Database,
@@ -101,6 +110,111 @@ impl Store {
     /// Opens a blob's file for reading (blocking: call it from the blocking pool).
     pub fn open_blob(&self, digest: &Digest) -> io::Result<fs::File> {
         fs::File::open(self.path_for(Location::Blob(digest)))
+    }
+
+    /// Puts the file of `digest` (`size` bytes) into another root `dest`: nothing when `dest`
+    /// already has a file of that size (whose bytes match, with `verify`); a hard link when both roots share a filesystem (blob
+    /// files never change once in place, so two names for one inode are safe); otherwise a
+    /// copy written under `dest/uploads/`, fsynced, and renamed into place. With `verify`,
+    /// the source is re-hashed first and a mismatch is an `InvalidData` error. Directories
+    /// are made durable by [`Store::sync_blob_dirs`], once, after the last blob.
+    pub fn place_into(
+        &self,
+        dest: &Store,
+        digest: &Digest,
+        size: u64,
+        verify: bool,
+    ) -> io::Result<Placed> {
+        let from = self.path_for(Location::Blob(digest));
+        let to = dest.path_for(Location::Blob(digest));
+        let hashes_to = |path: &Path| -> io::Result<bool> {
+            Ok(&Sink::rehash(path, digest.algorithm())?.digest() == digest)
+        };
+        if fs::metadata(&to).is_ok_and(|m| m.len() == size) && (!verify || hashes_to(&to)?) {
+            return Ok(Placed::Present);
+        }
+        let on_disk = fs::metadata(&from)?.len();
+        if on_disk != size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob {digest} is {on_disk} bytes on disk, {size} in the database"),
+            ));
+        }
+        if verify && !hashes_to(&from)? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob {digest} is corrupt: its bytes do not hash to its digest"),
+            ));
+        }
+        fs::create_dir_all(to.parent().expect("blob paths have a shard directory"))?;
+        // A file of the wrong size (a torn copy from another tool) is replaced.
+        let _ = fs::remove_file(&to);
+        match fs::hard_link(&from, &to) {
+            Ok(()) => return Ok(Placed::Linked),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Placed::Present),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV) | Some(libc::EPERM) | Some(libc::EMLINK)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        let staging = dest.root.join("uploads").join(format!(".copy-{}", digest.hex()));
+        {
+            let mut src = fs::File::open(&from)?;
+            let mut out = fs::File::create(&staging)?;
+            // std uses copy_file_range here: no bytes pass through user space.
+            io::copy(&mut src, &mut out)?;
+            out.sync_all()?;
+        }
+        fs::rename(&staging, &to)?;
+        Ok(Placed::Copied)
+    }
+
+    /// fsyncs every directory under `blobs/`, making the renames and links of
+    /// [`Store::place_into`] durable.
+    pub fn sync_blob_dirs(&self) -> io::Result<()> {
+        let blobs = self.root.join("blobs");
+        for alg in fs::read_dir(&blobs)? {
+            let alg = alg?.path();
+            if !alg.is_dir() {
+                continue;
+            }
+            for shard in fs::read_dir(&alg)? {
+                let shard = shard?.path();
+                if shard.is_dir() {
+                    fs::File::open(&shard)?.sync_all()?;
+                }
+            }
+            fs::File::open(&alg)?.sync_all()?;
+        }
+        fs::File::open(&blobs)?.sync_all()?;
+        fs::File::open(&self.root)?.sync_all()
+    }
+
+    /// Removes every blob file whose digest is not in `keep`: what a new copy of the database
+    /// no longer references. Only for a root no server is writing to (a backup). Returns the
+    /// files and bytes removed.
+    pub fn remove_blobs_except(
+        &self,
+        keep: &std::collections::HashSet<String>,
+    ) -> io::Result<(u64, u64)> {
+        let (mut n, mut bytes) = (0, 0);
+        for (digest, path) in crate::gc::blob_files(&self.root)? {
+            if keep.contains(&digest.to_string()) {
+                continue;
+            }
+            let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    n += 1;
+                    bytes += len;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((n, bytes))
     }
 
     pub fn remove_upload(&self, upload_id: &str) -> io::Result<()> {
