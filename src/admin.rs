@@ -76,6 +76,16 @@ pub enum Command {
     Backup {
         dest: PathBuf,
     },
+    /// Write images into an OCI image layout at `to` (an absolute path).
+    Export {
+        refs: Vec<String>,
+        to: PathBuf,
+    },
+    /// Read an OCI image layout at `dir` (an absolute path) into repositories.
+    Import {
+        dir: PathBuf,
+        repo: Option<String>,
+    },
 }
 
 /// What a command answered: text for the person at the terminal, or a one-line error.
@@ -131,9 +141,12 @@ pub async fn execute_with(core: &Core, command: Command, progress: Option<Progre
             access::acl_revoke(core, &subject, &pattern).await.into()
         }
         Command::AclList { subject } => access::acl_list(core, subject.as_deref()).await.into(),
-        Command::Gc { .. } | Command::Fsck { .. } | Command::Du | Command::Backup { .. } => {
-            maintenance(core, command, progress).await
-        }
+        Command::Gc { .. }
+        | Command::Fsck { .. }
+        | Command::Du
+        | Command::Backup { .. }
+        | Command::Export { .. }
+        | Command::Import { .. } => maintenance(core, command, progress).await,
     }
 }
 
@@ -173,6 +186,14 @@ async fn maintenance(core: &Core, command: Command, progress: Option<Progress>) 
                 progress,
             };
             backup::run(&core, &opts).map(|r| Outcome::Ok(r.to_string()))
+        }
+        Command::Export { refs, to } => {
+            crate::portability::layout::export(&core, &refs, &to, progress)
+                .map(|r| Outcome::Ok(r.to_string()))
+        }
+        Command::Import { dir, repo } => {
+            crate::portability::layout::import(&core, &dir, repo.as_deref(), progress)
+                .map(|r| Outcome::Ok(r.to_string()))
         }
         // `execute_with` sends only gc, fsck and du here.
         other => Ok(Outcome::Err(format!(

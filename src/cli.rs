@@ -74,6 +74,27 @@ pub enum Command {
         #[command(flatten)]
         instance: Instance,
     },
+    /// Write images into an OCI image layout (what skopeo, umoci, podman and oras read):
+    /// NAME for every tag of a repository, NAME:TAG, NAME@DIGEST.
+    Export {
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// The layout directory: new, empty, or a layout to add to.
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        instance: Instance,
+    },
+    /// Read an OCI image layout into repositories, verifying every digest.
+    Import {
+        dir: PathBuf,
+        /// Put every image into this repository (else the one `export` recorded, or the
+        /// REPO of a REPO:TAG name).
+        #[arg(long)]
+        repo: Option<String>,
+        #[command(flatten)]
+        instance: Instance,
+    },
     /// Validate a configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -276,6 +297,22 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
             force,
             instance,
         } => restore(&src, force, instance),
+        Command::Export {
+            images,
+            to,
+            instance,
+        } => {
+            let to = std::path::absolute(&to)?;
+            execute(instance, admin::Command::Export { refs: images, to })
+        }
+        Command::Import {
+            dir,
+            repo,
+            instance,
+        } => {
+            let dir = std::path::absolute(&dir)?;
+            execute(instance, admin::Command::Import { dir, repo })
+        }
     }
 }
 
@@ -317,7 +354,9 @@ fn restore(src: &Path, force: bool, instance: Instance) -> Result<(), crate::Err
     let check = crate::gc::fsck::check(&core, &crate::gc::fsck::FsckOptions::default())?;
     println!("{report}");
     if !check.clean() {
-        return Err(fail(format!("the restored root is not consistent: fsck: {check}")));
+        return Err(fail(format!(
+            "the restored root is not consistent: fsck: {check}"
+        )));
     }
     println!("fsck: {check}");
     Ok(())

@@ -6,6 +6,7 @@ mod util;
 mod admin;
 mod auth;
 mod auth_cli;
+mod backup;
 mod bench;
 mod crash;
 mod gc;

@@ -36,6 +36,14 @@ pub fn blobs(tx: &ReadTransaction) -> Result<Vec<(String, u64)>, DbError> {
     Ok(out)
 }
 
+/// The recorded size of a blob, if the database has its row.
+pub fn blob_size(tx: &ReadTransaction, digest: &str) -> Result<Option<u64>, DbError> {
+    match tx.open_table(BLOBS)?.get(digest)? {
+        Some(v) => Ok(Some(decode::<BlobRecord>(v.value())?.size)),
+        None => Ok(None),
+    }
+}
+
 /// Manifests and repositories in the snapshot, for the summary.
 pub fn counts(tx: &ReadTransaction) -> Result<(u64, u64), DbError> {
     Ok((
@@ -56,7 +64,10 @@ pub fn copy_into(tx: &ReadTransaction, dest: &Path) -> Result<CopyStats, DbError
     }
     match std::fs::remove_file(dest) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(DbError::Corrupt(format!("cannot replace {}: {e}", dest.display())))
+            return Err(DbError::Corrupt(format!(
+                "cannot replace {}: {e}",
+                dest.display()
+            )))
         }
         _ => {}
     }
@@ -75,7 +86,10 @@ pub fn copy_into(tx: &ReadTransaction, dest: &Path) -> Result<CopyStats, DbError
         copy("blobs", table(tx, &out, BLOBS, &present))?;
         copy("repo_blobs", table(tx, &out, REPO_BLOBS, &present))?;
         copy("manifests", table(tx, &out, MANIFESTS, &present))?;
-        copy("manifest_bodies", table(tx, &out, MANIFEST_BODIES, &present))?;
+        copy(
+            "manifest_bodies",
+            table(tx, &out, MANIFEST_BODIES, &present),
+        )?;
         copy("tags", table(tx, &out, TAGS, &present))?;
         copy("repos", table(tx, &out, REPOS, &present))?;
         copy("referrers", table(tx, &out, REFERRERS, &present))?;

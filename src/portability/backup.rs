@@ -82,8 +82,8 @@ impl fmt::Display for BackupReport {
         write!(
             f,
             "{}: {} repositories, {} manifests, {} blobs ({}) as of one instant: \
-             {} copied ({}), {} linked ({}), {} already there; {} no longer needed removed ({}); \
-             {} database rows; {:.2?}",
+             {} copied ({}), {} linked ({}), {} already there, {} removed ({}) as no longer \
+             needed; {} database rows; {:.2?}",
             if self.restore { "restore" } else { "backup" },
             self.repositories,
             self.manifests,

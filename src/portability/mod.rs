@@ -7,6 +7,8 @@
 //! `db::snapshot` function, and links and copies of blob files are `store` functions.
 
 pub mod backup;
+pub mod ingest;
+pub mod layout;
 
 use std::path::{Path, PathBuf};
 

@@ -125,12 +125,29 @@ impl Store {
         size: u64,
         verify: bool,
     ) -> io::Result<Placed> {
-        let from = self.path_for(Location::Blob(digest));
         let to = dest.path_for(Location::Blob(digest));
+        let staging = dest
+            .root
+            .join("uploads")
+            .join(format!(".copy-{}", digest.hex()));
+        self.place_at(digest, size, verify, &to, &staging)
+    }
+
+    /// [`Store::place_into`] for any target path (an OCI layout's `blobs/…`); a copy is
+    /// written at `staging` first.
+    pub fn place_at(
+        &self,
+        digest: &Digest,
+        size: u64,
+        verify: bool,
+        to: &Path,
+        staging: &Path,
+    ) -> io::Result<Placed> {
+        let from = self.path_for(Location::Blob(digest));
         let hashes_to = |path: &Path| -> io::Result<bool> {
             Ok(&Sink::rehash(path, digest.algorithm())?.digest() == digest)
         };
-        if fs::metadata(&to).is_ok_and(|m| m.len() == size) && (!verify || hashes_to(&to)?) {
+        if fs::metadata(to).is_ok_and(|m| m.len() == size) && (!verify || hashes_to(to)?) {
             return Ok(Placed::Present);
         }
         let on_disk = fs::metadata(&from)?.len();
@@ -148,8 +165,8 @@ impl Store {
         }
         fs::create_dir_all(to.parent().expect("blob paths have a shard directory"))?;
         // A file of the wrong size (a torn copy from another tool) is replaced.
-        let _ = fs::remove_file(&to);
-        match fs::hard_link(&from, &to) {
+        let _ = fs::remove_file(to);
+        match fs::hard_link(&from, to) {
             Ok(()) => return Ok(Placed::Linked),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Placed::Present),
             Err(e)
@@ -159,16 +176,52 @@ impl Store {
                 ) => {}
             Err(e) => return Err(e),
         }
-        let staging = dest.root.join("uploads").join(format!(".copy-{}", digest.hex()));
         {
             let mut src = fs::File::open(&from)?;
-            let mut out = fs::File::create(&staging)?;
+            let mut out = fs::File::create(staging)?;
             // std uses copy_file_range here: no bytes pass through user space.
             io::copy(&mut src, &mut out)?;
             out.sync_all()?;
         }
-        fs::rename(&staging, &to)?;
+        fs::rename(staging, to)?;
         Ok(Placed::Copied)
+    }
+
+    /// Brings a file from outside the root (an OCI layout, a Distribution store) into
+    /// `uploads/` as a new upload: hard-linked when `link` and the filesystem allows it (for
+    /// sources that, like blob files, are never rewritten in place), else copied and
+    /// fsynced. The staged bytes are hashed; a digest other than `digest` removes them and
+    /// is an `InvalidData` error. Returns the upload id for [`Store::promote`] and the size.
+    pub fn stage(&self, from: &Path, digest: &Digest, link: bool) -> io::Result<(String, u64)> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let path = self.path_for(Location::Upload(&id));
+        let linked = link && fs::hard_link(from, &path).is_ok();
+        if !linked {
+            let mut src = fs::File::open(from)?;
+            let mut out = fs::File::create(&path)?;
+            io::copy(&mut src, &mut out)?;
+            out.sync_all()?;
+        }
+        let sink = match Sink::rehash(&path, digest.algorithm()) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        let len = sink.len;
+        let found = sink.digest();
+        if &found != digest {
+            let _ = fs::remove_file(&path);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} should hold {digest} but its bytes hash to {found}",
+                    from.display()
+                ),
+            ));
+        }
+        Ok((id, len))
     }
 
     /// fsyncs every directory under `blobs/`, making the renames and links of
