@@ -223,9 +223,10 @@ async fn backups_taken_under_pushes_deletes_and_gc_serve_and_are_incremental() {
         9,
         "only the new blobs are placed: {after}"
     );
+    // Every earlier blob is still there, unless the GC took it meanwhile (deleted images).
     assert_eq!(
-        figure(&after, "already"),
-        figure(&quiet, "already"),
+        figure(&after, "already") + figure(&after, "removed"),
+        figure(&quiet, "blobs"),
         "every earlier blob is kept: {after} / {quiet}"
     );
     // A blob the new snapshot no longer references leaves DEST: delete one image, let the
@@ -260,4 +261,204 @@ async fn backups_taken_under_pushes_deletes_and_gc_serve_and_are_incremental() {
     let status = server.stop();
     assert!(status.success(), "{status}: {log}");
     fsck_clean(&root);
+}
+
+/// Pushes `n` images of two layers of `size` bytes into `repo` under tags `t0…`.
+async fn seed_images(base: &str, pushed: &Pushed, repo: &str, n: usize, size: usize) {
+    let c = fresh_client();
+    for i in 0..n {
+        let (l1, l2) = (random_bytes(size), random_bytes(size / 2 + 1));
+        let (manifest, _) = push_image(&c, base, repo, &format!("t{i}"), &[&l1, &l2]).await;
+        pushed
+            .lock()
+            .unwrap()
+            .insert((repo.to_string(), format!("t{i}")), manifest);
+    }
+}
+
+/// What `fsck` says of a root, accepting only leftovers the next GC removes.
+fn fsck_only_leftovers(root: &Path) {
+    let (ok, out, err) = dockyard(&["fsck".as_ref(), "--root".as_ref(), root.as_os_str()]);
+    if ok {
+        return;
+    }
+    let text = format!("{out}{err}");
+    for line in text.lines().filter(|l| l.starts_with("  ")) {
+        assert!(
+            line.contains("the next gc removes it"),
+            "an interrupted backup left more than leftovers: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_killed_midway_leaves_the_previous_backup_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    // On another filesystem (tmpfs) the blobs are copied, not linked: the hard links of a
+    // same-filesystem backup would be over too soon to interrupt.
+    let other_fs =
+        tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
+    let dest = other_fs.path().join("backup");
+    let pushed: Pushed = Arc::default();
+    let p = Process::spawn(&root);
+    seed_images(&p.url(""), &pushed, "first/app", 3, 20_000).await;
+    assert!(p.stop().success());
+    backup(&root, &dest);
+    let before: Vec<u8> = std::fs::read(dest.join("dockyard.redb")).unwrap();
+
+    // Enough new bytes that copying them takes a while.
+    let p = Process::spawn(&root);
+    seed_images(&p.url(""), &pushed, "second/app", 40, 3 << 20).await;
+    assert!(p.stop().success());
+
+    let mut midway = 0;
+    for delay_ms in [30u64, 60, 100, 150, 250, 400] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dockyard"))
+            .args([
+                "backup".as_ref(),
+                dest.as_os_str(),
+                "--root".as_ref(),
+                root.as_os_str(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        if status.success() {
+            break; // finished before the kill: nothing to check at this delay or later
+        }
+        let new_db = dest.join("dockyard.redb.new").exists();
+        let unchanged = std::fs::read(dest.join("dockyard.redb")).unwrap() == before;
+        if new_db && unchanged {
+            midway += 1;
+        }
+        // Whatever the instant, DEST is a whole backup: the previous one until the rename.
+        if unchanged {
+            fsck_only_leftovers(&dest);
+            let served = check_serves(&dest, &pushed, &format!("killed at {delay_ms} ms")).await;
+            assert_eq!(served, 3, "the previous backup's three tags");
+        }
+    }
+    assert!(
+        midway > 0,
+        "no kill landed during a backup: make the copy longer"
+    );
+    let done = backup(&root, &dest);
+    fsck_clean(&dest);
+    assert_eq!(
+        check_serves(&dest, &pushed, "after the kills").await,
+        43,
+        "{done}"
+    );
+}
+
+#[tokio::test]
+async fn restore_into_an_empty_root_verifies_every_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let dest = dir.path().join("backup");
+    let pushed: Pushed = Arc::default();
+    let p = Process::spawn(&root);
+    seed_images(&p.url(""), &pushed, "team/app", 3, 10_000).await;
+    // Through the running server.
+    backup(&root, &dest);
+    assert!(p.stop().success());
+
+    let fresh = dir.path().join("restored");
+    let (ok, out, err) = dockyard(&[
+        "restore".as_ref(),
+        dest.as_os_str(),
+        "--root".as_ref(),
+        fresh.as_os_str(),
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("restore: 1 repositories, 3 manifests"),
+        "{out}"
+    );
+    assert!(out.contains("fsck: consistent"), "{out}");
+    assert_eq!(check_serves(&fresh, &pushed, "restored").await, 3);
+
+    // A root that is not empty needs --force.
+    let (ok, _, err) = dockyard(&[
+        "restore".as_ref(),
+        dest.as_os_str(),
+        "--root".as_ref(),
+        fresh.as_os_str(),
+    ]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--force"), "{err}");
+    let (ok, out, err) = dockyard(&[
+        "restore".as_ref(),
+        dest.as_os_str(),
+        "--force".as_ref(),
+        "--root".as_ref(),
+        fresh.as_os_str(),
+    ]);
+    assert!(ok, "{out}{err}");
+
+    // A corrupt blob in the backup stops the restore before the database is put in place.
+    // (Replaced, not rewritten: the backup's files are hard links to the root's.)
+    let victim = blob_files(&dest).into_iter().next().unwrap();
+    let path = dest
+        .join("blobs/sha256")
+        .join(&victim[7..9])
+        .join(&victim[7..]);
+    let len = std::fs::metadata(&path).unwrap().len() as usize;
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, vec![b'x'; len]).unwrap();
+    let other = dir.path().join("other");
+    let (ok, _, err) = dockyard(&[
+        "restore".as_ref(),
+        dest.as_os_str(),
+        "--root".as_ref(),
+        other.as_os_str(),
+    ]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("corrupt"), "{err}");
+    assert!(!other.join("dockyard.redb").exists());
+}
+
+#[tokio::test]
+async fn bad_destinations_are_refused_in_one_line_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let pushed: Pushed = Arc::default();
+    let p = Process::spawn(&root);
+    seed_images(&p.url(""), &pushed, "team/app", 1, 1000).await;
+    let inside = root.join("backup");
+    let foreign = dir.path().join("photos");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("cat.jpg"), b"meow").unwrap();
+    for (dest, needle) in [
+        (&inside, "inside the registry root"),
+        (&foreign, "other than a Dockyard backup"),
+        (&root, "inside the registry root"),
+    ] {
+        let before_root = blob_files(&root);
+        let (ok, out, err) = dockyard(&[
+            "backup".as_ref(),
+            dest.as_os_str(),
+            "--root".as_ref(),
+            root.as_os_str(),
+        ]);
+        assert!(!ok, "{out}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{err}");
+        assert_eq!(blob_files(&root), before_root);
+    }
+    assert!(!inside.exists());
+    let names: Vec<_> = std::fs::read_dir(&foreign)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("cat.jpg")]);
+    assert!(p.stop().success());
 }
