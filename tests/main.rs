@@ -15,6 +15,7 @@ mod gc_cli;
 mod interop;
 mod interop_auth;
 mod interop_cli;
+mod layout;
 mod ops;
 mod protocol;
 mod restart;
