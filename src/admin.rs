@@ -86,6 +86,10 @@ pub enum Command {
         dir: PathBuf,
         repo: Option<String>,
     },
+    /// Migrate a CNCF Distribution filesystem store at `path` (an absolute path).
+    ImportDistribution {
+        path: PathBuf,
+    },
 }
 
 /// What a command answered: text for the person at the terminal, or a one-line error.
@@ -146,11 +150,12 @@ pub async fn execute_with(core: &Core, command: Command, progress: Option<Progre
         | Command::Du
         | Command::Backup { .. }
         | Command::Export { .. }
-        | Command::Import { .. } => maintenance(core, command, progress).await,
+        | Command::Import { .. }
+        | Command::ImportDistribution { .. } => maintenance(core, command, progress).await,
     }
 }
 
-/// `gc`, `fsck`, `du` and `backup` block on files and the database: they run on the blocking pool.
+/// `gc`, `fsck`, `du`, `backup`, `export` and the imports block on files and the database: they run on the blocking pool.
 async fn maintenance(core: &Core, command: Command, progress: Option<Progress>) -> Outcome {
     use crate::gc::{self, fsck, usage};
     let core = core.clone();
@@ -189,6 +194,10 @@ async fn maintenance(core: &Core, command: Command, progress: Option<Progress>) 
         }
         Command::Export { refs, to } => {
             crate::portability::layout::export(&core, &refs, &to, progress)
+                .map(|r| Outcome::Ok(r.to_string()))
+        }
+        Command::ImportDistribution { path } => {
+            crate::portability::distribution::import(&core, &path, progress)
                 .map(|r| Outcome::Ok(r.to_string()))
         }
         Command::Import { dir, repo } => {

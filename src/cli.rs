@@ -95,6 +95,14 @@ pub enum Command {
         #[command(flatten)]
         instance: Instance,
     },
+    /// Move a CNCF Distribution (registry:2) filesystem store into this root: every
+    /// repository, tag, manifest and blob, digests unchanged. Reads PATH only; resumable.
+    ImportDistribution {
+        /// Distribution's root directory (the one holding docker/registry/v2).
+        path: PathBuf,
+        #[command(flatten)]
+        instance: Instance,
+    },
     /// Validate a configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -304,6 +312,10 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
         } => {
             let to = std::path::absolute(&to)?;
             execute(instance, admin::Command::Export { refs: images, to })
+        }
+        Command::ImportDistribution { path, instance } => {
+            let path = std::path::absolute(&path)?;
+            execute(instance, admin::Command::ImportDistribution { path })
         }
         Command::Import {
             dir,

@@ -9,6 +9,7 @@ mod auth_cli;
 mod backup;
 mod bench;
 mod crash;
+mod distribution;
 mod gc;
 mod gc_cli;
 

@@ -7,6 +7,7 @@
 //! `db::snapshot` function, and links and copies of blob files are `store` functions.
 
 pub mod backup;
+pub mod distribution;
 pub mod ingest;
 pub mod layout;
 
