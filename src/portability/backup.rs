@@ -155,6 +155,7 @@ pub fn run(core: &Core, opts: &BackupOptions) -> Result<BackupReport, Error> {
         report.blobs = blobs.len() as u64;
         let mut throttle = Throttle::new();
         let mut keep = HashSet::with_capacity(blobs.len());
+        let mut placed_here = Vec::new();
         for (i, (d, size)) in blobs.iter().enumerate() {
             if let Some(p) = &opts.progress {
                 if throttle.due() {
@@ -187,17 +188,20 @@ pub fn run(core: &Core, opts: &BackupOptions) -> Result<BackupReport, Error> {
                 Placed::Linked => {
                     report.linked += 1;
                     report.linked_bytes += size;
+                    placed_here.push(digest);
                 }
                 Placed::Copied => {
                     report.copied += 1;
                     report.copied_bytes += size;
+                    placed_here.push(digest);
                 }
             }
             keep.insert(d.clone());
         }
-        keep
+        (keep, placed_here)
     };
-    out.sync_blob_dirs()?;
+    let (keep, placed_here) = keep;
+    out.sync_blob_dirs(&placed_here)?;
     fs::rename(&new_db, out.path_for(Location::Database))?;
     fs::File::open(&dest)?.sync_all()?;
     let (removed, removed_bytes) = out.remove_blobs_except(&keep)?;

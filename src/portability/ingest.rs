@@ -79,12 +79,19 @@ pub fn commit(core: &Core, plan: Plan) -> Result<(), Error> {
     }
     let names: Vec<String> = digests.iter().map(|d| d.to_string()).collect();
     let mut guards = core.blob_locks.lock_all(names.iter().map(String::as_str));
-    for (d, (id, _)) in &plan.staged {
-        let digest: Digest = d.parse().expect("parsed above");
-        if let Err(e) = core.store.promote(id, &digest) {
+    let staged: Vec<(&str, Digest)> = plan
+        .staged
+        .iter()
+        .map(|(d, (id, _))| (id.as_str(), d.parse().expect("parsed above")))
+        .collect();
+    if let Err(e) = core
+        .store
+        .promote_all(staged.iter().map(|(id, d)| (*id, d)))
+    {
+        for (id, _) in &staged {
             let _ = core.store.remove_upload(id);
-            return Err(Error::Command(format!("cannot store blob {d}: {e}")));
         }
+        return Err(Error::Command(format!("cannot store the blobs: {e}")));
     }
     let sizes: BTreeMap<String, u64> = plan
         .staged

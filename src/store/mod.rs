@@ -87,6 +87,33 @@ impl Store {
         fs::File::open(dir)?.sync_all()
     }
 
+    /// [`Store::promote`] for many uploads at once (an import): every rename first, then one
+    /// fsync per shard directory touched, instead of one per blob. Returns on the first
+    /// failure; files already renamed are then blobs without rows, which the GC removes.
+    pub fn promote_all<'a>(
+        &self,
+        uploads: impl IntoIterator<Item = (&'a str, &'a Digest)>,
+    ) -> io::Result<()> {
+        let mut dirs = std::collections::BTreeSet::new();
+        for (upload_id, digest) in uploads {
+            let from = self.path_for(Location::Upload(upload_id));
+            let to = self.path_for(Location::Blob(digest));
+            if to.exists() {
+                fs::remove_file(&from)?;
+                continue;
+            }
+            let dir = to.parent().expect("blob paths have a shard directory");
+            if dirs.insert(dir.to_path_buf()) {
+                fs::create_dir_all(dir)?;
+            }
+            fs::rename(&from, &to)?;
+        }
+        for dir in &dirs {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
     /// Bytes available to us on the filesystem holding the root.
     pub fn free_space(&self) -> io::Result<u64> {
         use std::os::unix::ffi::OsStrExt;
@@ -224,25 +251,33 @@ impl Store {
         Ok((id, len))
     }
 
-    /// fsyncs every directory under `blobs/`, making the renames and links of
-    /// [`Store::place_into`] durable.
-    pub fn sync_blob_dirs(&self) -> io::Result<()> {
-        let blobs = self.root.join("blobs");
-        for alg in fs::read_dir(&blobs)? {
-            let alg = alg?.path();
-            if !alg.is_dir() {
-                continue;
-            }
-            for shard in fs::read_dir(&alg)? {
-                let shard = shard?.path();
-                if shard.is_dir() {
-                    fs::File::open(&shard)?.sync_all()?;
-                }
-            }
-            fs::File::open(&alg)?.sync_all()?;
+    /// fsyncs the shard directories of `placed` (the blobs [`Store::place_into`] linked or
+    /// copied here), then `blobs/…` and the root, making those links and renames durable.
+    pub fn sync_blob_dirs<'a>(
+        &self,
+        placed: impl IntoIterator<Item = &'a Digest>,
+    ) -> io::Result<()> {
+        let mut dirs = std::collections::BTreeSet::new();
+        for d in placed {
+            let path = self.path_for(Location::Blob(d));
+            let shard = path.parent().expect("blob paths have a shard directory");
+            dirs.insert(shard.to_path_buf());
+            dirs.insert(
+                shard
+                    .parent()
+                    .expect("shards are under an algorithm")
+                    .to_path_buf(),
+            );
         }
-        fs::File::open(&blobs)?.sync_all()?;
-        fs::File::open(&self.root)?.sync_all()
+        dirs.insert(self.root.join("blobs"));
+        dirs.insert(self.root.clone());
+        // Deepest first, so that a directory is synced after what was created in it.
+        let mut dirs: Vec<PathBuf> = dirs.into_iter().collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for dir in dirs {
+            fs::File::open(&dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     /// Removes every blob file whose digest is not in `keep`: what a new copy of the database
