@@ -135,6 +135,33 @@ async fn export_import_round_trip_with_indexes_and_skopeo() {
         assert_pulls(&c, &base, "from/skopeo", "v2", &want, "skopeo layout").await;
     }
 
+    // umoci unpacks an exported image (a real gzipped root filesystem).
+    if require_tool("umoci") {
+        let src = dir.path().join("umoci-src");
+        oci_layout(&src, "v1", &["amd64"]);
+        let (ok, out, err) = import(&root, &src, Some("fs/app"));
+        assert!(ok, "{out}{err}");
+        let out_layout = dir.path().join("for-umoci");
+        let (ok, out, err) = cli(&[
+            os("export"),
+            os("fs/app:v1"),
+            os("--to"),
+            out_layout.as_os_str(),
+            os("--root"),
+            root.as_os_str(),
+        ]);
+        assert!(ok, "{out}{err}");
+        let bundle = dir.path().join("bundle");
+        run(Command::new("umoci").args([
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:v1", out_layout.display()),
+            &bundle.display().to_string(),
+        ]));
+        assert!(bundle.join("rootfs/data/file0.bin").is_file());
+    }
+
     // Two whole repositories into one layout, then into a fresh root by their annotations.
     let both = dir.path().join("both");
     let (ok, out, err) = cli(&[
