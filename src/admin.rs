@@ -7,7 +7,7 @@
 //! calls [`execute`] directly. Either way the command and its output are identical.
 //!
 //! Wire format: one JSON [`Command`] per line in, one JSON [`Outcome`] per line out; a long
-//! command (`gc`, `fsck`, `du`) may send `{"progress": …}` lines before its answer.
+//! command (`gc`, `fsck`, `du`, `backup`, `export`, the imports) may send `{"progress": …}` lines before its answer.
 
 use std::future::Future;
 use std::io::{self, IsTerminal, Write};

@@ -233,6 +233,17 @@ async fn bad_layouts_are_refused_in_one_line_and_change_nothing() {
     assert!(!ok);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains(&layer) && err.contains("hash"), "{err}");
+    // An export into the root itself is refused.
+    let (ok, _, err) = cli(&[
+        os("export"),
+        os("bad/app"),
+        os("--to"),
+        root.join("blobs").as_os_str(),
+        os("--root"),
+        root.as_os_str(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("inside the registry root"), "{err}");
     let (ok, _, err) = import(&root, dir.path(), Some("bad/app"));
     assert!(!ok);
     assert_eq!(err.lines().count(), 1, "{err}");

@@ -106,6 +106,14 @@ pub fn export(
         .iter()
         .map(|r| parse_ref(r))
         .collect::<Result<Vec<_>, _>>()?;
+    let (root, target) = (super::resolve(core.store.root())?, super::resolve(to)?);
+    if target.starts_with(&root) || root.starts_with(&target) {
+        return Err(fail(format!(
+            "{} is inside the registry root {} (or holds it): choose a directory outside it",
+            to.display(),
+            root.display()
+        )));
+    }
     if to.exists() {
         let empty = fs::read_dir(to)?.next().is_none();
         if !empty && !to.join("oci-layout").is_file() {
