@@ -7,7 +7,7 @@
 //! calls [`execute`] directly. Either way the command and its output are identical.
 //!
 //! Wire format: one JSON [`Command`] per line in, one JSON [`Outcome`] per line out; a long
-//! command (`gc`, `fsck`, `du`) may send `{"progress": …}` lines before its answer.
+//! command (`gc`, `fsck`, `du`, `backup`, `export`, the imports) may send `{"progress": …}` lines before its answer.
 
 use std::future::Future;
 use std::io::{self, IsTerminal, Write};
@@ -71,6 +71,25 @@ pub enum Command {
     },
     /// Bytes per repository, shared bytes, and what GC would reclaim now.
     Du,
+    /// A consistent copy of the whole root into `dest` (an absolute path), see
+    /// `portability::backup`.
+    Backup {
+        dest: PathBuf,
+    },
+    /// Write images into an OCI image layout at `to` (an absolute path).
+    Export {
+        refs: Vec<String>,
+        to: PathBuf,
+    },
+    /// Read an OCI image layout at `dir` (an absolute path) into repositories.
+    Import {
+        dir: PathBuf,
+        repo: Option<String>,
+    },
+    /// Migrate a CNCF Distribution filesystem store at `path` (an absolute path).
+    ImportDistribution {
+        path: PathBuf,
+    },
 }
 
 /// What a command answered: text for the person at the terminal, or a one-line error.
@@ -126,13 +145,17 @@ pub async fn execute_with(core: &Core, command: Command, progress: Option<Progre
             access::acl_revoke(core, &subject, &pattern).await.into()
         }
         Command::AclList { subject } => access::acl_list(core, subject.as_deref()).await.into(),
-        Command::Gc { .. } | Command::Fsck { .. } | Command::Du => {
-            maintenance(core, command, progress).await
-        }
+        Command::Gc { .. }
+        | Command::Fsck { .. }
+        | Command::Du
+        | Command::Backup { .. }
+        | Command::Export { .. }
+        | Command::Import { .. }
+        | Command::ImportDistribution { .. } => maintenance(core, command, progress).await,
     }
 }
 
-/// `gc`, `fsck` and `du` block on files and the database: they run on the blocking pool.
+/// `gc`, `fsck`, `du`, `backup`, `export` and the imports block on files and the database: they run on the blocking pool.
 async fn maintenance(core: &Core, command: Command, progress: Option<Progress>) -> Outcome {
     use crate::gc::{self, fsck, usage};
     let core = core.clone();
@@ -160,6 +183,27 @@ async fn maintenance(core: &Core, command: Command, progress: Option<Progress>) 
             })
         }
         Command::Du => usage::measure(&core).map(|u| Outcome::Ok(u.to_string())),
+        Command::Backup { dest } => {
+            use crate::portability::backup;
+            let opts = backup::BackupOptions {
+                dest,
+                mode: backup::Mode::Backup,
+                progress,
+            };
+            backup::run(&core, &opts).map(|r| Outcome::Ok(r.to_string()))
+        }
+        Command::Export { refs, to } => {
+            crate::portability::layout::export(&core, &refs, &to, progress)
+                .map(|r| Outcome::Ok(r.to_string()))
+        }
+        Command::ImportDistribution { path } => {
+            crate::portability::distribution::import(&core, &path, progress)
+                .map(|r| Outcome::Ok(r.to_string()))
+        }
+        Command::Import { dir, repo } => {
+            crate::portability::layout::import(&core, &dir, repo.as_deref(), progress)
+                .map(|r| Outcome::Ok(r.to_string()))
+        }
         // `execute_with` sends only gc, fsck and du here.
         other => Ok(Outcome::Err(format!(
             "not a maintenance command: {other:?}"
@@ -174,7 +218,7 @@ async fn maintenance(core: &Core, command: Command, progress: Option<Progress>) 
 }
 
 /// Progress shown on stderr, rewriting one line, when stderr is a terminal.
-fn terminal_progress() -> Option<Progress> {
+pub(crate) fn terminal_progress() -> Option<Progress> {
     io::stderr().is_terminal().then(|| {
         Arc::new(|line: &str| {
             let mut e = io::stderr();
@@ -184,7 +228,7 @@ fn terminal_progress() -> Option<Progress> {
     })
 }
 
-fn clear_progress(shown: bool) {
+pub(crate) fn clear_progress(shown: bool) {
     if shown && io::stderr().is_terminal() {
         let _ = write!(io::stderr(), "\r\x1b[K");
     }

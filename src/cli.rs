@@ -56,6 +56,53 @@ pub enum Command {
         #[command(flatten)]
         instance: Instance,
     },
+    /// Copy the whole registry, as it is at one instant, into DEST (through the running server
+    /// when there is one). Into the same DEST again, copies only what changed.
+    Backup {
+        /// A new or empty directory, or an earlier backup, outside the root.
+        dest: PathBuf,
+        #[command(flatten)]
+        instance: Instance,
+    },
+    /// Restore a backup (or any stopped root) into this root, which must be empty, or
+    /// stopped and replaced with --force. Every blob is re-hashed on the way.
+    Restore {
+        src: PathBuf,
+        /// Replace the contents of a non-empty root (no server may be running on it).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        instance: Instance,
+    },
+    /// Write images into an OCI image layout (what skopeo, umoci, podman and oras read):
+    /// NAME for every tag of a repository, NAME:TAG, NAME@DIGEST.
+    Export {
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// The layout directory: new, empty, or a layout to add to.
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        instance: Instance,
+    },
+    /// Read an OCI image layout into repositories, verifying every digest.
+    Import {
+        dir: PathBuf,
+        /// Put every image into this repository (else the one `export` recorded, or the
+        /// REPO of a REPO:TAG name).
+        #[arg(long)]
+        repo: Option<String>,
+        #[command(flatten)]
+        instance: Instance,
+    },
+    /// Move a CNCF Distribution (registry:2) filesystem store into this root: every
+    /// repository, tag, manifest and blob, digests unchanged. Reads PATH only; resumable.
+    ImportDistribution {
+        /// Distribution's root directory (the one holding docker/registry/v2).
+        path: PathBuf,
+        #[command(flatten)]
+        instance: Instance,
+    },
     /// Validate a configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -249,7 +296,82 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
             },
         ),
         Command::Du { instance } => execute(instance, admin::Command::Du),
+        Command::Backup { dest, instance } => {
+            let dest = std::path::absolute(&dest)?;
+            execute(instance, admin::Command::Backup { dest })
+        }
+        Command::Restore {
+            src,
+            force,
+            instance,
+        } => restore(&src, force, instance),
+        Command::Export {
+            images,
+            to,
+            instance,
+        } => {
+            let to = std::path::absolute(&to)?;
+            execute(instance, admin::Command::Export { refs: images, to })
+        }
+        Command::ImportDistribution { path, instance } => {
+            let path = std::path::absolute(&path)?;
+            execute(instance, admin::Command::ImportDistribution { path })
+        }
+        Command::Import {
+            dir,
+            repo,
+            instance,
+        } => {
+            let dir = std::path::absolute(&dir)?;
+            execute(instance, admin::Command::Import { dir, repo })
+        }
     }
+}
+
+/// Restores on the files: the root must be stopped (a running server holds its database),
+/// and the source is opened as a root of its own.
+fn restore(src: &Path, force: bool, instance: Instance) -> Result<(), crate::Error> {
+    use crate::portability::{backup, served};
+    let fail = |m: String| crate::Error::Command(m);
+    let config = instance.config()?;
+    let root = config.root.clone();
+    if served(&root) {
+        return Err(fail(format!(
+            "a server is running on {}: stop it before restoring into it",
+            root.display()
+        )));
+    }
+    if !src.join("dockyard.redb").is_file() {
+        return Err(fail(format!(
+            "{} is not a Dockyard backup or root (no dockyard.redb)",
+            src.display()
+        )));
+    }
+    let source = crate::Core::open(Config {
+        root: src.to_path_buf(),
+        ..Config::default()
+    })
+    .map_err(|e| fail(format!("cannot open {}: {e}", src.display())))?;
+    let opts = backup::BackupOptions {
+        dest: root.clone(),
+        mode: backup::Mode::Restore { force },
+        progress: admin::terminal_progress(),
+    };
+    let report = backup::run(&source, &opts);
+    admin::clear_progress(opts.progress.is_some());
+    let report = report?;
+    drop(source);
+    // The copy re-hashed every blob; this checks the counts and rows of what it wrote.
+    let core = crate::Core::open(config)?;
+    let check = crate::gc::fsck::check(&core, &crate::gc::fsck::FsckOptions::default())?;
+    println!("{report}");
+    if !check.clean() {
+        return Err(fail(format!(
+            "the restored root is not consistent: fsck: {check}"
+        )));
+    }
+    println!("fsck: {check}");
+    Ok(())
 }
 
 fn user(c: UserCommand) -> Result<(), crate::Error> {

@@ -15,6 +15,8 @@
 //!   times shared by pushes and the GC), `fsck` (consistency check and repair), `usage` (`du`).
 //! - `policy`: `[[policy]]` rules, pure: immutable tags, quotas, and which tags retention
 //!   expires (enforced by `db::manifests` and the GC pass).
+//! - `portability`: data in and out as files: `backup`/`restore`, OCI-layout `export`/`import`,
+//!   `import-distribution`.
 //! - `admin`: the control channel (a Unix socket) through which the CLI reaches a server.
 //! - `cli`: the `dockyard` command line.
 //!
@@ -39,6 +41,7 @@ pub mod http;
 pub mod metrics;
 pub mod oci;
 pub mod policy;
+pub mod portability;
 pub mod server;
 pub mod store;
 

@@ -6,14 +6,17 @@ mod util;
 mod admin;
 mod auth;
 mod auth_cli;
+mod backup;
 mod bench;
 mod crash;
+mod distribution;
 mod gc;
 mod gc_cli;
 
 mod interop;
 mod interop_auth;
 mod interop_cli;
+mod layout;
 mod memory;
 mod migrate;
 mod ops;

@@ -10,6 +10,7 @@ pub mod manifests;
 pub mod migrate;
 pub mod policy;
 pub mod schema;
+pub mod snapshot;
 pub mod uploads;
 pub mod users;
 

@@ -185,6 +185,14 @@ impl<'a> BlobGuards<'a> {
         self.held[pos].1.last_seen(digest)
     }
 
+    /// Records that `digest`, whose stripe must be among those held, was created or seen now.
+    pub fn touch(&mut self, digest: &Digest) {
+        let pos = self
+            .position(&digest.to_string())
+            .expect("the stripe of a digest the caller locked");
+        self.held[pos].1.touch(digest);
+    }
+
     /// The held stripes in index order, to be released one at a time.
     pub fn into_stripes(self) -> impl Iterator<Item = (usize, BlobGuard<'a>)> {
         self.held.into_iter()

@@ -27,6 +27,15 @@ pub struct Store {
     root: PathBuf,
 }
 
+/// How [`Store::place_into`] got a blob into the other root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placed {
+    /// A file of the right size was already there (an earlier backup).
+    Present,
+    Linked,
+    Copied,
+}
+
 /// Every path under the root, in one place.
 pub enum Location<'a> {
     Database,
@@ -81,6 +90,33 @@ impl Store {
         fs::File::open(dir)?.sync_all()
     }
 
+    /// [`Store::promote`] for many uploads at once (an import): every rename first, then one
+    /// fsync per shard directory touched, instead of one per blob. Returns on the first
+    /// failure; files already renamed are then blobs without rows, which the GC removes.
+    pub fn promote_all<'a>(
+        &self,
+        uploads: impl IntoIterator<Item = (&'a str, &'a Digest)>,
+    ) -> io::Result<()> {
+        let mut dirs = std::collections::BTreeSet::new();
+        for (upload_id, digest) in uploads {
+            let from = self.path_for(Location::Upload(upload_id));
+            let to = self.path_for(Location::Blob(digest));
+            if to.exists() {
+                fs::remove_file(&from)?;
+                continue;
+            }
+            let dir = to.parent().expect("blob paths have a shard directory");
+            if dirs.insert(dir.to_path_buf()) {
+                create_dir_durable(dir)?;
+            }
+            fs::rename(&from, &to)?;
+        }
+        for dir in &dirs {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
     /// Makes the skeleton durable once the database file exists in it: the root's entries
     /// (`dockyard.redb`, `blobs/`, `uploads/`) are only on disk after an fsync of the root,
     /// and a power loss before one would lose the whole instance.
@@ -111,6 +147,172 @@ impl Store {
     /// Opens a blob's file for reading (blocking: call it from the blocking pool).
     pub fn open_blob(&self, digest: &Digest) -> io::Result<fs::File> {
         fs::File::open(self.path_for(Location::Blob(digest)))
+    }
+
+    /// Puts the file of `digest` (`size` bytes) into another root `dest`: nothing when `dest`
+    /// already has a file of that size (whose bytes match, with `verify`); a hard link when both roots share a filesystem (blob
+    /// files never change once in place, so two names for one inode are safe); otherwise a
+    /// copy written under `dest/uploads/`, fsynced, and renamed into place. With `verify`,
+    /// the source is re-hashed first and a mismatch is an `InvalidData` error. Directories
+    /// are made durable by [`Store::sync_blob_dirs`], once, after the last blob.
+    pub fn place_into(
+        &self,
+        dest: &Store,
+        digest: &Digest,
+        size: u64,
+        verify: bool,
+    ) -> io::Result<Placed> {
+        let to = dest.path_for(Location::Blob(digest));
+        let staging = dest
+            .root
+            .join("uploads")
+            .join(format!(".copy-{}", digest.hex()));
+        self.place_at(digest, size, verify, &to, &staging)
+    }
+
+    /// [`Store::place_into`] for any target path (an OCI layout's `blobs/…`); a copy is
+    /// written at `staging` first.
+    pub fn place_at(
+        &self,
+        digest: &Digest,
+        size: u64,
+        verify: bool,
+        to: &Path,
+        staging: &Path,
+    ) -> io::Result<Placed> {
+        let from = self.path_for(Location::Blob(digest));
+        let hashes_to = |path: &Path| -> io::Result<bool> {
+            Ok(&Sink::rehash(path, digest.algorithm())?.digest() == digest)
+        };
+        if fs::metadata(to).is_ok_and(|m| m.len() == size) && (!verify || hashes_to(to)?) {
+            return Ok(Placed::Present);
+        }
+        let on_disk = fs::metadata(&from)?.len();
+        if on_disk != size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob {digest} is {on_disk} bytes on disk, {size} in the database"),
+            ));
+        }
+        if verify && !hashes_to(&from)? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob {digest} is corrupt: its bytes do not hash to its digest"),
+            ));
+        }
+        fs::create_dir_all(to.parent().expect("blob paths have a shard directory"))?;
+        // A file of the wrong size (a torn copy from another tool) is replaced.
+        let _ = fs::remove_file(to);
+        match fs::hard_link(&from, to) {
+            Ok(()) => return Ok(Placed::Linked),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Placed::Present),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV) | Some(libc::EPERM) | Some(libc::EMLINK)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        {
+            let mut src = fs::File::open(&from)?;
+            let mut out = fs::File::create(staging)?;
+            // std uses copy_file_range here: no bytes pass through user space.
+            io::copy(&mut src, &mut out)?;
+            out.sync_all()?;
+        }
+        fs::rename(staging, to)?;
+        Ok(Placed::Copied)
+    }
+
+    /// Brings a file from outside the root (an OCI layout, a Distribution store) into
+    /// `uploads/` as a new upload: hard-linked when `link` and the filesystem allows it (for
+    /// sources that, like blob files, are never rewritten in place), else copied and
+    /// fsynced. The staged bytes are hashed; a digest other than `digest` removes them and
+    /// is an `InvalidData` error. Returns the upload id for [`Store::promote`] and the size.
+    pub fn stage(&self, from: &Path, digest: &Digest, link: bool) -> io::Result<(String, u64)> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let path = self.path_for(Location::Upload(&id));
+        let linked = link && fs::hard_link(from, &path).is_ok();
+        if !linked {
+            let mut src = fs::File::open(from)?;
+            let mut out = fs::File::create(&path)?;
+            io::copy(&mut src, &mut out)?;
+            out.sync_all()?;
+        }
+        let sink = match Sink::rehash(&path, digest.algorithm()) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        let len = sink.len;
+        let found = sink.digest();
+        if &found != digest {
+            let _ = fs::remove_file(&path);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} should hold {digest} but its bytes hash to {found}",
+                    from.display()
+                ),
+            ));
+        }
+        Ok((id, len))
+    }
+
+    /// fsyncs the shard directories of `placed` (the blobs [`Store::place_into`] linked or
+    /// copied here), then `blobs/…` and the root, making those links and renames durable.
+    pub fn sync_blob_dirs<'a>(
+        &self,
+        placed: impl IntoIterator<Item = &'a Digest>,
+    ) -> io::Result<()> {
+        let mut dirs = std::collections::BTreeSet::new();
+        for d in placed {
+            let path = self.path_for(Location::Blob(d));
+            let shard = path.parent().expect("blob paths have a shard directory");
+            dirs.insert(shard.to_path_buf());
+            dirs.insert(
+                shard
+                    .parent()
+                    .expect("shards are under an algorithm")
+                    .to_path_buf(),
+            );
+        }
+        dirs.insert(self.root.join("blobs"));
+        dirs.insert(self.root.clone());
+        // Deepest first, so that a directory is synced after what was created in it.
+        let mut dirs: Vec<PathBuf> = dirs.into_iter().collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for dir in dirs {
+            fs::File::open(&dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Removes every blob file whose digest is not in `keep`: what a new copy of the database
+    /// no longer references. Only for a root no server is writing to (a backup). Returns the
+    /// files and bytes removed.
+    pub fn remove_blobs_except(
+        &self,
+        keep: &std::collections::HashSet<String>,
+    ) -> io::Result<(u64, u64)> {
+        let (mut n, mut bytes) = (0, 0);
+        for (digest, path) in crate::gc::blob_files(&self.root)? {
+            if keep.contains(&digest.to_string()) {
+                continue;
+            }
+            let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    n += 1;
+                    bytes += len;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((n, bytes))
     }
 
     pub fn remove_upload(&self, upload_id: &str) -> io::Result<()> {
