@@ -35,10 +35,14 @@ pub enum Location<'a> {
 }
 
 impl Store {
-    /// Creates the directory skeleton if it is missing.
+    /// Creates the directory skeleton if it is missing, private to its owner (0700): the
+    /// database holds the token signing key and password hashes, the blobs private images.
     pub fn open(root: &Path) -> io::Result<Store> {
-        fs::create_dir_all(root.join("blobs"))?;
-        fs::create_dir_all(root.join("uploads"))?;
+        use std::os::unix::fs::DirBuilderExt;
+        let mut dirs = fs::DirBuilder::new();
+        dirs.recursive(true).mode(0o700);
+        dirs.create(root.join("blobs"))?;
+        dirs.create(root.join("uploads"))?;
         Ok(Store {
             root: root.to_path_buf(),
         })
@@ -101,6 +105,44 @@ impl Store {
     /// Opens a blob's file for reading (blocking: call it from the blocking pool).
     pub fn open_blob(&self, digest: &Digest) -> io::Result<fs::File> {
         fs::File::open(self.path_for(Location::Blob(digest)))
+    }
+
+    /// The root and the database, if other users may read or enter them: what the server
+    /// warns about at start (`fsck --repair` tightens them).
+    pub fn exposed(&self) -> Vec<(PathBuf, u32)> {
+        use std::os::unix::fs::PermissionsExt;
+        [self.root.clone(), self.path_for(Location::Database)]
+            .into_iter()
+            .filter_map(|p| {
+                let mode = fs::metadata(&p).ok()?.permissions().mode() & 0o777;
+                (mode & 0o077 != 0).then_some((p, mode))
+            })
+            .collect()
+    }
+
+    /// Takes every permission of group and others from everything under the root (and the
+    /// root itself); returns how many paths changed. Symbolic links are left alone.
+    pub fn tighten(&self) -> io::Result<u64> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut changed = 0;
+        let mut todo = vec![self.root.clone()];
+        while let Some(p) = todo.pop() {
+            let meta = fs::symlink_metadata(&p)?;
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            if meta.is_dir() {
+                for entry in fs::read_dir(&p)? {
+                    todo.push(entry?.path());
+                }
+            }
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                fs::set_permissions(&p, fs::Permissions::from_mode(mode & !0o077))?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
     }
 
     pub fn remove_upload(&self, upload_id: &str) -> io::Result<()> {
