@@ -10,6 +10,7 @@ mod bench;
 mod crash;
 mod gc;
 mod gc_cli;
+mod hostile;
 
 mod interop;
 mod interop_auth;

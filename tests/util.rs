@@ -298,8 +298,14 @@ impl Process {
     /// Starts the binary with `args` (which must make it serve) and waits for the line that
     /// names the address it bound.
     pub fn spawn_args(args: &[&str]) -> Process {
+        Process::spawn_args_via(env!("CARGO_BIN_EXE_dockyard"), args)
+    }
+
+    /// Like `spawn_args`, through a wrapper program (`prlimit`, `sh -c`) whose `args` start
+    /// the binary.
+    pub fn spawn_args_via(program: &str, args: &[&str]) -> Process {
         use std::io::{BufRead, BufReader, Read};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dockyard"))
+        let mut child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
