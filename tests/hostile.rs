@@ -577,3 +577,38 @@ async fn files_are_private_whatever_the_umask() {
     let open = modes_open_to_others(&root);
     assert!(open.is_empty(), "still open after fsck --repair: {open:?}");
 }
+
+/// A client that opens a TLS connection and never finishes its handshake is closed after
+/// `tls_handshake_timeout`; a real client is still served meanwhile.
+#[tokio::test]
+async fn an_unfinished_tls_handshake_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("certificate");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let r = TestRegistry::start_configured(|c| {
+        c.tls = Some(dockyard::config::TlsFiles { cert, key });
+        c.limits.tls_handshake_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let silent = TcpStream::connect(r.addr).await.unwrap();
+    // Half a ClientHello record header, then nothing.
+    let half = stall(r.addr, String::new(), &[0x16, 0x03, 0x01]).await;
+    install_crypto_provider();
+    let c = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap()])
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let resp = c
+        .get(format!("https://{}/v2/", r.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    closed_within(silent, Duration::from_secs(5), "silent TLS connection").await;
+    closed_within(half, Duration::from_secs(5), "half a ClientHello").await;
+    r.stop().await;
+}
