@@ -109,6 +109,35 @@ struct Failures {
     users: std::collections::HashSet<String>,
 }
 
+/// What a verification in progress tells identical attempts waiting for it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Shared {
+    Right,
+    Wrong,
+    /// Throttled or failed: each waiter tries on its own.
+    Undecided,
+}
+
+/// Publishes a verification's outcome to identical attempts waiting on it, and forgets it,
+/// on every path out of `login` (`Undecided` unless told otherwise).
+struct Leader<'a> {
+    auth: &'a Auth,
+    key: [u8; 32],
+    tx: tokio::sync::watch::Sender<Option<Shared>>,
+    outcome: Shared,
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        self.auth
+            .pending
+            .lock()
+            .expect("pending lock")
+            .remove(&self.key);
+        let _ = self.tx.send(Some(self.outcome));
+    }
+}
+
 /// A login attempt reserved by `Auth::reserve`, to be settled when bcrypt has answered.
 struct Attempt {
     user_key: String,
@@ -124,6 +153,10 @@ pub struct Auth {
     metrics: Arc<crate::metrics::Metrics>,
     /// sha256(user NUL password) → what it was verified against.
     cache: Mutex<HashMap<[u8; 32], Verified>>,
+    /// Verifications in progress, by the same key: an identical attempt waits for the one
+    /// running (a CI fleet starting at once with one robot's credentials costs one bcrypt
+    /// and one throttle reservation, not one each).
+    pending: Mutex<HashMap<[u8; 32], tokio::sync::watch::Receiver<Option<Shared>>>>,
     /// "user:NAME" or "addr:IP" → recent failures.
     failures: Mutex<HashMap<String, Failures>>,
     /// bcrypt verifications at once: no more than there are cores.
@@ -163,6 +196,7 @@ impl Auth {
             scheme: if tls { "https" } else { "http" },
             metrics,
             cache: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             bcrypt: Semaphore::new(cores),
             dummy: Arc::new(OnceLock::new()),
@@ -305,6 +339,41 @@ impl Auth {
                 cache.remove(&key);
             }
         }
+        let waiting = {
+            let mut pending = self.pending.lock().expect("pending lock");
+            match pending.get(&key) {
+                Some(rx) => Err(rx.clone()),
+                None => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    pending.insert(key, rx);
+                    Ok(tx)
+                }
+            }
+        };
+        let mut leader = match waiting {
+            Ok(tx) => Leader {
+                auth: self,
+                key,
+                tx,
+                outcome: Shared::Undecided,
+            },
+            Err(mut rx) => {
+                let outcome = rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .ok()
+                    .and_then(|v| *v)
+                    .unwrap_or(Shared::Undecided);
+                match outcome {
+                    Shared::Right => return Ok(()),
+                    Shared::Wrong => return Err(unauthorized("incorrect username or password")),
+                    // Box the retry: an async fn cannot recurse directly.
+                    Shared::Undecided => {
+                        return Box::pin(self.login(policy, user, password, req)).await
+                    }
+                }
+            }
+        };
         // An attempt is reserved before bcrypt runs and counts as a failure until it is
         // proven right, so a burst of concurrent guesses gets no more verifications than a
         // patient guesser.
@@ -342,11 +411,13 @@ impl Auth {
                 );
             }
             self.settle(attempt, true);
+            leader.outcome = Shared::Right;
             Ok(())
         } else {
             tracing::warn!(user, addr = ?req.remote, "failed login");
             self.metrics.auth_failure();
             self.settle(attempt, false);
+            leader.outcome = Shared::Wrong;
             Err(unauthorized("incorrect username or password"))
         }
     }
