@@ -139,7 +139,7 @@ async fn normal(base: String, n: usize, rec: Arc<Record>, stop: Arc<AtomicBool>)
                 }
             }
         }
-        if rounds % 3 == 0 {
+        if rounds.is_multiple_of(3) {
             let r = rec
                 .time(
                     c.delete(format!("{base}/v2/{repo}/manifests/{}", sha256(&manifest)))
