@@ -340,7 +340,11 @@ async fn dispatch(
             Ok(slot) => Some(slot),
             Err(e) => {
                 tracing::warn!(user = user.as_deref(), client = ?req.remote, "too many uploads at once");
-                return Ok(reply::error(e));
+                let mut resp = reply::error(e);
+                if let Some(user) = user {
+                    resp.extensions_mut().insert(Principal(user));
+                }
+                return Ok(resp);
             }
         }
     } else {
