@@ -254,6 +254,11 @@ fn init_tracing(config: &Config) {
 }
 
 pub fn run(cli: Cli) -> Result<(), crate::Error> {
+    // Whatever the caller's umask, what Dockyard creates (the root, the database, blobs,
+    // uploads, the admin socket) is its owner's alone: the database holds the token signing
+    // key and password hashes, and blobs may belong to private repositories.
+    // SAFETY: a plain syscall that cannot fail.
+    unsafe { libc::umask(0o077) };
     match cli.command {
         Command::Serve(instance) => {
             let config = instance.config()?;

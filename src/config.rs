@@ -12,6 +12,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// How long requests in flight may run on after SIGTERM before they are cut off.
     pub shutdown_timeout: Duration,
+    /// Timeouts and caps that keep slow or hostile clients from holding resources.
+    pub limits: Limits,
     /// Serve HTTPS with this certificate chain and key (PEM) instead of plain HTTP.
     pub tls: Option<TlsFiles>,
     /// Serve `/metrics` at all.
@@ -32,6 +34,39 @@ pub struct Config {
     pub gc: GcConfig,
     /// The `[[policy]]` tables, in order (the first matching pattern wins).
     pub policies: crate::policy::Policies,
+}
+
+/// `[server]` timeouts and caps: defaults no real client reaches, so only stalled, idle or
+/// hostile connections ever meet them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// From the first byte of a request to the end of its headers.
+    pub header_read_timeout: Duration,
+    /// A kept-alive connection with no request in progress is closed after this long.
+    pub idle_timeout: Duration,
+    /// A request body that yields no byte for this long fails (an upload stays resumable
+    /// at the offset it had before the request).
+    pub body_timeout: Duration,
+    /// From accepting a connection to the end of its TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Connections open at once; at the cap, accepting pauses until one closes.
+    pub max_connections: usize,
+    /// Body-carrying writes (upload requests and manifest PUTs) in progress at once per
+    /// user, or per address for anonymous callers; past it they are answered 429.
+    pub max_uploads_per_client: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            body_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: 1000,
+            max_uploads_per_client: 64,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -139,6 +174,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:5000".parse().expect("literal address"),
             shutdown_timeout: Duration::from_secs(30),
+            limits: Limits::default(),
             tls: None,
             metrics_enabled: true,
             metrics_listen: None,
@@ -233,6 +269,12 @@ impl PolicySection {
 struct ServerSection {
     listen: Option<SocketAddr>,
     shutdown_timeout: Option<String>,
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    body_timeout: Option<String>,
+    tls_handshake_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_uploads_per_client: Option<usize>,
     tls: Option<TlsSection>,
 }
 
@@ -387,6 +429,55 @@ impl Config {
         if let Some(t) = file.server.shutdown_timeout {
             c.shutdown_timeout = duration("server.shutdown_timeout", &t)?;
         }
+        let l = &mut c.limits;
+        for (key, value, slot) in [
+            (
+                "server.header_read_timeout",
+                &file.server.header_read_timeout,
+                &mut l.header_read_timeout,
+            ),
+            (
+                "server.idle_timeout",
+                &file.server.idle_timeout,
+                &mut l.idle_timeout,
+            ),
+            (
+                "server.body_timeout",
+                &file.server.body_timeout,
+                &mut l.body_timeout,
+            ),
+            (
+                "server.tls_handshake_timeout",
+                &file.server.tls_handshake_timeout,
+                &mut l.tls_handshake_timeout,
+            ),
+        ] {
+            if let Some(t) = value {
+                *slot = duration(key, t)?;
+                if slot.is_zero() {
+                    return Err(format!("{key}: must be more than zero"));
+                }
+            }
+        }
+        for (key, value, slot) in [
+            (
+                "server.max_connections",
+                file.server.max_connections,
+                &mut l.max_connections,
+            ),
+            (
+                "server.max_uploads_per_client",
+                file.server.max_uploads_per_client,
+                &mut l.max_uploads_per_client,
+            ),
+        ] {
+            if let Some(n) = value {
+                if n == 0 {
+                    return Err(format!("{key}: must be at least 1"));
+                }
+                *slot = n;
+            }
+        }
         if let Some(t) = file.server.tls {
             c.tls = Some(TlsFiles {
                 cert: t.cert,
@@ -486,6 +577,7 @@ mod tests {
         assert_eq!(c.max_blob_size, d.max_blob_size);
         assert_eq!(c.min_free, d.min_free);
         assert_eq!(c.shutdown_timeout, d.shutdown_timeout);
+        assert_eq!(c.limits, d.limits);
         assert_eq!(c.tls, d.tls);
         assert_eq!(c.metrics_enabled, d.metrics_enabled);
         assert_eq!(c.metrics_listen, d.metrics_listen);

@@ -132,10 +132,17 @@ impl Registry {
             Some(files) => Some(Arc::new(server::Tls::load(&files.cert, &files.key)?)),
             None => None,
         };
-        Ok(Registry {
-            core: Core::open(config)?,
-            tls,
-        })
+        let core = Core::open(config)?;
+        for (path, mode) in core.store.exposed() {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{mode:o}"),
+                "readable by other users: the database holds the token signing key and \
+                 password hashes; run `chmod -R go= {}` or `dockyard fsck --repair`",
+                core.store.root().display()
+            );
+        }
+        Ok(Registry { core, tls })
     }
 
     pub fn config(&self) -> &Config {
@@ -201,6 +208,7 @@ impl Registry {
             let _ = rx.wait_for(|s| *s).await;
         };
         let timeout = self.core.config.shutdown_timeout;
+        let limits = self.core.config.limits;
         let metrics = self.core.metrics.clone();
         self.check_auth(&listener).await;
         let gc_stop = self.core.stopping.clone();
@@ -218,6 +226,7 @@ impl Registry {
                 metrics.clone(),
                 stopped(stop_rx.clone()),
                 timeout,
+                limits,
             ))
         });
         let api = server::run(
@@ -227,6 +236,7 @@ impl Registry {
             metrics,
             stopped(stop_rx),
             timeout,
+            limits,
         );
         tokio::pin!(api);
         tokio::select! {

@@ -5,18 +5,35 @@
 //!
 //! warp's own `serve` has neither TLS nor a shutdown deadline, so this owns the accept loop
 //! and drives hyper's HTTP/1 connection directly, as warp does internally.
+//!
+//! Hostile or broken clients are bounded here, whatever the route (`config::Limits`):
+//! - at most `max_connections` connections: at the cap, accepting pauses until one closes
+//!   (the kernel's backlog holds newcomers), and a failing `accept` (out of descriptors)
+//!   backs off; both are logged at most once per `LOG_EVERY`;
+//! - each connection has a watchdog (`Watch`): idle between requests for `idle_timeout`, or
+//!   still sending a request head `header_read_timeout` after its first byte, it is closed;
+//! - a request head is at most `MAX_HEAD` bytes (hyper answers 431 beyond it) and the
+//!   connection is cut once an unfinished head passes twice that, so an unfinished head
+//!   never pins the 1 MiB body buffer;
+//! - a request body that yields nothing for `body_timeout` fails (`CountingBody`);
+//! - the TLS handshake must end within `tls_handshake_timeout`;
+//! - metric labels come from closed sets (`method_label`, `RouteLabel`), so made-up methods
+//!   cannot grow `/metrics`.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_rustls::rustls;
 use tower_service::Service;
@@ -24,10 +41,18 @@ use tracing::Instrument;
 
 use warp::http;
 
+use crate::config::Limits;
 use crate::metrics::Metrics;
 
-/// The largest read buffer of one HTTP/1 connection.
+/// The largest read buffer of one HTTP/1 connection (what a blob push reads at a time).
 const READ_BUFFER: usize = 1 << 20;
+/// The largest request head (request line and headers): registry clients send a few KiB.
+pub const MAX_HEAD: usize = 64 << 10;
+/// An unfinished head longer than this ends the connection (a complete one between
+/// `MAX_HEAD` and this gets hyper's 431).
+const HEAD_CUTOFF: usize = 2 * MAX_HEAD;
+/// Repeated warnings about the accept loop are logged at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The client's address, put into every request's extensions (warp's own `addr::remote`
 /// only works under `warp::serve`).
@@ -110,6 +135,7 @@ pub async fn run<S>(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
     shutdown_timeout: Duration,
+    limits: Limits,
 ) where
     S: Service<
             http::Request<CountingBody>,
@@ -122,56 +148,110 @@ pub async fn run<S>(
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let next_id = Arc::new(AtomicU64::new(1));
+    let slots = Arc::new(tokio::sync::Semaphore::new(connection_cap(
+        limits.max_connections,
+    )));
+    let mut at_cap = RateLimitedLog::default();
+    let mut accept_failed = RateLimitedLog::default();
+    let mut backoff = Duration::from_millis(10);
     tokio::pin!(shutdown);
     loop {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                at_cap.warn(|suppressed| {
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        suppressed,
+                        "connection limit reached: not accepting until a connection closes"
+                    )
+                });
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    p = slots.clone().acquire_owned() => p.expect("never closed"),
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    backoff = Duration::from_millis(10);
+                    pair
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors and the like: back off (up to a second) instead
+                    // of spinning, and say so once in a while rather than on every try.
+                    accept_failed.warn(|suppressed| {
+                        tracing::warn!(error = %e, suppressed, "accept failed; backing off")
+                    });
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
             },
         };
         let _ = stream.set_nodelay(true);
+        let watch = Arc::new(Watch::new());
         let handler = Handler {
             inner: service.clone(),
             peer,
             metrics: metrics.clone(),
             next_id: next_id.clone(),
+            body_timeout: limits.body_timeout,
+            watch: watch.clone(),
         };
-        let svc = hyper::service::service_fn(move |req| handler.clone().call(req));
+        let svc = hyper::service::service_fn(move |req| {
+            // The head is complete: from here the request's own timeouts apply.
+            handler.watch.set(Phase::Busy);
+            handler.clone().call(req)
+        });
         let watcher = graceful.watcher();
         let tls = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
+            let _permit = permit;
             let mut builder = hyper::server::conn::http1::Builder::new();
             // hyper grows a connection's read buffer from 8 KiB only while reads keep filling
             // it, so a blob push arrives in large chunks while small requests stay small.
             builder.max_buf_size(READ_BUFFER);
+            builder.max_header_size(MAX_HEAD);
             let result = match tls {
                 None => {
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), svc))
-                        .await
+                    let io = TokioIo::new(Watched::new(stream, watch.clone()));
+                    let conn = watcher.watch(builder.serve_connection(io, svc));
+                    watch.guard(conn, &limits).await
                 }
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(s) => {
-                        watcher
-                            .watch(builder.serve_connection(TokioIo::new(s), svc))
-                            .await
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(s)) => {
+                            watch.set(Phase::Idle);
+                            let io = TokioIo::new(Watched::new(s, watch.clone()));
+                            let conn = watcher.watch(builder.serve_connection(io, svc));
+                            watch.guard(conn, &limits).await
+                        }
+                        Ok(Err(e)) => {
+                            // Plain HTTP to a TLS port, or a client that distrusts us.
+                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %peer, "TLS handshake timed out");
+                            return;
+                        }
                     }
-                    Err(e) => {
-                        // Plain HTTP to a TLS port, or a client that distrusts us.
-                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                },
+                }
             };
-            if let Err(e) = result {
-                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+            match result {
+                Some(Err(e)) => {
+                    tracing::debug!(client = %peer, error = %e, "connection ended with an error")
+                }
+                None => tracing::debug!(client = %peer, "connection timed out"),
+                Some(Ok(())) => {}
             }
         });
     }
@@ -187,12 +267,279 @@ pub async fn run<S>(
     }
 }
 
+/// The connection cap actually used: `max_connections`, but below the process's limit on
+/// open files (raised to its hard limit first), keeping room for the database, blob files,
+/// uploads and the admin socket. Hitting the cap pauses accepting; hitting the file limit
+/// would fail every `open` of every request.
+fn connection_cap(max_connections: usize) -> usize {
+    let Some(files) = raise_file_limit() else {
+        return max_connections;
+    };
+    let reserved = (files / 2).min(256);
+    let room = files.saturating_sub(reserved).max(16) as usize;
+    if room < max_connections {
+        tracing::warn!(
+            max_connections,
+            open_files = files,
+            "the open-file limit is low: accepting at most {room} connections"
+        );
+    }
+    max_connections.min(room)
+}
+
+/// Raises the soft limit on open files to the hard limit; returns the soft limit in force.
+fn raise_file_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with a properly sized out-parameter.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
+/// A warning that repeats (every failed accept, every pause at the cap) logged at most once
+/// per `LOG_EVERY`, with how many were left out since the last line.
+#[derive(Default)]
+struct RateLimitedLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    fn warn(&mut self, log: impl FnOnce(u64)) {
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now - t < LOG_EVERY) {
+            self.suppressed += 1;
+            return;
+        }
+        log(self.suppressed);
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// Where a connection stands, for its watchdog.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Phase {
+    /// Between requests (or before the first): `idle_timeout` from `since`.
+    Idle = 0,
+    /// A request head is arriving: `header_read_timeout` from its first byte.
+    Head = 1,
+    /// A request is being served: its body has `body_timeout` (`CountingBody`); the
+    /// handler and the response are not timed here.
+    Busy = 2,
+    /// Before the TLS handshake (which has its own timeout).
+    Handshake = 3,
+}
+
+/// One connection's phase and when it began, shared by its IO (`Watched`), its requests
+/// (`Handler`) and its watchdog (`Watch::guard`).
+struct Watch {
+    epoch: Instant,
+    phase: AtomicU8,
+    /// Milliseconds from `epoch` to the start of `phase`.
+    since: AtomicU64,
+    /// Bytes of the request head read so far.
+    head: AtomicUsize,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            epoch: Instant::now(),
+            phase: AtomicU8::new(Phase::Idle as u8),
+            since: AtomicU64::new(0),
+            head: AtomicUsize::new(0),
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Idle,
+            1 => Phase::Head,
+            2 => Phase::Busy,
+            _ => Phase::Handshake,
+        }
+    }
+
+    fn set(&self, phase: Phase) {
+        self.since
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Release);
+        self.head.store(0, Ordering::Relaxed);
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    /// Drives `conn` until it ends (`Some`) or the watchdog closes it (`None`).
+    async fn guard<F, T>(&self, conn: F, limits: &Limits) -> Option<T>
+    where
+        F: Future<Output = T>,
+    {
+        // Deadlines only ever move later except when a head starts, so re-checking at a
+        // fraction of the shortest timeout is precise enough and costs one timer per tick.
+        let tick = (limits.header_read_timeout.min(limits.idle_timeout) / 8)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let watchdog = async {
+            loop {
+                let since = Duration::from_millis(self.since.load(Ordering::Acquire));
+                let limit = match self.phase() {
+                    Phase::Idle => limits.idle_timeout,
+                    Phase::Head => limits.header_read_timeout,
+                    Phase::Busy | Phase::Handshake => {
+                        tokio::time::sleep(tick).await;
+                        continue;
+                    }
+                };
+                let left = (since + limit).saturating_sub(self.epoch.elapsed());
+                if left.is_zero() {
+                    return;
+                }
+                tokio::time::sleep(left.min(tick)).await;
+            }
+        };
+        tokio::select! {
+            out = conn => Some(out),
+            _ = watchdog => None,
+        }
+    }
+}
+
+/// A connection's byte stream as hyper reads it, reporting to the connection's `Watch`: the
+/// first byte between requests starts a head, and a head may read at most `HEAD_CUTOFF`
+/// bytes before hyper has parsed it (reads in that phase are limited accordingly, so a body
+/// that follows its head in the same packets is never mistaken for head bytes).
+struct Watched<S> {
+    inner: S,
+    watch: Arc<Watch>,
+}
+
+impl<S> Watched<S> {
+    fn new(inner: S, watch: Arc<Watch>) -> Watched<S> {
+        Watched { inner, watch }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let phase = self.watch.phase();
+        if phase == Phase::Busy || phase == Phase::Handshake {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let read = self.watch.head.load(Ordering::Relaxed);
+        let room = HEAD_CUTOFF.saturating_sub(read);
+        if room == 0 {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too large",
+            )));
+        }
+        let n = if buf.remaining() > room {
+            let mut limited = buf.take(room);
+            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut limited))?;
+            let n = limited.filled().len();
+            // SAFETY: `limited` views `buf`'s unfilled part, and the read initialised its
+            // first `n` bytes.
+            unsafe { buf.assume_init(n) };
+            buf.advance(n);
+            n
+        } else {
+            let before = buf.filled().len();
+            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+            buf.filled().len() - before
+        };
+        if n > 0 {
+            if phase == Phase::Idle {
+                self.watch.set(Phase::Head);
+            }
+            self.watch.head.fetch_add(n, Ordering::Relaxed);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Sets the connection idle when a response has been sent (hyper drops the body then).
+struct ResponseDone(Arc<Watch>);
+
+impl Drop for ResponseDone {
+    fn drop(&mut self) {
+        self.0.set(Phase::Idle);
+    }
+}
+
+/// The method as a metric label: the methods HTTP defines, else "other" (hyper accepts any
+/// token as a method, and a label per made-up one would grow `/metrics` without bound).
+pub fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 #[derive(Clone)]
 struct Handler<S> {
     inner: S,
     peer: SocketAddr,
     metrics: Arc<Metrics>,
     next_id: Arc<AtomicU64>,
+    body_timeout: Duration,
+    watch: Arc<Watch>,
 }
 
 impl<S> Handler<S>
@@ -215,7 +562,13 @@ where
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let metrics = self.metrics.clone();
-        let mut req = req.map(|inner| CountingBody { inner, metrics });
+        let body_timeout = self.body_timeout;
+        let mut req = req.map(|inner| CountingBody {
+            inner,
+            metrics,
+            timeout: body_timeout,
+            stall: None,
+        });
         req.extensions_mut().insert(ClientAddr(self.peer));
         let span = tracing::info_span!("request", id);
         let resp = match self.inner.call(req).instrument(span.clone()).await {
@@ -239,7 +592,12 @@ where
             .to_string();
         let elapsed = start.elapsed();
         self.metrics
-            .observe(route, method.as_str(), status, elapsed);
+            .observe(route, method_label(&method), status, elapsed);
+        // A made-up method is logged as far as a real one could go.
+        let method: &str = match method_label(&method) {
+            "other" => &method.as_str()[..method.as_str().len().min(16)],
+            known => known,
+        };
         span.in_scope(|| {
             tracing::info!(
                 target: "dockyard::access",
@@ -254,9 +612,11 @@ where
             )
         });
         let sent = self.metrics.clone();
+        let done = ResponseDone(self.watch.clone());
         let (parts, body) = resp.into_parts();
         let body = body
             .map_frame(move |f| {
+                let _ = &done;
                 if let Some(d) = f.data_ref() {
                     sent.add_sent(d.len() as u64);
                 }
@@ -267,27 +627,52 @@ where
     }
 }
 
-/// A request body that adds what it yields to the received-bytes counter.
+/// A request body that adds what it yields to the received-bytes counter, and fails once
+/// it has yielded nothing for `timeout` (a stalled client must not hold its request, and
+/// whatever the request holds, forever).
 pub struct CountingBody {
     inner: Incoming,
     metrics: Arc<Metrics>,
+    timeout: Duration,
+    /// Armed while the body is waited for; re-armed by every frame.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// The error of a request body whose client stopped sending.
+#[derive(Debug, thiserror::Error)]
+#[error("no request body bytes for {0:?}")]
+pub struct BodyStalled(pub Duration);
 
 impl http_body::Body for CountingBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let poll = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &poll {
-            if let Some(d) = frame.data_ref() {
-                self.metrics.add_received(d.len() as u64);
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.metrics.add_received(d.len() as u64);
+                }
+                this.stall = None;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match stall.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled(timeout).into()))),
+                    Poll::Pending => Poll::Pending,
+                }
             }
         }
-        poll
     }
 
     fn is_end_stream(&self) -> bool {

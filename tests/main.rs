@@ -12,6 +12,7 @@ mod crash;
 mod distribution;
 mod gc;
 mod gc_cli;
+mod hostile;
 
 mod interop;
 mod interop_auth;

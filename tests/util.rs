@@ -333,8 +333,18 @@ impl Process {
 
     /// [`Process::spawn_args`] with extra environment variables for the child.
     pub fn spawn_args_env(args: &[&str], env: &[(&str, &str)]) -> Process {
+        Process::spawn_via(env!("CARGO_BIN_EXE_dockyard"), args, env)
+    }
+
+    /// Like `spawn_args`, through a wrapper program (`prlimit`, `sh -c`) whose `args` start
+    /// the binary.
+    pub fn spawn_args_via(program: &str, args: &[&str]) -> Process {
+        Process::spawn_via(program, args, &[])
+    }
+
+    fn spawn_via(program: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
         use std::io::{BufRead, BufReader, Read};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dockyard"))
+        let mut child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

@@ -99,8 +99,22 @@ pub fn put(
     {
         let links = tx.open_table(REPO_BLOBS)?;
         for b in &parsed.blobs {
-            if blobs::linked(&blob_table, &links, repo, b)?.is_none() {
+            let Some(rec) = blobs::linked(&blob_table, &links, repo, b)? else {
                 return Err(unknown_reference(b));
+            };
+            if let Some((_, declared)) = parsed
+                .blob_sizes
+                .iter()
+                .find(|(d, size)| d == b && *size != rec.size)
+            {
+                return Err(RegistryError::new(
+                    ErrorCode::ManifestInvalid,
+                    format!(
+                        "the descriptor of {b} says {declared} bytes, but the blob has {}",
+                        rec.size
+                    ),
+                )
+                .with_detail(json!({ "digest": b.to_string(), "size": declared })));
             }
         }
     }

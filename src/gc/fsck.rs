@@ -658,6 +658,18 @@ pub fn check(core: &Core, opts: &FsckOptions) -> Result<FsckReport, Error> {
         .then(|| core.maintenance.lock().unwrap_or_else(|e| e.into_inner()));
     if opts.repair {
         report.repaired = repair(core)?;
+        let tightened = core.store.tighten()?;
+        if tightened > 0 {
+            report.notes.push(format!(
+                "took group and other permissions from {tightened} paths under the root"
+            ));
+        }
+    }
+    for (path, mode) in core.store.exposed() {
+        report.notes.push(format!(
+            "{} is readable by other users (mode {mode:o}); --repair makes it private",
+            path.display()
+        ));
     }
     let files = blob_file_sizes(core)?;
     let snap = core

@@ -8,7 +8,10 @@
 //!   so a `passwd` or `del` applies to the next request without anyone clearing the cache.
 //! - Failed logins are counted per user name and per client address; past
 //!   `auth.max_failures` within `auth.failure_window`, attempts are refused with 429 before
-//!   any bcrypt runs. An unknown user costs a bcrypt verify too, so timing tells nothing.
+//!   any bcrypt runs. An attempt is reserved before it is verified, so concurrent guesses
+//!   count too. The address counts only unknown users and attempts at several users, so
+//!   one person's typos do not lock out an office behind one proxy. An unknown user costs a
+//!   bcrypt verify too, so timing tells nothing.
 //! - Passwords, tokens and hashes are never logged; secrets are compared in constant time
 //!   (bcrypt's own comparison, HMAC's `verify_slice`).
 
@@ -97,8 +100,49 @@ struct Verified {
 
 #[derive(Default)]
 struct Failures {
+    /// Failures within the window that began at `since`.
     count: u32,
+    /// Attempts being verified now: they count until they succeed.
+    in_flight: u32,
     since: Option<Instant>,
+    /// For an address: the known users it has tried within the window.
+    users: std::collections::HashSet<String>,
+}
+
+/// What a verification in progress tells identical attempts waiting for it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Shared {
+    Right,
+    Wrong,
+    /// Throttled or failed: each waiter tries on its own.
+    Undecided,
+}
+
+/// Publishes a verification's outcome to identical attempts waiting on it, and forgets it,
+/// on every path out of `login` (`Undecided` unless told otherwise).
+struct Leader<'a> {
+    auth: &'a Auth,
+    key: [u8; 32],
+    tx: tokio::sync::watch::Sender<Option<Shared>>,
+    outcome: Shared,
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        self.auth
+            .pending
+            .lock()
+            .expect("pending lock")
+            .remove(&self.key);
+        let _ = self.tx.send(Some(self.outcome));
+    }
+}
+
+/// A login attempt reserved by `Auth::reserve`, to be settled when bcrypt has answered.
+struct Attempt {
+    user_key: String,
+    /// Set when the attempt counts against the address too.
+    addr_key: Option<String>,
 }
 
 /// The authentication state of a running server.
@@ -109,6 +153,10 @@ pub struct Auth {
     metrics: Arc<crate::metrics::Metrics>,
     /// sha256(user NUL password) → what it was verified against.
     cache: Mutex<HashMap<[u8; 32], Verified>>,
+    /// Verifications in progress, by the same key: an identical attempt waits for the one
+    /// running (a CI fleet starting at once with one robot's credentials costs one bcrypt
+    /// and one throttle reservation, not one each).
+    pending: Mutex<HashMap<[u8; 32], tokio::sync::watch::Receiver<Option<Shared>>>>,
     /// "user:NAME" or "addr:IP" → recent failures.
     failures: Mutex<HashMap<String, Failures>>,
     /// bcrypt verifications at once: no more than there are cores.
@@ -148,6 +196,7 @@ impl Auth {
             scheme: if tls { "https" } else { "http" },
             metrics,
             cache: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             bcrypt: Semaphore::new(cores),
             dummy: Arc::new(OnceLock::new()),
@@ -290,22 +339,63 @@ impl Auth {
                 cache.remove(&key);
             }
         }
-        let keys = [
-            format!("user:{user}"),
-            format!(
-                "addr:{}",
-                remote_ip(req).map_or("-".to_string(), |ip| ip.to_string())
-            ),
-        ];
-        if let Some(wait) = self.throttled(&keys) {
-            tracing::warn!(user, addr = ?req.remote, "login throttled");
-            return Err(RegistryError::new(
-                ErrorCode::TooManyRequests,
-                "too many failed logins; try again later",
-            )
-            .with_header("Retry-After", wait.as_secs().max(1).to_string()));
-        }
-        let ok = self.verify(password, stored.clone()).await?;
+        let waiting = {
+            let mut pending = self.pending.lock().expect("pending lock");
+            match pending.get(&key) {
+                Some(rx) => Err(rx.clone()),
+                None => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    pending.insert(key, rx);
+                    Ok(tx)
+                }
+            }
+        };
+        let mut leader = match waiting {
+            Ok(tx) => Leader {
+                auth: self,
+                key,
+                tx,
+                outcome: Shared::Undecided,
+            },
+            Err(mut rx) => {
+                let outcome = rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .ok()
+                    .and_then(|v| *v)
+                    .unwrap_or(Shared::Undecided);
+                match outcome {
+                    Shared::Right => return Ok(()),
+                    Shared::Wrong => return Err(unauthorized("incorrect username or password")),
+                    // Box the retry: an async fn cannot recurse directly.
+                    Shared::Undecided => {
+                        return Box::pin(self.login(policy, user, password, req)).await
+                    }
+                }
+            }
+        };
+        // An attempt is reserved before bcrypt runs and counts as a failure until it is
+        // proven right, so a burst of concurrent guesses gets no more verifications than a
+        // patient guesser.
+        let addr = remote_ip(req).map_or("-".to_string(), |ip| ip.to_string());
+        let attempt = match self.reserve(user, stored.is_some(), &addr) {
+            Ok(a) => a,
+            Err(wait) => {
+                tracing::warn!(user, addr = ?req.remote, "login throttled");
+                return Err(RegistryError::new(
+                    ErrorCode::TooManyRequests,
+                    "too many failed logins; try again later",
+                )
+                .with_header("Retry-After", wait.as_secs().max(1).to_string()));
+            }
+        };
+        let ok = match self.verify(password, stored.clone()).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.settle(attempt, true);
+                return Err(e);
+            }
+        };
         if ok {
             if let Some(hash) = stored {
                 let mut cache = self.cache.lock().expect("cache lock");
@@ -320,15 +410,14 @@ impl Auth {
                     },
                 );
             }
-            let mut failures = self.failures.lock().expect("failures lock");
-            for k in &keys {
-                failures.remove(k);
-            }
+            self.settle(attempt, true);
+            leader.outcome = Shared::Right;
             Ok(())
         } else {
             tracing::warn!(user, addr = ?req.remote, "failed login");
             self.metrics.auth_failure();
-            self.failed(&keys);
+            self.settle(attempt, false);
+            leader.outcome = Shared::Wrong;
             Err(unauthorized("incorrect username or password"))
         }
     }
@@ -358,35 +447,71 @@ impl Auth {
         .map_err(|e| RegistryError::internal(format!("bcrypt task: {e}")))
     }
 
-    /// How long until the first throttled key may try again, if any is throttled.
-    fn throttled(&self, keys: &[String]) -> Option<Duration> {
+    /// Reserves one login attempt for `user` from `addr`, or says how long until one may be
+    /// made. Per user name, every attempt counts. Per address, only attempts that could be a
+    /// guessing sweep count: unknown users, and the first attempt at each other user, so one
+    /// person mistyping a password does not lock out everyone behind the same proxy.
+    fn reserve(&self, user: &str, known: bool, addr: &str) -> Result<Attempt, Duration> {
         let now = Instant::now();
         let window = self.config.failure_window;
-        let failures = self.failures.lock().expect("failures lock");
-        keys.iter()
-            .filter_map(|k| failures.get(k))
-            .filter(|f| f.count >= self.config.max_failures)
-            .filter_map(|f| f.since.map(|s| window.saturating_sub(now - s)))
-            .filter(|left| !left.is_zero())
-            .max()
-    }
-
-    fn failed(&self, keys: &[String]) {
-        let now = Instant::now();
-        let window = self.config.failure_window;
+        let max = self.config.max_failures;
         let mut failures = self.failures.lock().expect("failures lock");
         if failures.len() >= THROTTLE_LIMIT {
-            failures.retain(|_, f| f.since.is_some_and(|s| now - s < window));
+            failures.retain(|_, f| f.in_flight > 0 || f.since.is_some_and(|s| now - s < window));
         }
-        for k in keys {
-            let f = failures.entry(k.clone()).or_default();
+        let user_key = format!("user:{user}");
+        let addr_key = format!("addr:{addr}");
+        let fresh = |f: &mut Failures| {
             if f.since.is_none_or(|s| now - s >= window) {
-                *f = Failures {
-                    count: 0,
-                    since: Some(now),
-                };
+                f.count = 0;
+                f.users.clear();
+                f.since = Some(now);
             }
-            f.count += 1;
+        };
+        let wait = |f: &Failures| window.saturating_sub(now - f.since.unwrap_or(now));
+        let u = failures.entry(user_key.clone()).or_default();
+        fresh(u);
+        if u.count + u.in_flight >= max {
+            return Err(wait(u));
+        }
+        let a = failures.entry(addr_key.clone()).or_default();
+        fresh(a);
+        let counts_for_addr = !known || !a.users.contains(user);
+        if counts_for_addr && a.count + a.in_flight >= max {
+            return Err(wait(a));
+        }
+        if counts_for_addr {
+            a.in_flight += 1;
+            if known && a.users.len() < THROTTLE_LIMIT {
+                a.users.insert(user.to_string());
+            }
+        }
+        failures
+            .get_mut(&user_key)
+            .expect("entry made above")
+            .in_flight += 1;
+        Ok(Attempt {
+            user_key,
+            addr_key: counts_for_addr.then_some(addr_key),
+        })
+    }
+
+    /// Ends a reserved attempt: a failure stays counted for the window; a success clears
+    /// the user's failures (not the address's: a valid account must not reset a sweep).
+    fn settle(&self, attempt: Attempt, succeeded: bool) {
+        let mut failures = self.failures.lock().expect("failures lock");
+        for key in std::iter::once(&attempt.user_key).chain(attempt.addr_key.as_ref()) {
+            if let Some(f) = failures.get_mut(key) {
+                f.in_flight = f.in_flight.saturating_sub(1);
+                if !succeeded {
+                    f.count += 1;
+                }
+            }
+        }
+        if succeeded {
+            if let Some(f) = failures.get_mut(&attempt.user_key) {
+                f.count = 0;
+            }
         }
     }
 

@@ -50,6 +50,59 @@ pub struct State {
     /// Users and grants (the snapshot the control channel refreshes) and the token key.
     pub access: Arc<Access>,
     pub auth: Auth,
+    /// Body-carrying writes in progress per client (`[server] max_uploads_per_client`).
+    pub writes: WriteSlots,
+}
+
+/// Counts the body-carrying writes (upload requests, manifest PUTs) each client has in
+/// progress, so one client (a user, or an address when anonymous) cannot hold them all.
+pub struct WriteSlots {
+    max: usize,
+    held: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One write in progress; dropping it frees the slot.
+pub struct WriteSlot<'a> {
+    slots: &'a WriteSlots,
+    key: String,
+}
+
+impl WriteSlots {
+    pub fn new(max: usize) -> WriteSlots {
+        WriteSlots {
+            max,
+            held: Default::default(),
+        }
+    }
+
+    fn take(&self, key: String) -> Result<WriteSlot<'_>, RegistryError> {
+        let mut held = self.held.lock().expect("write slots lock");
+        let n = held.entry(key.clone()).or_default();
+        if *n >= self.max {
+            return Err(RegistryError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "more than {} uploads in progress from this client; try again when one ends",
+                    self.max
+                ),
+            )
+            .with_header("Retry-After", "1".to_string()));
+        }
+        *n += 1;
+        Ok(WriteSlot { slots: self, key })
+    }
+}
+
+impl Drop for WriteSlot<'_> {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock().expect("write slots lock");
+        if let Some(n) = held.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl State {
@@ -76,6 +129,7 @@ impl State {
 
     pub fn new(core: crate::Core) -> State {
         State {
+            writes: WriteSlots::new(core.config.limits.max_uploads_per_client),
             auth: Auth::new(
                 core.config.auth.clone(),
                 core.config.tls.is_some(),
@@ -247,6 +301,17 @@ fn restrict_mount(req: &mut Request, caller: &Caller) {
     }
 }
 
+/// Requests that stream a body into the registry: upload starts, chunks and ends, and
+/// manifest PUTs.
+fn writes_body(method: &Method, route: &Route) -> bool {
+    matches!(
+        (method, route),
+        (&Method::POST, Route::UploadStart(_))
+            | (&Method::PATCH | &Method::PUT, Route::Upload(..))
+            | (&Method::PUT, Route::Manifest(..))
+    )
+}
+
 /// Authorizes the request for its route, then hands it to the route's handler. Who made it
 /// is put into the response for the access log.
 async fn dispatch(
@@ -264,6 +329,27 @@ async fn dispatch(
         restrict_mount(&mut req, &caller);
     }
     let user = caller.user().map(str::to_string);
+    // Held until the handler is done with the body.
+    let _slot = if writes_body(&req.method, &route) {
+        let client = match (&user, req.remote) {
+            (Some(u), _) => format!("user:{u}"),
+            (None, Some(a)) => format!("addr:{}", a.ip()),
+            (None, None) => "addr:-".to_string(),
+        };
+        match state.writes.take(client) {
+            Ok(slot) => Some(slot),
+            Err(e) => {
+                tracing::warn!(user = user.as_deref(), client = ?req.remote, "too many uploads at once");
+                let mut resp = reply::error(e);
+                if let Some(user) = user {
+                    resp.extensions_mut().insert(Principal(user));
+                }
+                return Ok(resp);
+            }
+        }
+    } else {
+        None
+    };
     let result = handle(state, route, tail, req, body, caller).await;
     let mut resp = result.unwrap_or_else(reply::error);
     if let Some(user) = user {

@@ -58,6 +58,9 @@ pub struct ParsedManifest {
     /// Blobs that must exist in the repository: the config and the layers (deduplicated;
     /// a layer pointing at external `urls` is exempt, as Distribution exempts it).
     pub blobs: Vec<Digest>,
+    /// The size each blob descriptor declares (config and layers, as listed), checked
+    /// against the stored blob when the manifest is stored: a lying size makes pulls fail.
+    pub blob_sizes: Vec<(Digest, u64)>,
     /// Manifests an index points at; they must exist in the repository.
     pub children: Vec<Digest>,
     pub subject: Option<Descriptor>,
@@ -104,6 +107,7 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest,
         Kind::Image
     };
     let mut blobs = Vec::new();
+    let mut blob_sizes = Vec::new();
     let mut children = Vec::new();
     let artifact_type;
     match kind {
@@ -119,13 +123,12 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest,
                 .artifact_type
                 .clone()
                 .or_else(|| Some(config.media_type.clone()));
+            blob_sizes.push((config.digest.clone(), config.size));
             blobs.push(config.digest);
-            blobs.extend(
-                layers
-                    .into_iter()
-                    .filter(|l| l.urls.is_empty())
-                    .map(|l| l.digest),
-            );
+            for l in layers.into_iter().filter(|l| l.urls.is_empty()) {
+                blob_sizes.push((l.digest.clone(), l.size));
+                blobs.push(l.digest);
+            }
         }
         Kind::Index => {
             let manifests = raw
@@ -146,6 +149,7 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest,
         media_type,
         kind,
         blobs,
+        blob_sizes,
         children,
         subject: raw.subject,
         artifact_type,

@@ -44,7 +44,8 @@ pub enum Location<'a> {
 }
 
 impl Store {
-    /// Creates the directory skeleton if it is missing.
+    /// Creates the directory skeleton if it is missing, private to its owner (0700): the
+    /// database holds the token signing key and password hashes, the blobs private images.
     pub fn open(root: &Path) -> io::Result<Store> {
         create_dir_durable(&root.join("blobs"))?;
         create_dir_durable(&root.join("uploads"))?;
@@ -315,6 +316,44 @@ impl Store {
         Ok((n, bytes))
     }
 
+    /// The root and the database, if other users may read or enter them: what the server
+    /// warns about at start (`fsck --repair` tightens them).
+    pub fn exposed(&self) -> Vec<(PathBuf, u32)> {
+        use std::os::unix::fs::PermissionsExt;
+        [self.root.clone(), self.path_for(Location::Database)]
+            .into_iter()
+            .filter_map(|p| {
+                let mode = fs::metadata(&p).ok()?.permissions().mode() & 0o777;
+                (mode & 0o077 != 0).then_some((p, mode))
+            })
+            .collect()
+    }
+
+    /// Takes every permission of group and others from everything under the root (and the
+    /// root itself); returns how many paths changed. Symbolic links are left alone.
+    pub fn tighten(&self) -> io::Result<u64> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut changed = 0;
+        let mut todo = vec![self.root.clone()];
+        while let Some(p) = todo.pop() {
+            let meta = fs::symlink_metadata(&p)?;
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            if meta.is_dir() {
+                for entry in fs::read_dir(&p)? {
+                    todo.push(entry?.path());
+                }
+            }
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                fs::set_permissions(&p, fs::Permissions::from_mode(mode & !0o077))?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     pub fn remove_upload(&self, upload_id: &str) -> io::Result<()> {
         match fs::remove_file(self.path_for(Location::Upload(upload_id))) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -332,7 +371,9 @@ fn create_dir_durable(dir: &Path) -> io::Result<()> {
     if let Some(parent) = dir.parent() {
         create_dir_durable(parent)?;
     }
-    match fs::create_dir(dir) {
+    // Private to the owner whatever the umask (see `Store::open`).
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
         r => r?,
     }
