@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Serve the registry API (and /healthz, /readyz, /metrics).
-    Serve(Instance),
+    Serve(Serve),
     /// Collect garbage now: unreferenced blobs past their grace, expired uploads, leftovers.
     /// Goes through the running server if there is one.
     Gc {
@@ -195,15 +195,13 @@ pub enum AclCommand {
     },
 }
 
-/// Which registry instance a command works on.
+/// Which registry instance a command works on. Only flags every command uses belong here:
+/// a flag a command would ignore (`gc --listen`) is refused by clap instead.
 #[derive(Args, Clone)]
 pub struct Instance {
     /// The config file [default: ./registry.toml when present, else built-in defaults].
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
-    /// Listen address, overriding `[server] listen` (port 0 picks a free port).
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
     /// Data directory, overriding `[storage] root`.
     #[arg(long)]
     pub root: Option<PathBuf>,
@@ -218,11 +216,28 @@ impl Instance {
             }
             None => Config::default(),
         };
-        if let Some(l) = self.listen {
-            config.listen = l;
-        }
         if let Some(r) = &self.root {
             config.root = r.clone();
+        }
+        Ok(config)
+    }
+}
+
+/// `dockyard serve`: the instance, and where to listen.
+#[derive(Args, Clone)]
+pub struct Serve {
+    #[command(flatten)]
+    pub instance: Instance,
+    /// Listen address, overriding `[server] listen` (port 0 picks a free port).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Serve {
+    pub fn config(&self) -> Result<Config, crate::Error> {
+        let mut config = self.instance.config()?;
+        if let Some(l) = self.listen {
+            config.listen = l;
         }
         Ok(config)
     }
@@ -260,8 +275,8 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
     // SAFETY: a plain syscall that cannot fail.
     unsafe { libc::umask(0o077) };
     match cli.command {
-        Command::Serve(instance) => {
-            let config = instance.config()?;
+        Command::Serve(serve_args) => {
+            let config = serve_args.config()?;
             init_tracing(&config);
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(serve(config))
@@ -399,7 +414,15 @@ fn user(c: UserCommand) -> Result<(), crate::Error> {
             (instance, A::UserPasswd { name, password })
         }
         UserCommand::Del { name, instance } => (instance, A::UserDel { name }),
-        UserCommand::List { instance } => (instance, A::UserList),
+        UserCommand::List { instance } => {
+            // Nothing on stdout when empty, so that `for u in $(dockyard user list)` stays
+            // right; the person at the terminal is told on stderr.
+            return execute_or(
+                instance,
+                A::UserList,
+                "no users yet: add one with `dockyard user add NAME`",
+            );
+        }
         UserCommand::ImportHtpasswd { file, instance } => {
             let text = std::fs::read_to_string(&file).map_err(|e| {
                 crate::Error::Command(format!("cannot read {}: {e}", file.display()))
@@ -432,7 +455,16 @@ fn acl(c: AclCommand) -> Result<(), crate::Error> {
             pattern,
             instance,
         } => (instance, A::AclRevoke { subject, pattern }),
-        AclCommand::List { subject, instance } => (instance, A::AclList { subject }),
+        AclCommand::List { subject, instance } => {
+            let empty = match &subject {
+                Some(s) => format!(
+                    "no grants for {s}: add one with `dockyard acl grant {s} PATTERN ACTIONS`"
+                ),
+                None => "no grants yet: add one with `dockyard acl grant SUBJECT PATTERN ACTIONS`"
+                    .to_string(),
+            };
+            return execute_or(instance, A::AclList { subject }, &empty);
+        }
     };
     execute(instance, command)
 }
@@ -440,12 +472,26 @@ fn acl(c: AclCommand) -> Result<(), crate::Error> {
 /// Runs a control command on the instance (through its server if one runs) and prints the
 /// answer; a refusal becomes the one-line error `main` prints.
 fn execute(instance: Instance, command: admin::Command) -> Result<(), crate::Error> {
+    execute_or(instance, command, "")
+}
+
+/// `execute`, saying `when_empty` on stderr if the answer is empty (a listing of nothing).
+fn execute_or(
+    instance: Instance,
+    command: admin::Command,
+    when_empty: &str,
+) -> Result<(), crate::Error> {
     let config = instance.config()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     match runtime.block_on(admin::run(config, command))? {
-        Outcome::Ok(text) if text.is_empty() => Ok(()),
+        Outcome::Ok(text) if text.is_empty() => {
+            if !when_empty.is_empty() {
+                eprintln!("{when_empty}");
+            }
+            Ok(())
+        }
         Outcome::Ok(text) => {
             println!("{text}");
             Ok(())

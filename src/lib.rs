@@ -8,7 +8,7 @@
 //! - `store`: blob and upload files on disk.
 //! - `http`: the warp routes of the distribution API, health and metrics endpoints.
 //! - `server`: the accept loop: TLS, request ids, access log, graceful shutdown.
-//! - `metrics`: counters and histograms in the Prometheus text format.
+//! - `metrics`: counters and histograms (prometheus-client), in the Prometheus text format.
 //! - `auth`: who may do what: `users` (names, bcrypt passwords, patterns, policy, pure),
 //!   `token` (bearer tokens, pure), `access` (users and grants of a running instance).
 //! - `gc`: one garbage-collection pass, with `blob_locks` (per-digest locks and "last seen"

@@ -1,33 +1,57 @@
-//! Counters and histograms for `GET /metrics`, rendered in the Prometheus text format by hand
-//! (the format is a few lines of text; a metrics crate would cost more than it saves).
+//! Counters and histograms for `GET /metrics`, kept and rendered by `prometheus-client`, the
+//! Prometheus project's Rust client: it owns the exposition details (names and suffixes,
+//! label escaping, cumulative buckets, float formatting), and we only say what is counted.
+//! The body is the Prometheus text format 0.0.4 (`text/plain; version=0.0.4`), which every
+//! scraper reads.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// The `Content-Type` of what [`Metrics::render`] returns.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    method: String,
+    status: u16,
 }
 
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+type U64Gauge = Gauge<u64, AtomicU64>;
+
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
-    latency: Mutex<BTreeMap<&'static str, Histogram>>,
-    bytes_received: AtomicU64,
-    bytes_sent: AtomicU64,
-    auth_failures: AtomicU64,
-    gc_runs: AtomicU64,
-    gc_bytes_freed: AtomicU64,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    bytes_received: Counter,
+    bytes_sent: Counter,
+    auth_failures: Counter,
+    gc_runs: Counter,
+    gc_bytes_freed: Counter,
+    uploads: U64Gauge,
+    blobs: U64Gauge,
+    blob_bytes: U64Gauge,
 }
 
 /// Values read from the database at scrape time.
@@ -37,143 +61,131 @@ pub struct Stored {
     pub uploads: u64,
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::with_prefix("dockyard");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            requests.clone(),
+        );
+        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time to the response head, by route",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        let counter = |registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>| {
+            let c = Counter::default();
+            match unit {
+                Some(u) => registry.register_with_unit(name, help, u, c.clone()),
+                None => registry.register(name, help, c.clone()),
+            }
+            c
+        };
+        let bytes_received = counter(
+            &mut registry,
+            "http_received",
+            "Request body bytes received",
+            Some(Unit::Bytes),
+        );
+        let bytes_sent = counter(
+            &mut registry,
+            "http_sent",
+            "Response body bytes sent",
+            Some(Unit::Bytes),
+        );
+        let auth_failures = counter(
+            &mut registry,
+            "auth_failures",
+            "Requests refused for missing or wrong credentials",
+            None,
+        );
+        let gc_runs = counter(
+            &mut registry,
+            "gc_runs",
+            "Garbage collection passes completed",
+            None,
+        );
+        let gc_bytes_freed = counter(
+            &mut registry,
+            "gc_freed",
+            "Blob bytes freed by garbage collection",
+            Some(Unit::Bytes),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = U64Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let uploads = gauge(&mut registry, "uploads_in_progress", "Open upload sessions");
+        let blobs = gauge(&mut registry, "blobs_stored", "Blobs in the store");
+        let blob_bytes = gauge(
+            &mut registry,
+            "blob_bytes_stored",
+            "Bytes of blobs in the store",
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            bytes_received,
+            bytes_sent,
+            auth_failures,
+            gc_runs,
+            gc_bytes_freed,
+            uploads,
+            blobs,
+            blob_bytes,
+        }
+    }
+}
+
 impl Metrics {
     pub fn observe(&self, route: &'static str, method: &str, status: u16, elapsed: Duration) {
-        *self
-            .requests
-            .lock()
-            .expect("metrics lock")
-            .entry((route, method.to_string(), status))
-            .or_default() += 1;
-        let secs = elapsed.as_secs_f64();
-        let mut latency = self.latency.lock().expect("metrics lock");
-        let h = latency.entry(route).or_default();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                h.counts[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += secs;
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                method: method.to_string(),
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels { route })
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn add_received(&self, n: u64) {
-        self.bytes_received.fetch_add(n, Ordering::Relaxed);
+        self.bytes_received.inc_by(n);
     }
 
     pub fn add_sent(&self, n: u64) {
-        self.bytes_sent.fetch_add(n, Ordering::Relaxed);
+        self.bytes_sent.inc_by(n);
     }
 
     pub fn auth_failure(&self) {
-        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+        self.auth_failures.inc();
     }
 
     pub fn gc_run(&self, bytes_freed: u64) {
-        self.gc_runs.fetch_add(1, Ordering::Relaxed);
-        self.gc_bytes_freed
-            .fetch_add(bytes_freed, Ordering::Relaxed);
+        self.gc_runs.inc();
+        self.gc_bytes_freed.inc_by(bytes_freed);
     }
 
     /// The exposition text, with `stored` as gauges.
     pub fn render(&self, stored: &Stored) -> String {
+        self.uploads.set(stored.uploads);
+        self.blobs.set(stored.blobs);
+        self.blob_bytes.set(stored.bytes);
         let mut out = String::new();
-        let w = &mut out;
-        header(
-            w,
-            "dockyard_http_requests_total",
-            "counter",
-            "HTTP requests by route, method and status.",
-        );
-        for ((route, method, status), n) in self.requests.lock().expect("metrics lock").iter() {
-            let _ = writeln!(
-                w,
-                "dockyard_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
-            );
-        }
-        header(
-            w,
-            "dockyard_http_request_duration_seconds",
-            "histogram",
-            "Time to the response head, by route.",
-        );
-        for (route, h) in self.latency.lock().expect("metrics lock").iter() {
-            for (bound, n) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(
-                    w,
-                    "dockyard_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                w,
-                "dockyard_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                w,
-                "dockyard_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                w,
-                "dockyard_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
-                h.count
-            );
-        }
-        let counters = [
-            (
-                "dockyard_http_received_bytes_total",
-                "Request body bytes received.",
-                &self.bytes_received,
-            ),
-            (
-                "dockyard_http_sent_bytes_total",
-                "Response body bytes sent.",
-                &self.bytes_sent,
-            ),
-            (
-                "dockyard_auth_failures_total",
-                "Requests refused for missing or wrong credentials.",
-                &self.auth_failures,
-            ),
-            (
-                "dockyard_gc_runs_total",
-                "Garbage collection passes completed.",
-                &self.gc_runs,
-            ),
-            (
-                "dockyard_gc_freed_bytes_total",
-                "Blob bytes freed by garbage collection.",
-                &self.gc_bytes_freed,
-            ),
-        ];
-        for (name, help, v) in counters {
-            header(w, name, "counter", help);
-            let _ = writeln!(w, "{name} {}", v.load(Ordering::Relaxed));
-        }
-        let gauges = [
-            (
-                "dockyard_uploads_in_progress",
-                "Open upload sessions.",
-                stored.uploads,
-            ),
-            ("dockyard_blobs_stored", "Blobs in the store.", stored.blobs),
-            (
-                "dockyard_blob_bytes_stored",
-                "Bytes of blobs in the store.",
-                stored.bytes,
-            ),
-        ];
-        for (name, help, v) in gauges {
-            header(w, name, "gauge", help);
-            let _ = writeln!(w, "{name} {v}");
-        }
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
-}
-
-fn header(w: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 #[cfg(test)]
@@ -185,22 +197,31 @@ mod tests {
         let m = Metrics::default();
         m.observe("manifest", "GET", 200, Duration::from_millis(3));
         m.observe("manifest", "GET", 200, Duration::from_secs(2));
+        m.observe("manifest", "we\"ird\n", 400, Duration::from_millis(1));
         m.add_sent(10);
+        m.gc_run(5);
         let text = m.render(&Stored {
             blobs: 2,
             bytes: 30,
             uploads: 1,
         });
-        assert!(text.contains(
-            "dockyard_http_requests_total{route=\"manifest\",method=\"GET\",status=\"200\"} 2"
-        ));
-        assert!(text.contains(
-            "dockyard_http_request_duration_seconds_bucket{route=\"manifest\",le=\"0.005\"} 1"
-        ));
-        assert!(text.contains(
-            "dockyard_http_request_duration_seconds_bucket{route=\"manifest\",le=\"+Inf\"} 2"
-        ));
-        assert!(text.contains("dockyard_http_sent_bytes_total 10"));
-        assert!(text.contains("dockyard_blob_bytes_stored 30"));
+        for want in [
+            "# TYPE dockyard_http_requests_total counter\n",
+            "dockyard_http_requests_total{route=\"manifest\",method=\"GET\",status=\"200\"} 2\n",
+            // A label value is escaped, never able to break the line.
+            "dockyard_http_requests_total{route=\"manifest\",method=\"we\\\"ird\\n\",status=\"400\"} 1\n",
+            "# TYPE dockyard_http_request_duration_seconds histogram\n",
+            "dockyard_http_request_duration_seconds_bucket{route=\"manifest\",le=\"0.005\"} 2\n",
+            "dockyard_http_request_duration_seconds_bucket{route=\"manifest\",le=\"+Inf\"} 3\n",
+            "dockyard_http_request_duration_seconds_count{route=\"manifest\"} 3\n",
+            "dockyard_http_sent_bytes_total 10\n",
+            "dockyard_gc_runs_total 1\n",
+            "dockyard_gc_freed_bytes_total 5\n",
+            "# TYPE dockyard_blob_bytes_stored gauge\n",
+            "dockyard_blob_bytes_stored 30\n",
+            "dockyard_uploads_in_progress 1\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
     }
 }

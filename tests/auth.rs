@@ -109,6 +109,59 @@ async fn basic_mode_lets_anonymous_pull_what_it_may_and_challenges_the_rest() {
     r.stop().await;
 }
 
+/// containers/image (skopeo, podman, buildah) answers a Basic challenge with an empty user
+/// and password when it has no login: that is anonymous, never a failed login.
+#[tokio::test]
+async fn empty_basic_credentials_are_anonymous_and_never_throttled() {
+    let r = TestRegistry::start_auth(AuthMode::Basic, |a| {
+        a.max_failures = 2;
+        a.failure_window = Duration::from_secs(60);
+    })
+    .await;
+    r.add_user("alice", PW).await;
+    r.grant("alice", "**", "pull,push").await;
+    r.grant("anonymous", "public/**", "pull").await;
+    let alice = client_as("alice", PW);
+    push_image(&alice, &r, "public/app", "v1", &[b"layer"]).await;
+    push_image(&alice, &r, "private/app", "v1", &[b"layer"]).await;
+
+    let empty = client_as("", "");
+    for _ in 0..5 {
+        assert_eq!(head_manifest(&empty, &r, "public/app", "v1").await, 200);
+        // What anonymous may not do is asked for credentials, as with no header at all.
+        let (s, challenge, body) = status(
+            empty
+                .get(r.url("/v2/private/app/manifests/v1"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (s, challenge.as_deref()),
+            (401, Some(r#"Basic realm="dockyard""#))
+        );
+        assert!(body.contains("authentication required"), "{body}");
+        let (s, _, _) = status(start_upload(&empty, &r, "public/app").await).await;
+        assert_eq!(s, 401);
+    }
+    // None of that counted as a failed login from this address: alice still gets in.
+    assert_eq!(alice.get(r.url("/v2/")).send().await.unwrap().status(), 200);
+    assert_eq!(head_manifest(&alice, &r, "private/app", "v1").await, 200);
+    // An empty user name with a password is a login, and a wrong one.
+    let (s, _, body) = status(
+        client_as("", "guess")
+            .get(r.url("/v2/public/app/manifests/v1"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 401);
+    assert!(body.contains("incorrect username or password"), "{body}");
+    r.stop().await;
+}
+
 #[tokio::test]
 async fn users_own_their_namespaces_and_a_refused_push_changes_nothing() {
     let r = TestRegistry::start_auth(AuthMode::Basic, |_| {}).await;
@@ -396,6 +449,16 @@ async fn token_mode_challenges_with_its_own_token_service_and_narrows_scopes() {
     assert_eq!(c["sub"], "");
     assert_eq!(c["access"].as_array().unwrap().len(), 1);
     assert_eq!(c["access"][0]["name"], "public/x");
+    // Empty Basic credentials (what containers/image sends without a login) are anonymous.
+    let t = token_for(
+        &r,
+        &client_as("", ""),
+        "repository:public/x:pull repository:alice/app:pull",
+    )
+    .await;
+    let c = claims_of(&t);
+    assert_eq!(c["sub"], "");
+    assert_eq!(c["access"].as_array().unwrap().len(), 1);
     let (s, challenge, _) =
         status(get_token(&r, &client_as("alice", "bad"), "repository:alice/app:pull").await).await;
     assert_eq!(s, 401);

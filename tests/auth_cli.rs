@@ -232,3 +232,49 @@ async fn import_htpasswd_moves_bcrypt_users_over_with_their_passwords() {
     .await;
     r.stop().await;
 }
+
+/// Empty listings print nothing on stdout (scripts stay right) and say so on stderr; commands
+/// refuse flags they would ignore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_listings_say_so_and_unused_flags_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for (args, want) in [
+        (&["user", "list"][..], "no users yet"),
+        (&["acl", "list"][..], "no grants yet"),
+    ] {
+        let (success, out, err) = dockyard(root, args, "").await;
+        assert!(success, "{args:?}: {err}");
+        assert_eq!(out, "", "{args:?}");
+        assert!(err.contains(want), "{args:?}: {err:?}");
+    }
+    ok(
+        root,
+        &["user", "add", "alice", "--password-stdin"],
+        "pw-1\n",
+    )
+    .await;
+    let (_, out, err) = dockyard(root, &["user", "list"], "").await;
+    assert_eq!((out.trim(), err.as_str()), ("alice", ""));
+    let (success, out, err) = dockyard(root, &["acl", "list", "alice"], "").await;
+    assert!(success, "{err}");
+    assert_eq!(out, "");
+    assert!(err.contains("no grants for alice"), "{err:?}");
+
+    for cmd in [
+        &["gc"][..],
+        &["fsck"],
+        &["du"],
+        &["user", "list"],
+        &["acl", "list"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.extend(["--listen", "127.0.0.1:5000"]);
+        let (success, _, err) = dockyard(root, &args, "").await;
+        assert!(!success, "{args:?} accepted --listen");
+        assert!(
+            err.contains("unexpected argument '--listen'"),
+            "{args:?}: {err}"
+        );
+    }
+}

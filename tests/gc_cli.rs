@@ -256,3 +256,48 @@ async fn gc_keeps_a_blob_a_manifest_names_even_when_its_row_is_lost() {
     .await;
     assert!(p.stop().success());
 }
+
+/// A new user deletes an image and runs `dockyard gc` with the default grace: nothing is
+/// freed yet, and the report says what is kept, how big it is, and from when a pass frees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_says_what_it_keeps_and_when_it_becomes_collectable() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let config = write_config(
+        dir.path(),
+        "registry.toml",
+        &format!(
+            "[storage]\nroot = {:?}\n[gc]\ninterval = \"off\"\n",
+            root.display().to_string()
+        ),
+    );
+    let c = fresh_client();
+    let p = Process::spawn_with_config(&root, &config);
+    let base = p.url("");
+    let (l1, l2) = (random_bytes(3000), random_bytes(5000));
+    let m = push(&c, &base, "team/a", "v1", &[&l1, &l2]).await;
+    let resp = c
+        .delete(format!("{base}/v2/team/a/manifests/{}", sha256(&m)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    for args in [&["gc", "--dry-run"][..], &["gc"]] {
+        let (ok, out, err) = cli(args, &config);
+        assert!(ok, "{args:?}: {err}");
+        let out = out.trim();
+        assert!(
+            out.starts_with("gc: would free 0 blobs") || out.starts_with("gc: freed 0 blobs"),
+            "{out}"
+        );
+        // Config and two layers, uploaded (so also seen) just now: the hour of grace runs.
+        assert!(
+            out.contains("kept 3 unreferenced blobs (")
+                && out.contains("3 within the grace period"),
+            "{args:?}: {out}"
+        );
+        assert!(out.contains("), collectable "), "{out}");
+        assert!(out.contains("(in 59m") || out.contains("(in 1h"), "{out}");
+    }
+    assert!(p.stop().success());
+}

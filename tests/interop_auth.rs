@@ -342,3 +342,106 @@ async fn docker_login_and_push_with_basic_auth() {
 async fn docker_login_and_push_with_token_auth() {
     docker_logs_in_and_pushes(AuthMode::Token).await;
 }
+
+/// `acl grant anonymous 'public/**' pull`, then skopeo and podman without any login: they
+/// answer the Basic challenge with empty credentials, which must count as anonymous.
+async fn anonymous_pulls_with_skopeo_and_podman(mode: AuthMode) {
+    if !require_tool("skopeo") || !require_tool("podman") {
+        return;
+    }
+    let r = registry(mode).await;
+    r.grant("anonymous", "public/**", "pull").await;
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let p = Podman::new(w);
+    let layout = w.join("layout");
+    let want = oci_layout(&layout, "v1", &["amd64"]);
+    let host = r.addr.to_string();
+    let none = w.join("none.json");
+    std::fs::write(&none, r#"{"auths":{}}"#).unwrap();
+    let skopeo = |args: &[&str]| {
+        let mut c = Command::new("skopeo");
+        c.arg("--policy")
+            .arg(p.policy())
+            .args(args)
+            .env("REGISTRY_AUTH_FILE", &none);
+        c
+    };
+    // alice publishes; everything after is anonymous.
+    r.grant("alice", "public/**", "pull,push").await;
+    run_async(skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &format!("alice:{PW}"),
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{host}/public/img:v1"),
+    ]))
+    .await;
+    let inspected = run_async(skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--format",
+        "{{.Digest}}",
+        &format!("docker://{host}/public/img:v1"),
+    ]))
+    .await;
+    assert_eq!(inspected.trim(), want);
+    let back = w.join("back");
+    run_async(skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{host}/public/img:v1"),
+        &format!("oci:{}:v1", back.display()),
+    ]))
+    .await;
+    assert_eq!(layout_digest(&back, "v1"), want);
+    // What anonymous may not pull stays closed, and what it may pull it may not overwrite.
+    let err = fails(skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{host}/alice/img:v1"),
+    ]))
+    .await;
+    assert!(
+        err.contains("authentication required") || err.to_lowercase().contains("unauthorized"),
+        "{err}"
+    );
+    let err = fails(skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{host}/public/img:v2"),
+    ]))
+    .await;
+    assert!(
+        err.contains("authentication required") || err.to_lowercase().contains("unauthorized"),
+        "{err}"
+    );
+
+    let image = format!("{host}/public/img:v1");
+    let authfile = none.to_str().unwrap();
+    run_async(p.command(&[
+        "pull",
+        "--tls-verify=false",
+        "--authfile",
+        authfile,
+        "--signature-policy",
+        &p.policy(),
+        &image,
+    ]))
+    .await;
+    let pulled = run_async(p.command(&["inspect", "--format", "{{.Digest}}", &image])).await;
+    assert_eq!(pulled.trim(), want);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_pull_with_skopeo_and_podman_in_basic_mode() {
+    anonymous_pulls_with_skopeo_and_podman(AuthMode::Basic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_pull_with_skopeo_and_podman_in_token_mode() {
+    anonymous_pulls_with_skopeo_and_podman(AuthMode::Token).await;
+}

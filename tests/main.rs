@@ -27,3 +27,4 @@ mod powercut_fs;
 mod protocol;
 mod restart;
 mod secrets;
+mod workflow;

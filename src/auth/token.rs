@@ -1,22 +1,19 @@
 //! Bearer tokens of Dockyard's own token service, pure: scopes as clients ask for them, and
 //! signing and verifying tokens.
 //!
-//! A token is JWT-shaped (`header.claims.signature`, base64url without padding), the shape
-//! Docker's token specification describes and clients treat as opaque. Only Dockyard reads its
-//! tokens back, so the signature is HMAC-SHA256 with a key kept in the database, compared in
-//! constant time. The claims carry Docker's `access` list: the repositories and the actions on
-//! each that the token grants.
+//! A token is a JWT, the shape Docker's token specification describes and clients treat as
+//! opaque. Only Dockyard reads its tokens back, so it is HS256 with a key kept in the
+//! database. Signing and checking are `jsonwebtoken`'s: it pins the algorithm (a token whose
+//! header says `none` or anything but HS256 is refused before its claims are read) and
+//! compares signatures in constant time. The claims carry Docker's `access` list: the
+//! repositories and the actions on each that the token grants.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use hmac::{Hmac, Mac};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 /// The length of the signing key.
 pub const KEY_LEN: usize = 32;
-
-const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 
 /// One entry of a token's `access` claim, and of a `scope` request parameter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,58 +96,42 @@ pub enum TokenError {
     Audience,
 }
 
-fn mac(key: &[u8; KEY_LEN]) -> Hmac<Sha256> {
-    Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts keys of any length")
-}
-
 pub fn sign(key: &[u8; KEY_LEN], claims: &Claims) -> String {
-    let claims = serde_json::to_vec(claims).expect("claims always serialize");
-    let signed = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(HEADER),
-        URL_SAFE_NO_PAD.encode(claims)
-    );
-    let mut m = mac(key);
-    m.update(signed.as_bytes());
-    let sig = m.finalize().into_bytes();
-    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig))
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(key),
+    )
+    .expect("HS256 signing of serializable claims cannot fail")
 }
 
-/// Checks the signature (in constant time) before reading anything else, then the times and
-/// the audience.
+/// Checks the algorithm and the signature before reading anything else, then the audience
+/// and the times. `now` is passed in (Unix seconds) so that the times are checked against
+/// the same clock that issued the token, and so that tests can move it.
 pub fn verify(
     key: &[u8; KEY_LEN],
     token: &str,
     service: &str,
     now: u64,
 ) -> Result<Claims, TokenError> {
-    let (signed, sig) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-    let sig = URL_SAFE_NO_PAD
-        .decode(sig)
-        .map_err(|_| TokenError::Malformed)?;
-    let mut m = mac(key);
-    m.update(signed.as_bytes());
-    m.verify_slice(&sig).map_err(|_| TokenError::Signature)?;
-    let (header, claims) = signed.split_once('.').ok_or(TokenError::Malformed)?;
-    let header = URL_SAFE_NO_PAD
-        .decode(header)
-        .map_err(|_| TokenError::Malformed)?;
-    if header != HEADER.as_bytes() {
-        return Err(TokenError::Malformed);
-    }
-    let claims: Claims = URL_SAFE_NO_PAD
-        .decode(claims)
-        .ok()
-        .and_then(|c| serde_json::from_slice(&c).ok())
-        .ok_or(TokenError::Malformed)?;
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_audience(&[service]);
+    validation.set_required_spec_claims(&["exp", "nbf", "aud"]);
+    // Checked below against `now`, without leeway: one server issues and checks.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    let claims = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(key), &validation)
+        .map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => TokenError::Signature,
+            ErrorKind::InvalidAudience => TokenError::Audience,
+            _ => TokenError::Malformed,
+        })?
+        .claims;
     if now >= claims.exp {
         return Err(TokenError::Expired);
     }
     if now < claims.nbf {
         return Err(TokenError::NotYetValid);
-    }
-    if claims.aud != service {
-        return Err(TokenError::Audience);
     }
     Ok(claims)
 }
@@ -158,6 +139,8 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
 
     const KEY: [u8; KEY_LEN] = [7; KEY_LEN];
 
@@ -214,6 +197,35 @@ mod tests {
         for junk in ["", "a", "a.b", "a.b.c", "...", &t[..t.len() - 2]] {
             assert!(verify(&KEY, junk, "dockyard", 950).is_err(), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn another_algorithm_in_the_header_is_refused() {
+        let t = sign(&KEY, &claims());
+        let parts: Vec<&str> = t.split('.').collect();
+        // alg "none" with no signature, and HS512 keyed with the same secret: both refused,
+        // whatever the signature says.
+        let none = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+        for forged in [
+            format!("{none}.{}.", parts[1]),
+            format!("{none}.{}.{}", parts[1], parts[2]),
+        ] {
+            assert_eq!(
+                verify(&KEY, &forged, "dockyard", 950),
+                Err(TokenError::Malformed),
+                "{forged}"
+            );
+        }
+        let hs512 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &claims(),
+            &EncodingKey::from_secret(&KEY),
+        )
+        .unwrap();
+        assert_eq!(
+            verify(&KEY, &hs512, "dockyard", 950),
+            Err(TokenError::Malformed)
+        );
     }
 
     #[test]

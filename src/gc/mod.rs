@@ -94,8 +94,16 @@ pub struct GcReport {
     /// Files without rows in `blobs/` and `uploads/`.
     pub stray_files: u64,
     pub stray_bytes: u64,
-    /// Unreferenced blobs kept because a client saw them within the lease.
+    /// Unreferenced blobs kept because their count fell to zero less than `grace` ago.
+    pub kept_young: u64,
+    pub kept_young_bytes: u64,
+    /// Unreferenced blobs past their grace, kept because a client saw them (HEAD/GET, mount,
+    /// upload) within `max(grace, push_window)`.
     pub kept_seen: u64,
+    pub kept_seen_bytes: u64,
+    /// When the first and the last of the kept unreferenced blobs become collectable (Unix
+    /// seconds): a pass from then on frees them unless something references them again.
+    pub kept_due: Option<(u64, u64)>,
     /// Stray blob files kept because a manifest names them (`fsck --repair` restores them).
     pub kept_named: u64,
     /// Tags deleted (or, dry, that would be) by retention: `repo:tag digest (rule)`.
@@ -109,6 +117,28 @@ impl GcReport {
     pub fn bytes(&self) -> u64 {
         self.blob_bytes + self.upload_bytes + self.stray_bytes
     }
+
+    /// Notes a kept unreferenced blob that becomes collectable at `due` (Unix seconds).
+    fn kept(&mut self, seen: bool, size: u64, due: u64) {
+        if seen {
+            self.kept_seen += 1;
+            self.kept_seen_bytes += size;
+        } else {
+            self.kept_young += 1;
+            self.kept_young_bytes += size;
+        }
+        self.kept_due = Some(match self.kept_due {
+            None => (due, due),
+            Some((first, last)) => (first.min(due), last.max(due)),
+        });
+    }
+}
+
+/// `at` (Unix seconds) as "2026-11-30T11:58:02Z (in 59m 58s)", counted from `now`.
+fn when(at: u64, now: u64) -> String {
+    let stamp = humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(at));
+    let left = Duration::from_secs(at.saturating_sub(now));
+    format!("{stamp} (in {})", humantime::format_duration(left))
 }
 
 fn plural(n: u64, one: &str) -> String {
@@ -151,12 +181,37 @@ impl fmt::Display for GcReport {
             human_bytes(self.bytes()),
             self.elapsed,
         )?;
-        if self.kept_seen > 0 {
+        // Why nothing (or less than expected) was freed: what is unreferenced but still
+        // protected, and from when a pass will take it.
+        let kept = self.kept_young + self.kept_seen;
+        if kept > 0 {
+            let mut why = Vec::new();
+            if self.kept_young > 0 {
+                why.push(format!("{} within the grace period", self.kept_young));
+            }
+            if self.kept_seen > 0 {
+                why.push(format!("{} used by a client recently", self.kept_seen));
+            }
             write!(
                 f,
-                "; kept {} that clients used recently",
-                plural(self.kept_seen, "unreferenced blob")
+                "; kept {} ({}: {})",
+                plural(kept, "unreferenced blob"),
+                human_bytes(self.kept_young_bytes + self.kept_seen_bytes),
+                why.join(", ")
             )?;
+            if let Some((first, last)) = self.kept_due {
+                let now = db::now();
+                if first == last {
+                    write!(f, ", collectable at {}", when(first, now))?;
+                } else {
+                    write!(
+                        f,
+                        ", collectable from {} to {}",
+                        when(first, now),
+                        when(last, now)
+                    )?;
+                }
+            }
         }
         if self.kept_named > 0 {
             write!(
@@ -259,6 +314,12 @@ fn aged(zero_since: Option<u64>, created: u64, age: Duration, now: u64) -> bool 
     }
     let age = age.as_secs() + u64::from(age.subsec_nanos() > 0);
     zero_since.unwrap_or(created).saturating_add(age) < now
+}
+
+/// The first whole second at which `aged` holds.
+fn aged_at(zero_since: Option<u64>, created: u64, age: Duration) -> u64 {
+    let age = age.as_secs() + u64::from(age.subsec_nanos() > 0);
+    zero_since.unwrap_or(created).saturating_add(age) + 1
 }
 
 fn parse_digest(s: &str) -> Result<Digest, Error> {
@@ -474,13 +535,22 @@ impl Pass<'_> {
         let now = db::now();
         // Candidates from one snapshot, with every repository link they had in it. A link
         // added later comes with a sighting after `self.snapshot`, which keeps the blob.
-        let (candidates, mut links) = core.db.read_blocking(|tx| {
+        // Unreferenced blobs still within their grace are not candidates, but the report
+        // says how many there are and when they become collectable.
+        let (candidates, young, mut links) = core.db.read_blocking(|tx| {
             let mut candidates = Vec::new();
+            let mut young = Vec::new();
             for e in tx.open_table(BLOBS)?.iter()? {
                 let (k, v) = e?;
                 let rec: BlobRecord = decode(v.value())?;
-                if rec.refcount == 0 && aged(rec.zero_since, rec.created, gc.grace, now) {
+                if rec.refcount != 0 {
+                    continue;
+                }
+                if aged(rec.zero_since, rec.created, gc.grace, now) {
                     candidates.push((k.value().to_string(), rec.size));
+                } else {
+                    let due = aged_at(rec.zero_since, rec.created, gc.grace);
+                    young.push((k.value().to_string(), rec.size, due));
                 }
             }
             let mut links: HashMap<String, Vec<String>> = HashMap::new();
@@ -497,20 +567,37 @@ impl Pass<'_> {
                     }
                 }
             }
-            Ok((candidates, links))
+            Ok((candidates, young, links))
         })?;
         let total = candidates.len();
         let snapshot = self.snapshot;
         let recent =
             |seen: Option<Instant>| seen.is_some_and(|t| t.elapsed() < lease || t >= snapshot);
+        // When a sighting at `t` stops protecting its blob, in whole seconds rounded up.
+        let seen_until = |t: Instant| {
+            let left = lease.saturating_sub(t.elapsed());
+            db::now() + left.as_secs() + u64::from(left.subsec_nanos() > 0)
+        };
+        for batch in young.chunks(BATCH) {
+            let guards = core
+                .blob_locks
+                .lock_all(batch.iter().map(|(d, _, _)| d.as_str()));
+            for (d, size, due) in batch {
+                let due = match guards.last_seen(d).filter(|t| recent(Some(*t))) {
+                    Some(t) => (*due).max(seen_until(t)),
+                    None => *due,
+                };
+                self.report.kept(false, *size, due);
+            }
+        }
         if self.opts.dry_run {
             for batch in candidates.chunks(BATCH) {
                 let guards = core
                     .blob_locks
                     .lock_all(batch.iter().map(|(d, _)| d.as_str()));
                 for (d, size) in batch {
-                    if recent(guards.last_seen(d)) {
-                        self.report.kept_seen += 1;
+                    if let Some(t) = guards.last_seen(d).filter(|t| recent(Some(*t))) {
+                        self.report.kept(true, *size, seen_until(t));
                     } else {
                         self.report.blobs += 1;
                         self.report.blob_bytes += size;
@@ -527,7 +614,7 @@ impl Pass<'_> {
                 for (d, _) in batch {
                     self.hook(Stage::BlobChosen, d);
                 }
-                let mut kept = 0;
+                let mut kept = Vec::new();
                 // The writer first, then whichever stripes are free: the pass never holds a
                 // stripe while it waits for the writer (behind the pushes' commits), and never
                 // waits for a stripe while it holds the writer. A blob whose stripe a push
@@ -554,8 +641,8 @@ impl Pass<'_> {
                         if rec.refcount != 0 || !aged(rec.zero_since, rec.created, gc.grace, now) {
                             continue;
                         }
-                        if recent(guards.last_seen(d)) {
-                            kept += 1;
+                        if let Some(t) = guards.last_seen(d).filter(|t| recent(Some(*t))) {
+                            kept.push((rec.size, seen_until(t)));
                             continue;
                         }
                         blobs.remove(d.as_str())?;
@@ -566,7 +653,9 @@ impl Pass<'_> {
                     }
                     Ok((removed, guards))
                 })?;
-                self.report.kept_seen += kept;
+                for (size, due) in kept {
+                    self.report.kept(true, size, due);
+                }
                 // Row before file: the rows are committed gone; now the files, each stripe
                 // released as soon as its files are.
                 let mut by_stripe: HashMap<usize, Vec<(String, u64)>> = HashMap::new();
@@ -828,6 +917,35 @@ mod tests {
         assert_eq!(human_bytes(0), "0 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn a_report_says_what_it_kept_and_until_when() {
+        let now = db::now();
+        let mut r = GcReport {
+            dry_run: true,
+            ..Default::default()
+        };
+        r.kept(false, 1024, now + 3600);
+        let s = r.to_string();
+        assert!(s.starts_with("would free 0 blobs (0 B)"), "{s}");
+        assert!(
+            s.contains(
+                "; kept 1 unreferenced blob (1.0 KiB: 1 within the grace period), collectable at "
+            ),
+            "{s}"
+        );
+        assert!(s.ends_with("(in 1h)") || s.ends_with("(in 59m 59s)"), "{s}");
+        r.kept(true, 2048, now + 60);
+        let s = r.to_string();
+        assert!(
+            s.contains("kept 2 unreferenced blobs (3.0 KiB: 1 within the grace period, 1 used by a client recently), collectable from "),
+            "{s}"
+        );
+        assert_eq!(r.kept_due, Some((now + 60, now + 3600)));
+        assert_eq!(aged_at(Some(100), 0, Duration::from_secs(10)), 111);
+        assert!(aged(Some(100), 0, Duration::from_secs(10), 111));
+        assert!(!aged(Some(100), 0, Duration::from_secs(10), 110));
     }
 
     #[test]

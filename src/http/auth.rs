@@ -13,7 +13,7 @@
 //!   one person's typos do not lock out an office behind one proxy. An unknown user costs a
 //!   bcrypt verify too, so timing tells nothing.
 //! - Passwords, tokens and hashes are never logged; secrets are compared in constant time
-//!   (bcrypt's own comparison, HMAC's `verify_slice`).
+//!   (bcrypt's own comparison, `jsonwebtoken`'s signature check).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -755,6 +755,14 @@ fn presented(req: &Request) -> Result<Presented, &'static str> {
         let (user, password) = decoded
             .split_once(':')
             .ok_or("malformed Basic credentials")?;
+        // containers/image (skopeo, podman, buildah) answers a Basic challenge with an empty
+        // user and password when it has no login for the host (docker sends no header).
+        // Both mean "no credentials": the caller is anonymous, gets anonymous's grants, and
+        // counts nothing toward the throttle. An empty user with a password is still a
+        // wrong login.
+        if user.is_empty() && password.is_empty() {
+            return Ok(Presented::Nothing);
+        }
         Ok(Presented::Basic {
             user: user.to_string(),
             password: password.to_string(),

@@ -123,10 +123,8 @@ async fn metrics(state: &State) -> Response {
         .await;
     match stored {
         Ok(stored) => reply::finish(
-            reply::builder(StatusCode::OK).header(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            ),
+            reply::builder(StatusCode::OK)
+                .header(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE),
             state.metrics.render(&stored),
         ),
         Err(e) => reply::error(e),
