@@ -1,10 +1,13 @@
 //! The redb database: one file holding every fact except blob bytes.
 //!
-//! redb's API is blocking and allows one writer at a time. `Db::read`/`Db::write` run a
-//! closure on tokio's blocking pool, so no transaction ever lives across an `.await`, and a
-//! check and the update it guards always share one write transaction.
+//! redb's API is blocking and allows one writer at a time. `Db::read` runs a closure on
+//! tokio's blocking pool, so no transaction ever lives across an `.await`, and a check and
+//! the update it guards always share one write transaction. The requests' writes
+//! (`Db::write`, `write_checked`, `write_unsynced`, `write_grouped`) go through the group
+//! commit (`group`): whatever is waiting shares one transaction and one fsync.
 
 pub mod blobs;
+mod group;
 pub mod listing;
 pub mod manifests;
 pub mod schema;
@@ -16,7 +19,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
 };
 
 use crate::oci::RegistryError;
@@ -62,7 +65,7 @@ redb_errors!(
 /// A handle to the open database, cheap to clone.
 #[derive(Clone)]
 pub struct Db {
-    inner: Arc<Database>,
+    shared: Arc<group::Shared>,
 }
 
 pub fn now() -> u64 {
@@ -102,7 +105,10 @@ impl Db {
         }
         tx.commit()?;
         Ok(Db {
-            inner: Arc::new(db),
+            shared: Arc::new(group::Shared {
+                db,
+                queue: group::Queue::default(),
+            }),
         })
     }
 
@@ -112,17 +118,19 @@ impl Db {
     where
         F: FnOnce(&ReadTransaction) -> Result<T, RegistryError>,
     {
-        let tx = self.inner.begin_read()?;
+        let tx = self.shared.db.begin_read()?;
         f(&tx)
     }
 
-    /// Runs `f` in a write transaction on this thread and commits it if `f` succeeds; see
-    /// [`Db::write`]. Callers that hold blob locks take them before calling this.
+    /// Runs `f` in a write transaction of its own on this thread and commits it if `f`
+    /// succeeds, outside the group commit: for the GC and fsck, whose bodies are large, try
+    /// locks and are not to be run twice. Callers that hold blob locks take them before
+    /// calling this.
     pub fn write_blocking<T, F>(&self, f: F) -> Result<T, RegistryError>
     where
         F: FnOnce(&WriteTransaction) -> Result<T, RegistryError>,
     {
-        let tx = self.inner.begin_write()?;
+        let tx = self.shared.db.begin_write()?;
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
@@ -134,31 +142,26 @@ impl Db {
         F: FnOnce(&ReadTransaction) -> Result<T, RegistryError> + Send + 'static,
         T: Send + 'static,
     {
-        let db = self.inner.clone();
+        let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let tx = db.begin_read()?;
+            let tx = shared.db.begin_read()?;
             f(&tx)
         })
         .await
         .map_err(|e| DbError::Task(e.to_string()))?
     }
 
-    /// Runs `f` in a write transaction on the blocking pool and commits it if `f` succeeds;
-    /// on error the transaction is dropped, which aborts it, so a failed request changes nothing.
+    /// Runs `f` in a durable write transaction shared with whatever other requests are
+    /// waiting (see `group`), and answers once that transaction is committed and fsynced. If
+    /// `f` fails, nothing it did is committed, so a failed request changes nothing; `f` may
+    /// run more than once (when another body in its batch fails), so it must not act outside
+    /// the transaction.
     pub async fn write<T, F>(&self, f: F) -> Result<T, RegistryError>
     where
-        F: FnOnce(&WriteTransaction) -> Result<T, RegistryError> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, RegistryError> + Send + 'static,
         T: Send + 'static,
     {
-        let db = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let tx = db.begin_write()?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
-        .map_err(|e| DbError::Task(e.to_string()))?
+        self.grouped(f, true, |_| true).await
     }
 
     /// Like [`Db::write`], for bodies whose refusals are answers rather than failures (a user
@@ -166,42 +169,49 @@ impl Db {
     /// nothing.
     pub async fn write_checked<T, E, F>(&self, f: F) -> Result<Result<T, E>, RegistryError>
     where
-        F: FnOnce(&WriteTransaction) -> Result<Result<T, E>, RegistryError> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<Result<T, E>, RegistryError> + Send + 'static,
         T: Send + 'static,
         E: Send + 'static,
     {
-        let db = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let tx = db.begin_write()?;
-            let out = f(&tx)?;
-            if out.is_ok() {
-                tx.commit()?;
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| DbError::Task(e.to_string()))?
+        self.grouped(f, true, Result::is_ok).await
     }
 
-    /// Like `write`, but the commit is not fsynced: it becomes durable with the next durable
-    /// commit, and a crash before that loses it (redb rolls back to the last durable commit;
-    /// nothing is corrupted). Only for rows whose loss makes a client start over and nothing
-    /// worse: upload sessions. Saves one fsync on the write lock per upload.
+    /// Like `write`, but the commit need not be fsynced: it becomes durable with the next
+    /// durable commit, and a crash before that loses it (redb rolls back to the last durable
+    /// commit; nothing is corrupted). Only for rows whose loss makes a client start over and
+    /// nothing worse: upload sessions. A batch with any durable body is fsynced as a whole.
     pub async fn write_unsynced<T, F>(&self, f: F) -> Result<T, RegistryError>
     where
-        F: FnOnce(&WriteTransaction) -> Result<T, RegistryError> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, RegistryError> + Send + 'static,
         T: Send + 'static,
     {
-        let db = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut tx = db.begin_write()?;
-            tx.set_durability(Durability::None)
-                .map_err(|e| DbError::Task(e.to_string()))?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
-        .map_err(|e| DbError::Task(e.to_string()))?
+        self.grouped(f, false, |_| true).await
+    }
+
+    /// [`Db::write`] for a caller on a thread that may block (one holding a blob lock on the
+    /// blocking pool): waits for the group commit on this thread.
+    pub fn write_grouped<T, F>(&self, f: F) -> Result<T, RegistryError>
+    where
+        F: FnMut(&WriteTransaction) -> Result<T, RegistryError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (task, rx) = group::Task::new(f, true, |_: &T| true);
+        self.shared.submit_blocking(Box::new(task), rx)
+    }
+
+    async fn grouped<T, F>(
+        &self,
+        f: F,
+        durable: bool,
+        keep: fn(&T) -> bool,
+    ) -> Result<T, RegistryError>
+    where
+        F: FnMut(&WriteTransaction) -> Result<T, RegistryError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (task, rx) = group::Task::new(f, durable, keep);
+        self.shared.submit(Box::new(task));
+        rx.await
+            .map_err(|_| DbError::Task("the commit leader went away".into()))?
     }
 }

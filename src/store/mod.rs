@@ -11,12 +11,14 @@
 //!     └── <uuid>                    bytes of an upload in progress (or of a monolithic PUT)
 //! ```
 
+mod dir_sync;
 pub mod read;
 pub mod upload;
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::oci::Digest;
 
@@ -25,6 +27,8 @@ pub use upload::{BodyStream, Cursors, Sink};
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    /// Shard-directory fsyncs of concurrent promotes, batched.
+    dirs: Arc<dir_sync::DirSync>,
 }
 
 /// Every path under the root, in one place.
@@ -41,6 +45,7 @@ impl Store {
         fs::create_dir_all(root.join("uploads"))?;
         Ok(Store {
             root: root.to_path_buf(),
+            dirs: Arc::default(),
         })
     }
 
@@ -63,7 +68,8 @@ impl Store {
     }
 
     /// Moves a finished, fsynced upload file into its content-addressed place and makes the
-    /// rename durable. If the blob is already there the upload file is simply dropped: the
+    /// rename durable (the shard directory's fsync is shared with concurrent promotes, see
+    /// `dir_sync`). If the blob is already there the upload file is simply dropped: the
     /// content is identical by construction.
     pub fn promote(&self, upload_id: &str, digest: &Digest) -> io::Result<()> {
         let from = self.path_for(Location::Upload(upload_id));
@@ -73,9 +79,14 @@ impl Store {
             return Ok(());
         }
         let dir = to.parent().expect("blob paths have a shard directory");
-        fs::create_dir_all(dir)?;
+        if !dir.is_dir() {
+            // A new shard directory is durable once its parent's entry for it is.
+            fs::create_dir_all(dir)?;
+            self.dirs
+                .sync(dir.parent().expect("shard directories have a parent"))?;
+        }
         fs::rename(&from, &to)?;
-        fs::File::open(dir)?.sync_all()
+        self.dirs.sync(dir)
     }
 
     /// Bytes available to us on the filesystem holding the root.
