@@ -213,7 +213,13 @@ where
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        // The access line's fields are built only when it will be written.
+        let log = tracing::enabled!(target: "dockyard::access", tracing::Level::INFO);
+        let path = if log {
+            req.uri().path().to_string()
+        } else {
+            String::new()
+        };
         let metrics = self.metrics.clone();
         let mut req = req.map(|inner| CountingBody { inner, metrics });
         req.extensions_mut().insert(ClientAddr(self.peer));
@@ -227,32 +233,33 @@ where
             .extensions()
             .get::<RouteLabel>()
             .map_or("other", |r| r.0);
-        let user = resp
-            .extensions()
-            .get::<Principal>()
-            .map_or("-".to_string(), |p| p.0.clone());
-        let bytes = resp
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string();
         let elapsed = start.elapsed();
         self.metrics
             .observe(route, method.as_str(), status, elapsed);
-        span.in_scope(|| {
-            tracing::info!(
-                target: "dockyard::access",
-                client = %self.peer,
-                method = %method,
-                path = %path,
-                status,
-                bytes = %bytes,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                user = %user,
-                "{method} {path} {status}"
-            )
-        });
+        if log {
+            let user = resp
+                .extensions()
+                .get::<Principal>()
+                .map_or("-", |p| p.0.as_str());
+            let bytes = resp
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            span.in_scope(|| {
+                tracing::info!(
+                    target: "dockyard::access",
+                    client = %self.peer,
+                    method = %method,
+                    path = %path,
+                    status,
+                    bytes = %bytes,
+                    duration_ms = elapsed.as_secs_f64() * 1000.0,
+                    user = %user,
+                    "{method} {path} {status}"
+                )
+            });
+        }
         let sent = self.metrics.clone();
         let (parts, body) = resp.into_parts();
         let body = body

@@ -15,6 +15,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use redb::{Database, Durability, WriteTransaction};
@@ -129,13 +130,15 @@ impl Queue {
             Role::Lead
         }
     }
-
 }
 
 /// The database and its commit queue, shared by every `Db` handle.
 pub(super) struct Shared {
     pub(super) db: Database,
     pub(super) queue: Queue,
+    /// Bumped after every commit, before its requests are answered (see `memo`).
+    pub(super) commits: AtomicU64,
+    pub(super) memo: super::memo::Memo,
 }
 
 impl Shared {
@@ -188,6 +191,7 @@ impl Shared {
                 w.jobs.drain(..n).collect()
             };
             let answers = commit_batch(&s.db, batch);
+            s.commits.fetch_add(1, Ordering::SeqCst);
             let more = {
                 let mut w = s.queue.waiting.lock().expect("commit queue lock");
                 if w.jobs.is_empty() {

@@ -10,17 +10,17 @@ pub mod blobs;
 mod group;
 pub mod listing;
 pub mod manifests;
+mod memo;
 pub mod schema;
 pub mod uploads;
 pub mod users;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
-};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use crate::oci::RegistryError;
 use schema::*;
@@ -108,6 +108,8 @@ impl Db {
             shared: Arc::new(group::Shared {
                 db,
                 queue: group::Queue::default(),
+                commits: AtomicU64::new(0),
+                memo: memo::Memo::default(),
             }),
         })
     }
@@ -133,7 +135,59 @@ impl Db {
         let tx = self.shared.db.begin_write()?;
         let out = f(&tx)?;
         tx.commit()?;
+        self.shared.commits.fetch_add(1, Ordering::SeqCst);
         Ok(out)
+    }
+
+    /// The answer remembered under `key` (see `memo`), if no commit happened since it was
+    /// read. Never blocks on the database: callable on an async thread.
+    pub fn remembered<V: Clone + 'static>(&self, key: &str) -> Option<V> {
+        let g = self.shared.commits.load(Ordering::SeqCst);
+        self.shared.memo.get(key, g)
+    }
+
+    /// `read_blocking`, remembering the answer under `key` (`weigh` estimates its bytes) until
+    /// the next commit. `key` must name everything the answer depends on.
+    pub fn read_remembered_blocking<V, F>(
+        &self,
+        key: String,
+        weigh: fn(&V) -> usize,
+        f: F,
+    ) -> Result<V, RegistryError>
+    where
+        V: Clone + Send + Sync + 'static,
+        F: FnOnce(&ReadTransaction) -> Result<V, RegistryError>,
+    {
+        if let Some(v) = self.remembered(&key) {
+            return Ok(v);
+        }
+        // The generation before the transaction: a commit in between makes the entry stale.
+        let g = self.shared.commits.load(Ordering::SeqCst);
+        let tx = self.shared.db.begin_read()?;
+        let v = f(&tx)?;
+        self.shared.memo.put(key, g, weigh(&v), v.clone());
+        Ok(v)
+    }
+
+    /// [`Db::read`] for hot requests: answered on this (async) thread when remembered, else
+    /// read on the blocking pool and remembered until the next commit.
+    pub async fn read_remembered<V, F>(
+        &self,
+        key: String,
+        weigh: fn(&V) -> usize,
+        f: F,
+    ) -> Result<V, RegistryError>
+    where
+        V: Clone + Send + Sync + 'static,
+        F: FnOnce(&ReadTransaction) -> Result<V, RegistryError> + Send + 'static,
+    {
+        if let Some(v) = self.remembered(&key) {
+            return Ok(v);
+        }
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.read_remembered_blocking(key, weigh, f))
+            .await
+            .map_err(|e| DbError::Task(e.to_string()))?
     }
 
     /// Runs `f` in a read transaction on the blocking pool.
