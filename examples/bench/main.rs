@@ -53,6 +53,9 @@ struct Args {
     /// `push` includes the pull of workload 2.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// How many small images workload 3 pushes [default: 200, 50 with --quick].
+    #[arg(long)]
+    images: Option<usize>,
     /// Run Dockyard alone even when Distribution is installed.
     #[arg(long)]
     no_distribution: bool,
@@ -430,6 +433,10 @@ async fn run(args: Args) -> Result<bool> {
     } else {
         Sizes::full()
     };
+    let mut sizes = sizes;
+    if let Some(n) = args.images {
+        sizes.images = n;
+    }
     let started = Instant::now();
     let only = args.only.clone();
     let want = |w: &str| only.is_empty() || only.iter().any(|o| o == w);

@@ -1,34 +1,34 @@
 //! Batched directory fsyncs: a rename into a shard directory is durable only once the
-//! directory is fsynced, and concurrent pushes rename into the same few directories.
+//! directory is fsynced, and concurrent pushes rename into the same directories.
 //!
-//! A caller adds its directory to the pending set and waits for a round that starts after
-//! that: whoever finds no round running leads the next one, taking every pending directory
-//! and fsyncing each once, while later callers queue up for the round after. So N renames
-//! that arrive during one round cost one fsync per distinct directory, not N.
+//! Per directory, a caller waits for a round that starts after its rename: whoever finds no
+//! round of that directory running leads the next one (one fsync), while later callers queue
+//! up for the round after. So N renames into one directory during one fsync cost two fsyncs,
+//! not N. Different directories are synced in parallel by their own callers (the journal
+//! joins concurrent fsyncs into one commit; a serial loop over them would not).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
-/// Failed rounds remembered for the waiters that have not looked yet.
-const REMEMBERED_FAILURES: usize = 64;
-
 #[derive(Default)]
 pub struct DirSync {
-    state: Mutex<Rounds>,
+    state: Mutex<HashMap<PathBuf, Rounds>>,
     finished: Condvar,
 }
 
 #[derive(Default)]
 struct Rounds {
-    pending: BTreeSet<PathBuf>,
     /// Rounds started and finished so far; a round is running when they differ.
     started: u64,
     done: u64,
-    /// Recent rounds that failed, with their errors: everyone in the round gets the error.
-    failures: VecDeque<(u64, io::ErrorKind, String)>,
+    /// Callers still waiting on this directory (the entry goes when none is left).
+    waiting: usize,
+    /// Failed rounds and their errors, while anyone may still ask: everyone in a failed
+    /// round gets its error.
+    failed: Vec<(u64, io::ErrorKind, String)>,
 }
 
 impl std::fmt::Debug for DirSync {
@@ -40,37 +40,40 @@ impl std::fmt::Debug for DirSync {
 impl DirSync {
     /// Makes everything done to `dir` before this call durable (blocking).
     pub fn sync(&self, dir: &Path) -> io::Result<()> {
-        let mut s = self.state.lock().expect("dir sync lock");
-        s.pending.insert(dir.to_path_buf());
-        // A running round took its set before this; the next one to start covers `dir`.
-        let mine = s.started + 1;
+        let mut all = self.state.lock().expect("dir sync lock");
+        let r = all.entry(dir.to_path_buf()).or_default();
+        r.waiting += 1;
+        // A running round may have begun its fsync before this call's rename: wait for the
+        // next one.
+        let mine = r.started + 1;
         loop {
-            if s.done >= mine {
-                return match s.failures.iter().find(|(r, _, _)| *r == mine) {
+            let r = all.get_mut(dir).expect("entry kept while waited on");
+            if r.done >= mine {
+                let result = match r.failed.iter().find(|(round, _, _)| *round == mine) {
                     Some((_, kind, msg)) => Err(io::Error::new(*kind, msg.clone())),
                     None => Ok(()),
                 };
+                r.waiting -= 1;
+                if r.waiting == 0 && r.started == r.done {
+                    all.remove(dir);
+                }
+                return result;
             }
-            if s.started == s.done {
-                s.started += 1;
-                let round = s.started;
-                let dirs = std::mem::take(&mut s.pending);
-                drop(s);
-                let result = dirs
-                    .iter()
-                    .try_for_each(|d| File::open(d).and_then(|f| f.sync_all()));
-                s = self.state.lock().expect("dir sync lock");
-                s.done = round;
+            if r.started == r.done {
+                r.started += 1;
+                let round = r.started;
+                drop(all);
+                let result = File::open(dir).and_then(|f| f.sync_all());
+                all = self.state.lock().expect("dir sync lock");
+                let r = all.get_mut(dir).expect("entry kept while waited on");
+                r.done = round;
                 if let Err(e) = result {
-                    if s.failures.len() == REMEMBERED_FAILURES {
-                        s.failures.pop_front();
-                    }
-                    s.failures.push_back((round, e.kind(), e.to_string()));
+                    r.failed.push((round, e.kind(), e.to_string()));
                 }
                 self.finished.notify_all();
                 continue;
             }
-            s = self.finished.wait(s).expect("dir sync lock");
+            all = self.finished.wait(all).expect("dir sync lock");
         }
     }
 }
