@@ -13,6 +13,8 @@
 //!   `token` (bearer tokens, pure), `access` (users and grants of a running instance).
 //! - `gc`: one garbage-collection pass, with `blob_locks` (per-digest locks and "last seen"
 //!   times shared by pushes and the GC), `fsck` (consistency check and repair), `usage` (`du`).
+//! - `policy`: `[[policy]]` rules, pure: immutable tags, quotas, and which tags retention
+//!   expires (enforced by `db::manifests` and the GC pass).
 //! - `admin`: the control channel (a Unix socket) through which the CLI reaches a server.
 //! - `cli`: the `dockyard` command line.
 //!
@@ -36,6 +38,7 @@ pub mod gc;
 pub mod http;
 pub mod metrics;
 pub mod oci;
+pub mod policy;
 pub mod server;
 pub mod store;
 
