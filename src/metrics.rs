@@ -25,7 +25,7 @@ const BUCKETS: [f64; 12] = [
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: &'static str,
-    method: String,
+    method: &'static str,
     status: u16,
 }
 
@@ -146,11 +146,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn observe(&self, route: &'static str, method: &str, status: u16, elapsed: Duration) {
+    pub fn observe(
+        &self,
+        route: &'static str,
+        method: &'static str,
+        status: u16,
+        elapsed: Duration,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
                 route,
-                method: method.to_string(),
+                method,
                 status,
             })
             .inc();

@@ -560,7 +560,13 @@ where
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        // The access line's fields are built only when it will be written.
+        let log = tracing::enabled!(target: "dockyard::access", tracing::Level::INFO);
+        let path = if log {
+            req.uri().path().to_string()
+        } else {
+            String::new()
+        };
         let metrics = self.metrics.clone();
         let body_timeout = self.body_timeout;
         let mut req = req.map(|inner| CountingBody {
@@ -580,37 +586,38 @@ where
             .extensions()
             .get::<RouteLabel>()
             .map_or("other", |r| r.0);
-        let user = resp
-            .extensions()
-            .get::<Principal>()
-            .map_or("-".to_string(), |p| p.0.clone());
-        let bytes = resp
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string();
         let elapsed = start.elapsed();
         self.metrics
             .observe(route, method_label(&method), status, elapsed);
-        // A made-up method is logged as far as a real one could go.
-        let method: &str = match method_label(&method) {
-            "other" => &method.as_str()[..method.as_str().len().min(16)],
-            known => known,
-        };
-        span.in_scope(|| {
-            tracing::info!(
-                target: "dockyard::access",
-                client = %self.peer,
-                method = %method,
-                path = %path,
-                status,
-                bytes = %bytes,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                user = %user,
-                "{method} {path} {status}"
-            )
-        });
+        if log {
+            // A made-up method is logged as far as a real one could go.
+            let method: &str = match method_label(&method) {
+                "other" => &method.as_str()[..method.as_str().len().min(16)],
+                known => known,
+            };
+            let user = resp
+                .extensions()
+                .get::<Principal>()
+                .map_or("-", |p| p.0.as_str());
+            let bytes = resp
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            span.in_scope(|| {
+                tracing::info!(
+                    target: "dockyard::access",
+                    client = %self.peer,
+                    method = %method,
+                    path = %path,
+                    status,
+                    bytes = %bytes,
+                    duration_ms = elapsed.as_secs_f64() * 1000.0,
+                    user = %user,
+                    "{method} {path} {status}"
+                )
+            });
+        }
         let sent = self.metrics.clone();
         let done = ResponseDone(self.watch.clone());
         let (parts, body) = resp.into_parts();

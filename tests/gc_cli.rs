@@ -36,7 +36,7 @@ fn blob_path(root: &Path, digest: &str) -> std::path::PathBuf {
 async fn edit_blob_row(
     config: &Path,
     digest: &str,
-    edit: impl FnOnce(Option<BlobRecord>) -> Option<BlobRecord> + Send + 'static,
+    mut edit: impl FnMut(Option<BlobRecord>) -> Option<BlobRecord> + Send + 'static,
 ) {
     let core = dockyard::Core::open(dockyard::Config::load(config).unwrap()).unwrap();
     let d = digest.to_string();

@@ -45,10 +45,17 @@ struct Args {
     /// one `cargo build --release` made].
     #[arg(long)]
     dockyard_bin: Option<PathBuf>,
+    /// Also run this (older) dockyard binary, in a column of its own, and show how many
+    /// times better the measured binary is than it: compares two builds in one run.
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
     /// Run only these workloads (comma-separated: push, images, small, catalog, startup);
     /// `push` includes the pull of workload 2.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// How many small images workload 3 pushes [default: 200, 50 with --quick].
+    #[arg(long)]
+    images: Option<usize>,
     /// Run Dockyard alone even when Distribution is installed.
     #[arg(long)]
     no_distribution: bool,
@@ -175,8 +182,12 @@ struct Row {
     higher_is_better: bool,
     dockyard: Cell,
     distribution: Cell,
+    /// The `--baseline-bin` build's figures.
+    baseline: Cell,
     /// How many times better Dockyard is than Distribution (>1: Dockyard ahead).
     ratio: Option<f64>,
+    /// How many times better Dockyard is than the baseline build (>1: better now).
+    vs_baseline: Option<f64>,
     limit: Option<f64>,
     limit_what: Option<String>,
     target: Option<String>,
@@ -190,16 +201,19 @@ impl Row {
         match kind {
             Kind::Dockyard => &mut self.dockyard,
             Kind::Distribution => &mut self.distribution,
+            Kind::Baseline => &mut self.baseline,
         }
     }
 
     fn finish(&mut self) {
-        self.ratio = match (self.dockyard.value, self.distribution.value) {
+        let better = |d: Option<f64>, r: Option<f64>| match (d, r) {
             (Some(d), Some(r)) if d > 0.0 && r > 0.0 => {
                 Some(if self.higher_is_better { d / r } else { r / d })
             }
             _ => None,
         };
+        self.ratio = better(self.dockyard.value, self.distribution.value);
+        self.vs_baseline = better(self.dockyard.value, self.baseline.value);
         let Some(goal) = self.goal else { return };
         let d = self.dockyard.value;
         let clean = self.dockyard.errors == 0;
@@ -241,7 +255,9 @@ impl Table {
             higher_is_better: higher,
             dockyard: Cell::default(),
             distribution: Cell::default(),
+            baseline: Cell::default(),
             ratio: None,
+            vs_baseline: None,
             limit: None,
             limit_what: None,
             target: None,
@@ -417,6 +433,10 @@ async fn run(args: Args) -> Result<bool> {
     } else {
         Sizes::full()
     };
+    let mut sizes = sizes;
+    if let Some(n) = args.images {
+        sizes.images = n;
+    }
     let started = Instant::now();
     let only = args.only.clone();
     let want = |w: &str| only.is_empty() || only.iter().any(|o| o == w);
@@ -467,6 +487,10 @@ async fn run(args: Args) -> Result<bool> {
     println!("   dockyard: {}", bin.display());
     let mut servers = vec![];
     servers.push(Server::start(Kind::Dockyard, &bin).await?);
+    if let Some(base) = &args.baseline_bin {
+        println!("   baseline dockyard: {}", base.display());
+        servers.push(Server::start(Kind::Baseline, base).await?);
+    }
     if let Some(d) = &dist_bin {
         println!("   distribution: {}", d.display());
         servers.push(Server::start(Kind::Distribution, d).await?);
@@ -578,6 +602,13 @@ async fn run(args: Args) -> Result<bool> {
                 false,
             )
             .goal = goal16.then_some(Goal::Ratio(1.0));
+            t.row(
+                &format!("{k}.cpu"),
+                &format!("4. {} @{c}: server CPU per request", p.label()),
+                "us",
+                false,
+            )
+            .goal = goal16.then_some(Goal::Under(25.0));
         }
     }
     t.row(
@@ -844,9 +875,18 @@ async fn run(args: Args) -> Result<bool> {
             for c in b.sizes.levels {
                 let key = format!("small.{}.c{c}", p.key());
                 for i in b.order() {
+                    let cpu_before = b.servers[i].cpu_seconds();
                     let load =
                         hammer(b.servers[i].addr, p, hots[i].clone(), c, b.sizes.level_time).await;
                     let ok = load.ok > 0;
+                    // User+sys time of the server process over the load, per answered request
+                    // (clock ticks of 10 ms: thousands of requests make it exact enough).
+                    let cpu = match (cpu_before, b.servers[i].cpu_seconds()) {
+                        (Ok(a), Ok(z)) if ok => Ok((z - a) * 1e6 / load.ok as f64),
+                        (Err(e), _) | (_, Err(e)) => Err(e),
+                        _ => Err("no request succeeded".into()),
+                    };
+                    b.record(&format!("{key}.cpu"), kinds[i], cpu);
                     b.table.record(
                         &format!("{key}.rps"),
                         kinds[i],
@@ -993,11 +1033,17 @@ async fn run(args: Args) -> Result<bool> {
         .map(|r| r.workload.len() + r.unit.len() + 3)
         .max()
         .unwrap_or(40);
+    let with_base = present(Kind::Baseline);
+    let base_head = if with_base {
+        format!("  {:>14}  {:>7}", "Baseline", "vs base")
+    } else {
+        String::new()
+    };
     println!(
-        "{:<w$}  {:>14}  {:>14}  {:>7}  {:>10}  target",
+        "{:<w$}  {:>14}  {:>14}  {:>7}{base_head}  {:>10}  target",
         "workload", "Dockyard", "Distribution", "ratio", "limit"
     );
-    println!("{}", "-".repeat(w + 72));
+    println!("{}", "-".repeat(w + 72 + base_head.len()));
     let (mut met, mut missed) = (0, 0);
     for r in &b.table.rows {
         let ran = r.dockyard.value.is_some() || r.dockyard.errors > 0 || r.limit.is_some();
@@ -1027,11 +1073,21 @@ async fn run(args: Args) -> Result<bool> {
             (Some(t), None) => format!("{t}: n/a"),
             _ => String::new(),
         };
+        let times = |x: Option<f64>| x.map(|x| format!("{}x", fmt_num(x))).unwrap_or_default();
+        let base = if !with_base {
+            String::new()
+        } else if is_limit {
+            format!("  {:>14}  {:>7}", "", "")
+        } else {
+            format!(
+                "  {:>14}  {:>7}",
+                fmt_cell(&r.baseline, true),
+                times(r.vs_baseline)
+            )
+        };
         println!(
-            "{name:<w$}  {d:>14}  {dist:>14}  {:>7}  {limit:>10}  {target}",
-            r.ratio
-                .map(|x| format!("{}x", fmt_num(x)))
-                .unwrap_or_default()
+            "{name:<w$}  {d:>14}  {dist:>14}  {:>7}{base}  {limit:>10}  {target}",
+            times(r.ratio)
         );
     }
     println!("   targets: {met} met, {missed} missed");
@@ -1039,7 +1095,7 @@ async fn run(args: Args) -> Result<bool> {
         .table
         .rows
         .iter()
-        .map(|r| r.dockyard.errors + r.distribution.errors)
+        .map(|r| r.dockyard.errors + r.distribution.errors + r.baseline.errors)
         .sum();
     if !present(Kind::Distribution) {
         eprintln!("\n!!! NO COMPARISON: Distribution was not run; ratios are empty.\n");
@@ -1052,6 +1108,7 @@ async fn run(args: Args) -> Result<bool> {
             "mode": b.sizes.mode,
             "machine": machine,
             "distribution": present(Kind::Distribution),
+            "baseline": args.baseline_bin,
             "seconds": started.elapsed().as_secs_f64(),
             "rows": b.table.rows,
         });

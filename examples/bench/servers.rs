@@ -13,6 +13,8 @@ use crate::client::{Conn, Result};
 pub enum Kind {
     Dockyard,
     Distribution,
+    /// Another (older) Dockyard binary, run the same way, to compare two builds in one run.
+    Baseline,
 }
 
 impl Kind {
@@ -20,6 +22,7 @@ impl Kind {
         match self {
             Kind::Dockyard => "Dockyard",
             Kind::Distribution => "Distribution",
+            Kind::Baseline => "Baseline",
         }
     }
 }
@@ -94,7 +97,7 @@ impl Server {
             .append(true)
             .open(self.dir.path().join("server.log"))?;
         let mut cmd = match self.kind {
-            Kind::Dockyard => {
+            Kind::Dockyard | Kind::Baseline => {
                 let mut c = Command::new(&self.bin);
                 c.arg("serve")
                     .arg("--listen")

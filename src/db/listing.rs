@@ -7,6 +7,7 @@ use super::DbError;
 use crate::oci::{Descriptor, Digest, RegistryError, RepoName};
 
 /// One page of a sorted listing, and whether more follow it.
+#[derive(Clone)]
 pub struct Page {
     pub items: Vec<String>,
     pub more: bool,

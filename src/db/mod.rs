@@ -1,12 +1,16 @@
 //! The redb database: one file holding every fact except blob bytes.
 //!
-//! redb's API is blocking and allows one writer at a time. `Db::read`/`Db::write` run a
-//! closure on tokio's blocking pool, so no transaction ever lives across an `.await`, and a
-//! check and the update it guards always share one write transaction.
+//! redb's API is blocking and allows one writer at a time. `Db::read` runs a closure on
+//! tokio's blocking pool, so no transaction ever lives across an `.await`, and a check and
+//! the update it guards always share one write transaction. The requests' writes
+//! (`Db::write`, `write_checked`, `write_unsynced`, `write_grouped`) go through the group
+//! commit (`group`): whatever is waiting shares one transaction and one fsync.
 
 pub mod blobs;
+mod group;
 pub mod listing;
 pub mod manifests;
+mod memo;
 pub mod migrate;
 pub mod policy;
 pub mod schema;
@@ -15,10 +19,11 @@ pub mod uploads;
 pub mod users;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
 
 use crate::oci::RegistryError;
 use schema::*;
@@ -65,7 +70,7 @@ redb_errors!(
 /// A handle to the open database, cheap to clone.
 #[derive(Clone)]
 pub struct Db {
-    inner: Arc<Database>,
+    shared: Arc<group::Shared>,
 }
 
 pub fn now() -> u64 {
@@ -115,7 +120,12 @@ impl Db {
             );
         }
         Ok(Db {
-            inner: Arc::new(db),
+            shared: Arc::new(group::Shared {
+                db,
+                queue: group::Queue::default(),
+                commits: AtomicU64::new(0),
+                memo: memo::Memo::default(),
+            }),
         })
     }
 
@@ -125,20 +135,74 @@ impl Db {
     where
         F: FnOnce(&ReadTransaction) -> Result<T, RegistryError>,
     {
-        let tx = self.inner.begin_read()?;
+        let tx = self.shared.db.begin_read()?;
         f(&tx)
     }
 
-    /// Runs `f` in a write transaction on this thread and commits it if `f` succeeds; see
-    /// [`Db::write`]. Callers that hold blob locks take them before calling this.
+    /// Runs `f` in a write transaction of its own on this thread and commits it if `f`
+    /// succeeds, outside the group commit: for the GC and fsck, whose bodies are large, try
+    /// locks and are not to be run twice. Callers that hold blob locks take them before
+    /// calling this.
     pub fn write_blocking<T, F>(&self, f: F) -> Result<T, RegistryError>
     where
         F: FnOnce(&WriteTransaction) -> Result<T, RegistryError>,
     {
-        let tx = self.inner.begin_write()?;
+        let tx = self.shared.db.begin_write()?;
         let out = f(&tx)?;
         tx.commit()?;
+        self.shared.commits.fetch_add(1, Ordering::SeqCst);
         Ok(out)
+    }
+
+    /// The answer remembered under `key` (see `memo`), if no commit happened since it was
+    /// read. Never blocks on the database: callable on an async thread.
+    pub fn remembered<V: Clone + 'static>(&self, key: &str) -> Option<V> {
+        let g = self.shared.commits.load(Ordering::SeqCst);
+        self.shared.memo.get(key, g)
+    }
+
+    /// `read_blocking`, remembering the answer under `key` (`weigh` estimates its bytes) until
+    /// the next commit. `key` must name everything the answer depends on.
+    pub fn read_remembered_blocking<V, F>(
+        &self,
+        key: String,
+        weigh: fn(&V) -> usize,
+        f: F,
+    ) -> Result<V, RegistryError>
+    where
+        V: Clone + Send + Sync + 'static,
+        F: FnOnce(&ReadTransaction) -> Result<V, RegistryError>,
+    {
+        if let Some(v) = self.remembered(&key) {
+            return Ok(v);
+        }
+        // The generation before the transaction: a commit in between makes the entry stale.
+        let g = self.shared.commits.load(Ordering::SeqCst);
+        let tx = self.shared.db.begin_read()?;
+        let v = f(&tx)?;
+        self.shared.memo.put(key, g, weigh(&v), v.clone());
+        Ok(v)
+    }
+
+    /// [`Db::read`] for hot requests: answered on this (async) thread when remembered, else
+    /// read on the blocking pool and remembered until the next commit.
+    pub async fn read_remembered<V, F>(
+        &self,
+        key: String,
+        weigh: fn(&V) -> usize,
+        f: F,
+    ) -> Result<V, RegistryError>
+    where
+        V: Clone + Send + Sync + 'static,
+        F: FnOnce(&ReadTransaction) -> Result<V, RegistryError> + Send + 'static,
+    {
+        if let Some(v) = self.remembered(&key) {
+            return Ok(v);
+        }
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.read_remembered_blocking(key, weigh, f))
+            .await
+            .map_err(|e| DbError::Task(e.to_string()))?
     }
 
     /// Runs `f` in a read transaction on the blocking pool.
@@ -147,31 +211,26 @@ impl Db {
         F: FnOnce(&ReadTransaction) -> Result<T, RegistryError> + Send + 'static,
         T: Send + 'static,
     {
-        let db = self.inner.clone();
+        let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let tx = db.begin_read()?;
+            let tx = shared.db.begin_read()?;
             f(&tx)
         })
         .await
         .map_err(|e| DbError::Task(e.to_string()))?
     }
 
-    /// Runs `f` in a write transaction on the blocking pool and commits it if `f` succeeds;
-    /// on error the transaction is dropped, which aborts it, so a failed request changes nothing.
+    /// Runs `f` in a durable write transaction shared with whatever other requests are
+    /// waiting (see `group`), and answers once that transaction is committed and fsynced. If
+    /// `f` fails, nothing it did is committed, so a failed request changes nothing; `f` may
+    /// run more than once (when another body in its batch fails), so it must not act outside
+    /// the transaction.
     pub async fn write<T, F>(&self, f: F) -> Result<T, RegistryError>
     where
-        F: FnOnce(&WriteTransaction) -> Result<T, RegistryError> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, RegistryError> + Send + 'static,
         T: Send + 'static,
     {
-        let db = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let tx = db.begin_write()?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
-        .map_err(|e| DbError::Task(e.to_string()))?
+        self.grouped(f, true, |_| true).await
     }
 
     /// Like [`Db::write`], for bodies whose refusals are answers rather than failures (a user
@@ -179,42 +238,49 @@ impl Db {
     /// nothing.
     pub async fn write_checked<T, E, F>(&self, f: F) -> Result<Result<T, E>, RegistryError>
     where
-        F: FnOnce(&WriteTransaction) -> Result<Result<T, E>, RegistryError> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<Result<T, E>, RegistryError> + Send + 'static,
         T: Send + 'static,
         E: Send + 'static,
     {
-        let db = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let tx = db.begin_write()?;
-            let out = f(&tx)?;
-            if out.is_ok() {
-                tx.commit()?;
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| DbError::Task(e.to_string()))?
+        self.grouped(f, true, Result::is_ok).await
     }
 
-    /// Like `write`, but the commit is not fsynced: it becomes durable with the next durable
-    /// commit, and a crash before that loses it (redb rolls back to the last durable commit;
-    /// nothing is corrupted). Only for rows whose loss makes a client start over and nothing
-    /// worse: upload sessions. Saves one fsync on the write lock per upload.
+    /// Like `write`, but the commit need not be fsynced: it becomes durable with the next
+    /// durable commit, and a crash before that loses it (redb rolls back to the last durable
+    /// commit; nothing is corrupted). Only for rows whose loss makes a client start over and
+    /// nothing worse: upload sessions. A batch with any durable body is fsynced as a whole.
     pub async fn write_unsynced<T, F>(&self, f: F) -> Result<T, RegistryError>
     where
-        F: FnOnce(&WriteTransaction) -> Result<T, RegistryError> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, RegistryError> + Send + 'static,
         T: Send + 'static,
     {
-        let db = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut tx = db.begin_write()?;
-            tx.set_durability(Durability::None)
-                .map_err(|e| DbError::Task(e.to_string()))?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
-        .map_err(|e| DbError::Task(e.to_string()))?
+        self.grouped(f, false, |_| true).await
+    }
+
+    /// [`Db::write`] for a caller on a thread that may block (one holding a blob lock on the
+    /// blocking pool): waits for the group commit on this thread.
+    pub fn write_grouped<T, F>(&self, f: F) -> Result<T, RegistryError>
+    where
+        F: FnMut(&WriteTransaction) -> Result<T, RegistryError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (task, rx) = group::Task::new(f, true, |_: &T| true);
+        self.shared.submit_blocking(Box::new(task), rx)
+    }
+
+    async fn grouped<T, F>(
+        &self,
+        f: F,
+        durable: bool,
+        keep: fn(&T) -> bool,
+    ) -> Result<T, RegistryError>
+    where
+        F: FnMut(&WriteTransaction) -> Result<T, RegistryError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (task, rx) = group::Task::new(f, durable, keep);
+        self.shared.submit(Box::new(task));
+        rx.await
+            .map_err(|_| DbError::Task("the commit leader went away".into()))?
     }
 }

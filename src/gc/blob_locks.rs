@@ -83,6 +83,17 @@ impl BlobLocks {
         self.lock_index(stripe_of(&digest.to_string()))
     }
 
+    /// Holds the stripe of `digest` if it is free right now: for an async thread, which must
+    /// not wait for the GC.
+    pub fn try_lock(&self, digest: &Digest) -> Option<BlobGuard<'_>> {
+        let seen = match self.stripes[stripe_of(&digest.to_string())].try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(BlobGuard { seen, locks: self })
+    }
+
     /// Holds the stripes of all `digests`.
     pub fn lock_all<'d>(&self, digests: impl IntoIterator<Item = &'d str>) -> BlobGuards<'_> {
         let mut idx: Vec<usize> = digests.into_iter().map(stripe_of).collect();

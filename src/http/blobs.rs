@@ -15,6 +15,21 @@ pub async fn get(
     head: bool,
     req: &Request,
 ) -> Result<Response, RegistryError> {
+    let key = format!("blob\0{name}\0{digest}");
+    // The hot HEAD (a client checking before it uploads): answered here, without a trip to
+    // the blocking pool, when the blob's stripe is free and its record remembered.
+    if head {
+        if let Some(mut guard) = state.blob_locks.try_lock(&digest) {
+            if let Some(rec) = state.db.remembered::<Option<BlobRecord>>(&key) {
+                let Some(rec) = rec else {
+                    return Err(RegistryError::code(ErrorCode::BlobUnknown));
+                };
+                guard.touch(&digest);
+                drop(guard);
+                return found(rec, None, digest, req);
+            }
+        }
+    }
     let (n, d, db, store) = (
         name.clone(),
         digest.clone(),
@@ -26,14 +41,18 @@ pub async fn get(
     // The same trip to the blocking pool opens the file.
     let (rec, file) = state
         .with_blob(&digest, move |guard| {
-            let rec = db.read_blocking(|tx| {
-                Ok(db::blobs::linked(
-                    &tx.open_table(BLOBS)?,
-                    &tx.open_table(REPO_BLOBS)?,
-                    &n,
-                    &d,
-                )?)
-            })?;
+            let rec = db.read_remembered_blocking(
+                key,
+                |_| std::mem::size_of::<BlobRecord>(),
+                |tx| {
+                    Ok(db::blobs::linked(
+                        &tx.open_table(BLOBS)?,
+                        &tx.open_table(REPO_BLOBS)?,
+                        &n,
+                        &d,
+                    )?)
+                },
+            )?;
             let Some(rec) = rec else {
                 return Ok(None);
             };
@@ -55,6 +74,16 @@ pub async fn get(
         })
         .await?
         .ok_or_else(|| RegistryError::code(ErrorCode::BlobUnknown))?;
+    found(rec, file, digest, req)
+}
+
+/// The answer for a blob that exists: its headers, and its bytes unless `file` is `None`.
+fn found(
+    rec: BlobRecord,
+    file: Option<std::fs::File>,
+    digest: Digest,
+    req: &Request,
+) -> Result<Response, RegistryError> {
     let size = rec.size;
     let range = match req.header("range").map(|h| parse_range(h, size)) {
         None => None,

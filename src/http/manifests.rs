@@ -16,9 +16,18 @@ pub async fn get(
     reference: Reference,
     head: bool,
 ) -> Result<Response, RegistryError> {
+    let key = format!("manifest\0{name}\0{reference}\0{head}");
     let found = state
         .db
-        .read(move |tx| db::manifests::get(tx, &name, &reference, !head))
+        .read_remembered(
+            key,
+            |f: &Option<db::manifests::Found>| {
+                f.as_ref().map_or(0, |(_, r, b)| {
+                    r.size as usize + b.as_ref().map_or(0, Vec::len)
+                })
+            },
+            move |tx| db::manifests::get(tx, &name, &reference, !head),
+        )
         .await?;
     let Some((digest, rec, body)) = found else {
         return Err(RegistryError::code(ErrorCode::ManifestUnknown));

@@ -30,9 +30,17 @@ pub fn page_params(req: &Request) -> Result<(usize, Option<String>, bool), Regis
 pub async fn list(state: &State, name: RepoName, req: &Request) -> Result<Response, RegistryError> {
     let (n, last, paged) = page_params(req)?;
     let (r, l) = (name.clone(), last.clone());
+    let key = format!("tags\0{name}\0{}\0{n}", last.as_deref().unwrap_or("\0"));
     let page = state
         .db
-        .read(move |tx| db::listing::tags(tx, &r, l.as_deref(), n))
+        .read_remembered(
+            key,
+            |p: &Option<db::listing::Page>| {
+                p.as_ref()
+                    .map_or(0, |p| p.items.iter().map(|t| t.len() + 24).sum())
+            },
+            move |tx| db::listing::tags(tx, &r, l.as_deref(), n),
+        )
         .await?
         .ok_or_else(|| RegistryError::code(ErrorCode::NameUnknown))?;
     let body =

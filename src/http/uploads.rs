@@ -95,7 +95,8 @@ async fn try_mount(
     let (to, d, db) = (name.clone(), digest.clone(), state.db.clone());
     let mounted = state
         .with_blob(&digest, move |guard| {
-            let mounted = db.write_blocking(|tx| db::blobs::mount(tx, &from, &to, &d))?;
+            let (t, m) = (to, d.clone());
+            let mounted = db.write_grouped(move |tx| db::blobs::mount(tx, &from, &t, &m))?;
             if mounted.is_some() {
                 guard.touch(&d);
             }
@@ -337,8 +338,9 @@ async fn commit_blob(
                 std::io::ErrorKind::NotFound => RegistryError::code(ErrorCode::BlobUploadUnknown),
                 _ => e.into(),
             })?;
-            db.write_blocking(|tx| {
-                db::blobs::record(tx, &n, &d, size, session.then_some(i.as_str()))
+            let (digest, upload) = (d.clone(), session.then_some(i));
+            db.write_grouped(move |tx| {
+                db::blobs::record(tx, &n, &digest, size, upload.as_deref())
             })?;
             guard.touch(&d);
             Ok(())

@@ -11,12 +11,14 @@
 //!     └── <uuid>                    bytes of an upload in progress (or of a monolithic PUT)
 //! ```
 
+mod dir_sync;
 pub mod read;
 pub mod upload;
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::oci::Digest;
 
@@ -25,6 +27,8 @@ pub use upload::{BodyStream, Cursors, Sink};
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    /// Shard-directory fsyncs of concurrent promotes, batched.
+    dirs: Arc<dir_sync::DirSync>,
 }
 
 /// How [`Store::place_into`] got a blob into the other root.
@@ -51,6 +55,7 @@ impl Store {
         create_dir_durable(&root.join("uploads"))?;
         Ok(Store {
             root: root.to_path_buf(),
+            dirs: Arc::default(),
         })
     }
 
@@ -73,7 +78,8 @@ impl Store {
     }
 
     /// Moves a finished, fsynced upload file into its content-addressed place and makes the
-    /// rename durable. If the blob is already there the upload file is simply dropped: the
+    /// rename durable (the shard directory's fsync is shared with concurrent promotes, see
+    /// `dir_sync`). If the blob is already there the upload file is simply dropped: the
     /// content is identical by construction.
     pub fn promote(&self, upload_id: &str, digest: &Digest) -> io::Result<()> {
         let from = self.path_for(Location::Upload(upload_id));
@@ -88,7 +94,7 @@ impl Store {
         if skip_fsync_for_tests("blob-dir") {
             return Ok(());
         }
-        fs::File::open(dir)?.sync_all()
+        self.dirs.sync(dir)
     }
 
     /// [`Store::promote`] for many uploads at once (an import): every rename first, then one
