@@ -30,6 +30,25 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The `[gc]` section.
     pub gc: GcConfig,
+    /// The `[ui]` section.
+    pub ui: UiConfig,
+}
+
+/// The web UI at `/ui/` (see `http::ui`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UiConfig {
+    pub enabled: bool,
+    /// How long a login to the UI lasts.
+    pub session_lifetime: Duration,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig {
+            enabled: true,
+            session_lifetime: Duration::from_secs(12 * 3600),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -149,6 +168,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             auth: AuthConfig::default(),
             gc: GcConfig::default(),
+            ui: UiConfig::default(),
         }
     }
 }
@@ -181,6 +201,15 @@ struct File {
     auth: AuthSection,
     #[serde(default)]
     gc: GcSection,
+    #[serde(default)]
+    ui: UiSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UiSection {
+    enabled: Option<bool>,
+    session_lifetime: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -414,6 +443,12 @@ impl Config {
             a.failure_window = duration("auth.failure_window", &w)?;
         }
         file.gc.apply(&mut c.gc)?;
+        if let Some(e) = file.ui.enabled {
+            c.ui.enabled = e;
+        }
+        if let Some(l) = file.ui.session_lifetime {
+            c.ui.session_lifetime = duration("ui.session_lifetime", &l)?;
+        }
         Ok(c)
     }
 }
@@ -441,6 +476,7 @@ mod tests {
         assert_eq!(c.log_format, d.log_format);
         assert_eq!(c.auth, d.auth);
         assert_eq!(c.gc, d.gc);
+        assert_eq!(c.ui, d.ui);
         // Every key of the file is one the parser knows (deny_unknown_fields) and every
         // `[auth]` field is spelled out in it.
         for key in [

@@ -13,6 +13,7 @@
 //!   `token` (bearer tokens, pure), `access` (users and grants of a running instance).
 //! - `gc`: one garbage-collection pass, with `blob_locks` (per-digest locks and "last seen"
 //!   times shared by pushes and the GC), `fsck` (consistency check and repair), `usage` (`du`).
+//! - `views`: what the web UI and `dockyard ls`/`show` display, built from database reads.
 //! - `admin`: the control channel (a Unix socket) through which the CLI reaches a server.
 //! - `cli`: the `dockyard` command line.
 //!
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod oci;
 pub mod server;
 pub mod store;
+pub mod views;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -88,6 +90,9 @@ pub struct Core {
     /// Set when the server starts shutting down: a GC pass (timer or admin) stops between
     /// two batches.
     pub stopping: Arc<AtomicBool>,
+    /// When the last GC pass of this process ended (Unix seconds) and what it freed, for the
+    /// UI's storage page; not kept across restarts.
+    pub last_gc: Arc<Mutex<Option<(u64, gc::GcReport)>>>,
 }
 
 impl Core {
@@ -107,6 +112,7 @@ impl Core {
             maintenance: Arc::new(Mutex::new(())),
             cursors: Arc::default(),
             stopping: Arc::new(AtomicBool::new(false)),
+            last_gc: Arc::default(),
         })
     }
 }

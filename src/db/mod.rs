@@ -7,6 +7,7 @@
 pub mod blobs;
 pub mod listing;
 pub mod manifests;
+pub mod pulls;
 pub mod schema;
 pub mod uploads;
 pub mod users;
@@ -99,6 +100,7 @@ impl Db {
             tx.open_table(USERS)?;
             tx.open_table(ACLS)?;
             tx.open_table(SECRETS)?;
+            tx.open_table(REPO_PULLS)?;
         }
         tx.commit()?;
         Ok(Db {
