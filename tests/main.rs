@@ -17,3 +17,5 @@ mod interop_cli;
 mod ops;
 mod protocol;
 mod restart;
+mod ui;
+mod ui_cli;

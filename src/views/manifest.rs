@@ -187,7 +187,7 @@ pub fn manifest(
         .map(|r| Referrer {
             digest: r.digest.to_string(),
             media_type: r.media_type,
-            artifact_type: r.artifact_type,
+            artifact_type: super::artifact_type(r.artifact_type.as_deref()),
             size: r.size,
             annotations: r.annotations.unwrap_or_default(),
         })
@@ -196,7 +196,7 @@ pub fn manifest(
         repo: r.to_string(),
         digest: d,
         media_type: rec.media_type,
-        artifact_type: rec.artifact_type,
+        artifact_type: super::artifact_type(rec.artifact_type.as_deref()),
         size: rec.size,
         tags,
         pushed: rec.created,

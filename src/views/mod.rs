@@ -99,6 +99,18 @@ pub fn storage(
     }
 }
 
+/// The artifact type worth showing: the stored one falls back to the config's media type
+/// (what the referrers API reports), which for a plain image says nothing.
+pub fn artifact_type(stored: Option<&str>) -> Option<String> {
+    const IMAGE_CONFIGS: [&str; 2] = [
+        "application/vnd.oci.image.config.v1+json",
+        "application/vnd.docker.container.image.v1+json",
+    ];
+    stored
+        .filter(|t| !IMAGE_CONFIGS.contains(t))
+        .map(str::to_string)
+}
+
 /// A platform as `os/architecture[/variant]`, from an index entry's or a config's fields.
 pub fn platform_string(v: &serde_json::Value) -> Option<String> {
     let os = v.get("os")?.as_str()?;

@@ -255,7 +255,7 @@ pub fn repository(tx: &ReadTransaction, repo: &str) -> Result<Option<RepoDetail>
             tag,
             digest: digest.to_string(),
             media_type: rec.media_type.clone(),
-            artifact_type: rec.artifact_type.clone(),
+            artifact_type: super::artifact_type(rec.artifact_type.as_deref()),
             size,
             platforms,
             pushed: rec.created,
