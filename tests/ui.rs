@@ -551,7 +551,15 @@ async fn a_post_without_the_csrf_token_is_refused_even_with_auth_off() {
     let page = anon.get(r.url("/ui/r/x/y")).send().await.unwrap();
     let nonce = set_cookie(&page, "dockyard_csrf").unwrap();
     let nonce = nonce.split(';').next().unwrap().to_string();
-    let csrf = csrf_of(&page.text().await.unwrap());
+    // The token is on the confirmation page, for this browser (its nonce cookie) only.
+    let confirm = anon
+        .get(r.url("/ui/delete/x/y:v1"))
+        .header("Cookie", &nonce)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirm.status(), 200);
+    let csrf = csrf_of(&confirm.text().await.unwrap());
     let no_token = anon
         .post(r.url("/ui/delete/x/y:v1"))
         .header("Cookie", &nonce)
