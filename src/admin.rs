@@ -91,7 +91,9 @@ pub enum Command {
     },
     /// Deletes a tag (`NAME:TAG`) or a manifest with its tags (`NAME@DIGEST`), by the API's
     /// rules: a manifest an index lists is refused.
-    Rm { target: String },
+    Rm {
+        target: String,
+    },
 }
 
 /// What a command answered: text for the person at the terminal, or a one-line error.
@@ -256,7 +258,11 @@ async fn maintenance(core: &Core, command: Command, progress: Option<Progress>) 
         }
         Command::Du { json: false } => usage::measure(&core).map(|u| Outcome::Ok(u.to_string())),
         Command::Du { json: true } => usage::measure(&core).map(|u| {
-            let last = core.last_gc.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let last = core
+                .last_gc
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             to_json(&views::storage(&u, last.as_ref(), |_| true)).into()
         }),
         // `execute_with` sends only gc, fsck and du here.

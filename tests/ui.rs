@@ -155,7 +155,11 @@ async fn seed(host: &str, c: &reqwest::Client, r: &(impl Serves + ?Sized)) -> (S
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let policy = w.join("policy.json");
-    std::fs::write(&policy, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
     let policy = policy.to_string_lossy().into_owned();
     app_layout(&w.join("app"), "v1");
     for tag in ["v1", "old"] {
@@ -278,7 +282,10 @@ async fn browser_shows_repositories_tags_manifests_referrers_and_deletes_a_tag()
         "label shown as text: {labels}"
     );
     let source = b.c().source().await.unwrap();
-    assert!(!source.contains("<script>alert"), "label escaped in the page");
+    assert!(
+        !source.contains("<script>alert"),
+        "label escaped in the page"
+    );
     b.shoot("manifest.png").await;
 
     // The referrer's link leads to its own page, which links back to its subject.
@@ -315,10 +322,7 @@ async fn browser_shows_repositories_tags_manifests_referrers_and_deletes_a_tag()
         .click()
         .await
         .unwrap();
-    assert_eq!(
-        b.c().current_url().await.unwrap().path(),
-        "/ui/r/demo/app"
-    );
+    assert_eq!(b.c().current_url().await.unwrap().path(), "/ui/r/demo/app");
     let tags = b.text("#tags").await;
     assert!(!tags.contains("old") && tags.contains("v1"), "{tags}");
     b.close().await;
@@ -393,7 +397,11 @@ async fn http_login(r: &TestRegistry, user: &str, password: &str) -> Result<Stri
     let resp = c
         .post(r.url("/ui/login"))
         .header("Cookie", &nonce)
-        .form_body(&[("csrf", csrf.as_str()), ("username", user), ("password", password)])
+        .form_body(&[
+            ("csrf", csrf.as_str()),
+            ("username", user),
+            ("password", password),
+        ])
         .send()
         .await
         .unwrap();
@@ -448,13 +456,19 @@ async fn with_auth_a_user_sees_only_their_repositories_and_deletes_need_the_gran
 
     assert_eq!(http_login(&r, "bob", "wrong").await, Err(401));
     let bob = http_login(&r, "bob", "bobpw").await.expect("bob logs in");
-    let get = |path: &str, cookie: &str| {
-        anon.get(r.url(path)).header("Cookie", cookie).send()
-    };
+    let get = |path: &str, cookie: &str| anon.get(r.url(path)).header("Cookie", cookie).send();
     let html = get("/ui/", &bob).await.unwrap().text().await.unwrap();
-    assert!(html.contains("bob/app") && !html.contains("alice/app"), "{html}");
+    assert!(
+        html.contains("bob/app") && !html.contains("alice/app"),
+        "{html}"
+    );
     assert_eq!(get("/ui/r/alice/app", &bob).await.unwrap().status(), 404);
-    let page = get("/ui/r/bob/app", &bob).await.unwrap().text().await.unwrap();
+    let page = get("/ui/r/bob/app", &bob)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(!page.contains("/ui/delete/"), "no delete for bob");
     // A forged POST with bob's valid token: refused, nothing deleted.
     let csrf = csrf_of(&page);
@@ -468,12 +482,25 @@ async fn with_auth_a_user_sees_only_their_repositories_and_deletes_need_the_gran
     assert_eq!(forged.status(), 403);
     assert_eq!(status_of(&r, "bob/app", "v1").await, 200);
 
-    let alice = http_login(&r, "alice", "alicepw").await.expect("alice logs in");
-    let page = get("/ui/r/alice/app", &alice).await.unwrap().text().await.unwrap();
+    let alice = http_login(&r, "alice", "alicepw")
+        .await
+        .expect("alice logs in");
+    let page = get("/ui/r/alice/app", &alice)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(page.contains("/ui/delete/alice/app:v2"));
     let csrf = csrf_of(&page);
     // Without the token, or with bob's, the same POST is refused.
-    for form in [vec![], vec![("csrf", csrf_of(&get("/ui/", &bob).await.unwrap().text().await.unwrap()))]] {
+    for form in [
+        vec![],
+        vec![(
+            "csrf",
+            csrf_of(&get("/ui/", &bob).await.unwrap().text().await.unwrap()),
+        )],
+    ] {
         let resp = anon
             .post(r.url("/ui/delete/alice/app:v2"))
             .header("Cookie", &alice)
@@ -508,9 +535,17 @@ async fn with_auth_a_user_sees_only_their_repositories_and_deletes_need_the_gran
     // The same in a browser: sign in as bob, see bob's repository only, no delete button.
     if let Some(b) = Browser::start().await {
         b.c().goto(&r.url("/ui/login")).await.unwrap();
-        let user = b.c().find(Locator::Css("input[name=username]")).await.unwrap();
+        let user = b
+            .c()
+            .find(Locator::Css("input[name=username]"))
+            .await
+            .unwrap();
         user.send_keys("bob").await.unwrap();
-        let pw = b.c().find(Locator::Css("input[name=password]")).await.unwrap();
+        let pw = b
+            .c()
+            .find(Locator::Css("input[name=password]"))
+            .await
+            .unwrap();
         pw.send_keys("bobpw").await.unwrap();
         b.c()
             .find(Locator::Css("form.login button"))
@@ -521,14 +556,13 @@ async fn with_auth_a_user_sees_only_their_repositories_and_deletes_need_the_gran
             .unwrap();
         assert!(b.text("header").await.contains("bob"));
         let repos = b.text("#repos").await;
-        assert!(repos.contains("bob/app") && !repos.contains("alice"), "{repos}");
+        assert!(
+            repos.contains("bob/app") && !repos.contains("alice"),
+            "{repos}"
+        );
         b.shoot("signed-in.png").await;
         b.c().goto(&r.url("/ui/r/bob/app")).await.unwrap();
-        let deletes = b
-            .c()
-            .find_all(Locator::LinkText("Delete"))
-            .await
-            .unwrap();
+        let deletes = b.c().find_all(Locator::LinkText("Delete")).await.unwrap();
         assert!(deletes.is_empty(), "bob may not delete");
         b.close().await;
     }

@@ -20,10 +20,16 @@ fn json(out: &str) -> serde_json::Value {
 fn check_views(root: &str, v1: &str) {
     let (ok, out, err) = cli(root, &["ls"]);
     assert!(ok, "{err}");
-    assert!(out.contains("demo/app") && out.contains("demo/other"), "{out}");
+    assert!(
+        out.contains("demo/app") && out.contains("demo/other"),
+        "{out}"
+    );
     assert!(out.contains("v1, v2"), "tags listed: {out}");
     let (ok, out, _) = cli(root, &["ls", "other"]);
-    assert!(ok && out.contains("demo/other") && !out.contains("demo/app"), "{out}");
+    assert!(
+        ok && out.contains("demo/other") && !out.contains("demo/app"),
+        "{out}"
+    );
     let (ok, out, _) = cli(root, &["ls", "demo/*", "--json"]);
     assert!(ok);
     let list = json(&out);
@@ -91,7 +97,11 @@ async fn ls_show_rm_through_a_running_server_and_on_a_stopped_root() {
     assert!(!ok && err.contains("--yes"), "{err}");
     let (ok, out, err) = cli(&root, &["rm", "demo/app:v2", "--yes"]);
     assert!(ok && out.contains("deleted tag demo/app:v2"), "{out}{err}");
-    let resp = c.get(p.url("/v2/demo/app/manifests/v2")).send().await.unwrap();
+    let resp = c
+        .get(p.url("/v2/demo/app/manifests/v2"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404, "the server sees the delete at once");
     let (ok, _, err) = cli(&root, &["rm", "demo/app:v2", "--yes"]);
     assert!(!ok && err.contains("no such"), "{err}");

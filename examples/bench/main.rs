@@ -611,7 +611,10 @@ async fn run(args: Args) -> Result<bool> {
     );
     for (k, label) in [
         ("ui.list", "repository list page (/ui/, 50 of them)"),
-        ("ui.filter", "repository list filtered by name (/ui/?q=r0999)"),
+        (
+            "ui.filter",
+            "repository list filtered by name (/ui/?q=r0999)",
+        ),
         ("ui.tags", "a repository's tag page (/ui/r/cat/r05000)"),
     ] {
         for q in ["p50", "p99"] {
@@ -952,7 +955,11 @@ async fn run(args: Args) -> Result<bool> {
         let filter = format!("r{:04}", (b.sizes.repos / 10).saturating_sub(1));
         let pages = [
             ("ui.list", "/ui/".to_string(), "cat/r00000".to_string()),
-            ("ui.filter", format!("/ui/?q={filter}"), format!("cat/{filter}")),
+            (
+                "ui.filter",
+                format!("/ui/?q={filter}"),
+                format!("cat/{filter}"),
+            ),
             ("ui.tags", format!("/ui/r/{last}"), "v1".to_string()),
         ];
         for (i, &kind) in kinds.iter().enumerate() {

@@ -13,9 +13,7 @@ mod repos;
 pub mod text;
 
 pub use manifest::{manifest, Child, ConfigView, HistoryRow, Layer, ManifestView, Referrer};
-pub use repos::{
-    repositories, repository, NameFilter, RepoDetail, RepoList, RepoSummary, TagRow,
-};
+pub use repos::{repositories, repository, NameFilter, RepoDetail, RepoList, RepoSummary, TagRow};
 
 use serde::Serialize;
 
@@ -122,9 +120,7 @@ pub fn platform_string(v: &serde_json::Value) -> Option<String> {
 }
 
 /// `NAME:TAG` or `NAME@DIGEST`, as `docker pull` spells them (a name never holds `:` or `@`).
-pub fn parse_target(
-    s: &str,
-) -> Option<(crate::oci::RepoName, crate::oci::Reference)> {
+pub fn parse_target(s: &str) -> Option<(crate::oci::RepoName, crate::oci::Reference)> {
     let (name, reference) = match s.split_once('@') {
         Some(split) => split,
         None => s.rsplit_once(':')?,

@@ -232,8 +232,7 @@ pub fn repository(tx: &ReadTransaction, repo: &str) -> Result<Option<RepoDetail>
         };
         add_blobs(rec, &mut size)?;
         let mut platforms = Vec::new();
-        if !rec.children.is_empty() || [OCI_INDEX, DOCKER_LIST].contains(&rec.media_type.as_str())
-        {
+        if !rec.children.is_empty() || [OCI_INDEX, DOCKER_LIST].contains(&rec.media_type.as_str()) {
             for c in &rec.children {
                 if let Some(v) = manifests.get((repo, c.as_str()))? {
                     let child: ManifestRecord = decode(v.value())?;
@@ -265,7 +264,9 @@ pub fn repository(tx: &ReadTransaction, repo: &str) -> Result<Option<RepoDetail>
     let mut tags = Vec::new();
     for (tag, digest) in tags_of(tx, repo)? {
         let Some(v) = manifests.get((repo, digest.as_str()))? else {
-            return Err(DbError::Corrupt(format!("tag {repo}:{tag} names a missing manifest")).into());
+            return Err(
+                DbError::Corrupt(format!("tag {repo}:{tag} names a missing manifest")).into(),
+            );
         };
         let rec: ManifestRecord = decode(v.value())?;
         tags.push(row(Some(tag), &digest, &rec)?);

@@ -38,7 +38,13 @@ pub fn repo_list(list: &RepoList) -> String {
         "REPOSITORY", "MANI", "SIZE", "SHARED", "LAST PUSH"
     );
     for r in &list.repos {
-        let mut tags = r.tags.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
+        let mut tags = r
+            .tags
+            .iter()
+            .take(8)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
         if r.tags.len() > 8 {
             let _ = write!(tags, ", … ({} tags)", r.tags.len());
         }

@@ -117,14 +117,22 @@ pub async fn handle(state: Arc<State>, tail: &str, req: Request, body: BodyStrea
                 }
             };
             let f = ui.frame("");
-            page(status, &viewer, &state, pages::message(&f, title, &e.message))
+            page(
+                status,
+                &viewer,
+                &state,
+                pages::message(&f, title, &e.message),
+            )
         }
     }
 }
 
 fn not_found() -> RegistryError {
-    RegistryError::new(ErrorCode::NameUnknown, "No such repository or manifest here.")
-        .with_status(404)
+    RegistryError::new(
+        ErrorCode::NameUnknown,
+        "No such repository or manifest here.",
+    )
+    .with_status(404)
 }
 
 fn forbidden(message: &str) -> RegistryError {
@@ -227,9 +235,7 @@ impl Ui<'_> {
             .state
             .db
             .read(move |tx| {
-                views::repositories(tx, &filter, offset, PAGE, |r| {
-                    policy.may(r, Action::Pull)
-                })
+                views::repositories(tx, &filter, offset, PAGE, |r| policy.may(r, Action::Pull))
             })
             .await?;
         Ok(self.ok(pages::repo_list(&self.frame("repos"), &list, &q)))
