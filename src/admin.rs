@@ -198,7 +198,7 @@ async fn show(core: &Core, target: &str, json: bool) -> Result<String, String> {
     })?;
     let detail = core
         .db
-        .read(move |tx| views::repository(tx, name.as_str()))
+        .read(move |tx| views::repository(tx, name.as_str(), 0, usize::MAX))
         .await
         .map_err(|e| e.message)?
         .ok_or_else(|| format!("{target}: no such repository"))?;

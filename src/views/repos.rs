@@ -198,10 +198,16 @@ pub struct TagRow {
 #[derive(Clone, Debug, Serialize)]
 pub struct RepoDetail {
     pub name: String,
+    /// One page of the tags, in tag order.
     pub tags: Vec<TagRow>,
+    /// Tags in the repository, on every page.
+    pub tag_total: usize,
+    pub offset: usize,
+    pub limit: usize,
     /// Manifests that no tag and no index references: referrers (signatures, SBOMs) and
-    /// leftovers of retagging.
+    /// leftovers of retagging (at most `limit` of them).
     pub untagged: Vec<TagRow>,
+    pub untagged_total: usize,
     pub manifests: u64,
     pub unique_bytes: u64,
     pub shared_bytes: u64,
@@ -209,8 +215,14 @@ pub struct RepoDetail {
     pub last_pull: Option<u64>,
 }
 
-/// One repository with its tags; `None` if it does not exist.
-pub fn repository(tx: &ReadTransaction, repo: &str) -> Result<Option<RepoDetail>, RegistryError> {
+/// One repository with `limit` of its tags from `offset`; `None` if it does not exist. Only
+/// the page's tags are measured.
+pub fn repository(
+    tx: &ReadTransaction,
+    repo: &str,
+    offset: usize,
+    limit: usize,
+) -> Result<Option<RepoDetail>, RegistryError> {
     if tx.open_table(REPOS)?.get(repo)?.is_none() {
         return Ok(None);
     }
@@ -262,7 +274,9 @@ pub fn repository(tx: &ReadTransaction, repo: &str) -> Result<Option<RepoDetail>
         })
     };
     let mut tags = Vec::new();
-    for (tag, digest) in tags_of(tx, repo)? {
+    let all_tags = tags_of(tx, repo)?;
+    let tag_total = all_tags.len();
+    for (tag, digest) in all_tags.into_iter().skip(offset).take(limit) {
         let Some(v) = manifests.get((repo, digest.as_str()))? else {
             return Err(
                 DbError::Corrupt(format!("tag {repo}:{tag} names a missing manifest")).into(),
@@ -272,6 +286,7 @@ pub fn repository(tx: &ReadTransaction, repo: &str) -> Result<Option<RepoDetail>
         tags.push(row(Some(tag), &digest, &rec)?);
     }
     let mut untagged = Vec::new();
+    let mut untagged_total = 0;
     for e in manifests.range((repo, "")..)? {
         let (k, v) = e?;
         if k.value().0 != repo {
@@ -279,14 +294,21 @@ pub fn repository(tx: &ReadTransaction, repo: &str) -> Result<Option<RepoDetail>
         }
         let rec: ManifestRecord = decode(v.value())?;
         if rec.refcount == 0 {
-            untagged.push(row(None, k.value().1, &rec)?);
+            if untagged.len() < limit {
+                untagged.push(row(None, k.value().1, &rec)?);
+            }
+            untagged_total += 1;
         }
     }
     let sizes = sizes(tx, repo)?;
     Ok(Some(RepoDetail {
         name: repo.to_string(),
         tags,
+        tag_total,
+        offset,
+        limit,
         untagged,
+        untagged_total,
         manifests: sizes.manifests,
         unique_bytes: sizes.unique,
         shared_bytes: sizes.shared,

@@ -30,6 +30,8 @@ use session::Viewer;
 const STYLE: &str = include_str!("style.css");
 /// Repositories per page of the list.
 const PAGE: usize = 50;
+/// Tags per page of a repository.
+const TAG_PAGE: usize = 100;
 /// The largest form the UI accepts (a login, a delete).
 const MAX_FORM: usize = 16 * 1024;
 
@@ -210,6 +212,15 @@ impl Ui<'_> {
         }
     }
 
+    /// The `?page=` asked for, from 1.
+    fn page(&self) -> usize {
+        self.req
+            .query("page")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(1)
+            .max(1)
+    }
+
     /// The repository, if the visitor may pull it (else "not found", which tells nothing).
     fn visible(&self, name: &RepoName) -> Result<(), RegistryError> {
         if self.viewer.may(name.as_str(), Action::Pull) {
@@ -223,13 +234,7 @@ impl Ui<'_> {
         let q = self.req.query("q").unwrap_or_default().to_string();
         let filter = NameFilter::parse(&q)
             .map_err(|e| RegistryError::new(ErrorCode::Unsupported, e).with_status(400))?;
-        let page: usize = self
-            .req
-            .query("page")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(1)
-            .max(1);
-        let offset = (page - 1).saturating_mul(PAGE);
+        let offset = (self.page() - 1).saturating_mul(PAGE);
         let policy = self.viewer_policy();
         let list = self
             .state
@@ -244,10 +249,11 @@ impl Ui<'_> {
     async fn repository(&self, name: RepoName) -> Result<Response, RegistryError> {
         self.visible(&name)?;
         let n = name.clone();
+        let offset = (self.page() - 1).saturating_mul(TAG_PAGE);
         let detail = self
             .state
             .db
-            .read(move |tx| views::repository(tx, n.as_str()))
+            .read(move |tx| views::repository(tx, n.as_str(), offset, TAG_PAGE))
             .await?
             .ok_or_else(not_found)?;
         let tls = self.state.config.tls.is_some();

@@ -175,6 +175,8 @@ pub fn repo_page(frame: &Frame, d: &RepoDetail, host: &str, tls: bool) -> Markup
         .and_then(|t| t.tag.clone())
         .unwrap_or_else(|| "latest".to_string());
     let podman_flag = if tls { "" } else { " --tls-verify=false" };
+    let tag_page = d.offset / d.limit.max(1) + 1;
+    let tag_pages = d.tag_total.div_ceil(d.limit.max(1)).max(1);
     layout(
         frame,
         &d.name,
@@ -198,6 +200,13 @@ pub fn repo_page(frame: &Frame, d: &RepoDetail, host: &str, tls: bool) -> Markup
                 } }
                 tbody { (tag_rows(frame, &d.name, &d.tags, may_delete)) }
             }
+            @if tag_pages > 1 {
+                nav.pager {
+                    @if tag_page > 1 { a href=(format!("{}?page={}", repo_url(&d.name), tag_page - 1)) rel="prev" { "← Previous" } }
+                    span.muted { "Tags " (d.offset + 1) "–" (d.offset + d.tags.len()) " of " (d.tag_total) }
+                    @if tag_page < tag_pages { a href=(format!("{}?page={}", repo_url(&d.name), tag_page + 1)) rel="next" { "Next →" } }
+                }
+            }
             @if !d.untagged.is_empty() {
                 h2 { "Untagged manifests and referrers" }
                 table #untagged {
@@ -206,6 +215,9 @@ pub fn repo_page(frame: &Frame, d: &RepoDetail, host: &str, tls: bool) -> Markup
                         @if may_delete { th {} }
                     } }
                     tbody { (tag_rows(frame, &d.name, &d.untagged, may_delete)) }
+                }
+                @if d.untagged_total > d.untagged.len() {
+                    p.muted { "The first " (d.untagged.len()) " of " (d.untagged_total) "; " code { "dockyard show " (d.name) } " lists them all." }
                 }
             }
         },
