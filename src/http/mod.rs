@@ -170,7 +170,7 @@ pub fn routes(
     let token = warp::path("token")
         .and(warp::path::end())
         .and(warp::get().or(warp::post()).unify())
-        .and(request.clone())
+        .and(request)
         .and(warp::body::stream())
         .and(with_state.clone())
         .then(|req: Request, body, state: Arc<State>| async move {
@@ -183,7 +183,7 @@ pub fn routes(
         });
     let ui = warp::path("ui")
         .and(warp::path::full())
-        .and(request.clone())
+        .and(request)
         .and(warp::body::stream())
         .and(with_state.clone())
         .then(
