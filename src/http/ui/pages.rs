@@ -435,3 +435,53 @@ pub fn confirm_delete(frame: &Frame, repo: &str, target: &str, is_tag: bool) -> 
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::http::ui::session::UiState;
+
+    /// Names and tags cannot hold markup (the grammar forbids it), but a page must not rely
+    /// on that: whatever it shows is escaped.
+    #[test]
+    fn markup_in_any_field_renders_as_text() {
+        let ui = UiState::new(&Config::default());
+        let viewer = ui.viewer(None, None);
+        let frame = Frame {
+            viewer: &viewer,
+            csrf: "token",
+            here: "repos",
+        };
+        let evil = "<script>alert(1)</script>";
+        let row = TagRow {
+            tag: Some(evil.to_string()),
+            digest: format!("sha256:{evil}"),
+            media_type: evil.to_string(),
+            artifact_type: Some(evil.to_string()),
+            size: 1,
+            platforms: vec![evil.to_string()],
+            pushed: 0,
+            subject: Some(evil.to_string()),
+        };
+        let detail = RepoDetail {
+            name: evil.to_string(),
+            tags: vec![row.clone()],
+            tag_total: 1,
+            offset: 0,
+            limit: 100,
+            untagged: vec![row],
+            untagged_total: 1,
+            manifests: 1,
+            unique_bytes: 0,
+            shared_bytes: 0,
+            last_push: None,
+            last_pull: None,
+        };
+        let html = repo_page(&frame, &detail, evil, false).into_string();
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        let page = message(&frame, evil, evil).into_string();
+        assert!(!page.contains("<script>"));
+    }
+}
