@@ -69,14 +69,31 @@ impl Browser {
         self.client.as_ref().expect("client")
     }
 
+    /// The text of the first element `css` matches, waiting (up to 20 s) for the page that
+    /// a click started to show it.
     async fn text(&self, css: &str) -> String {
         self.c()
-            .find(Locator::Css(css))
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("{css}: {e}"))
             .text()
             .await
             .expect("text")
+    }
+
+    /// Waits (up to 20 s) until the browser shows a page at `path`.
+    async fn wait_path(&self, path: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let url = self.c().current_url().await.expect("current url");
+            if url.path() == path {
+                return;
+            }
+            assert!(Instant::now() < deadline, "still at {url}, not {path}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn shoot(&self, name: &str) {
@@ -296,6 +313,7 @@ async fn browser_shows_repositories_tags_manifests_referrers_and_deletes_a_tag()
         .click()
         .await
         .unwrap();
+    b.wait_path(&format!("/ui/m/demo/app@{referrer}")).await;
     assert!(b.text("main").await.contains(&app));
 
     b.c().goto(&r.url("/ui/storage")).await.unwrap();
@@ -314,6 +332,7 @@ async fn browser_shows_repositories_tags_manifests_referrers_and_deletes_a_tag()
         .click()
         .await
         .unwrap();
+    b.wait_path("/ui/delete/demo/app:old").await;
     assert!(b.text("h1").await.contains("demo/app:old"));
     b.c()
         .find(Locator::Css("button.danger"))
@@ -322,7 +341,7 @@ async fn browser_shows_repositories_tags_manifests_referrers_and_deletes_a_tag()
         .click()
         .await
         .unwrap();
-    assert_eq!(b.c().current_url().await.unwrap().path(), "/ui/r/demo/app");
+    b.wait_path("/ui/r/demo/app").await;
     let tags = b.text("#tags").await;
     assert!(!tags.contains("old") && tags.contains("v1"), "{tags}");
     b.close().await;
@@ -554,7 +573,8 @@ async fn with_auth_a_user_sees_only_their_repositories_and_deletes_need_the_gran
             .click()
             .await
             .unwrap();
-        assert!(b.text("header").await.contains("bob"));
+        b.wait_path("/ui/").await;
+        assert!(b.text("header .who strong").await.contains("bob"));
         let repos = b.text("#repos").await;
         assert!(
             repos.contains("bob/app") && !repos.contains("alice"),
