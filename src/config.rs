@@ -30,6 +30,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The `[gc]` section.
     pub gc: GcConfig,
+    /// The `[[policy]]` tables, in order (the first matching pattern wins).
+    pub policies: crate::policy::Policies,
     /// The `[ui]` section.
     pub ui: UiConfig,
 }
@@ -169,6 +171,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             gc: GcConfig::default(),
             ui: UiConfig::default(),
+            policies: crate::policy::Policies::default(),
         }
     }
 }
@@ -202,6 +205,8 @@ struct File {
     #[serde(default)]
     gc: GcSection,
     #[serde(default)]
+    policy: Vec<PolicySection>,
+    #[serde(default)]
     ui: UiSection,
 }
 
@@ -210,6 +215,46 @@ struct File {
 struct UiSection {
     enabled: Option<bool>,
     session_lifetime: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicySection {
+    pattern: String,
+    keep_last: Option<usize>,
+    keep_within: Option<String>,
+    #[serde(default)]
+    keep_tags: Vec<String>,
+    #[serde(default)]
+    immutable_tags: Vec<String>,
+    quota: Option<ByteSize>,
+}
+
+impl PolicySection {
+    fn parse(self, i: usize) -> Result<crate::policy::Policy, String> {
+        use crate::policy::{Policy, TagGlob};
+        let at = format!("policy[{i}] (pattern {:?})", self.pattern);
+        let globs = |key: &str, v: Vec<String>| {
+            v.iter()
+                .map(|g| TagGlob::parse(g).map_err(|e| format!("{at}.{key}: {e}")))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Policy {
+            pattern: crate::auth::users::Pattern::parse(&self.pattern)
+                .map_err(|e| format!("{at}.pattern: {e}"))?,
+            keep_last: self.keep_last,
+            keep_within: self
+                .keep_within
+                .map(|w| duration(&format!("{at}.keep_within"), &w))
+                .transpose()?,
+            keep_tags: globs("keep_tags", self.keep_tags)?,
+            immutable_tags: globs("immutable_tags", self.immutable_tags)?,
+            quota: self
+                .quota
+                .map(|q| q.bytes().map_err(|e| format!("{at}.quota: {e}")))
+                .transpose()?,
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -443,6 +488,13 @@ impl Config {
             a.failure_window = duration("auth.failure_window", &w)?;
         }
         file.gc.apply(&mut c.gc)?;
+        c.policies = crate::policy::Policies(std::sync::Arc::new(
+            file.policy
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| p.parse(i))
+                .collect::<Result<_, _>>()?,
+        ));
         if let Some(e) = file.ui.enabled {
             c.ui.enabled = e;
         }
@@ -533,6 +585,30 @@ mod tests {
         assert!(e.contains("gc.untagged") && e.contains("keep"), "{e}");
         let e = Config::from_toml("[gc]\ngrase = \"1h\"\n").unwrap_err();
         assert!(e.contains("grase"), "{e}");
+    }
+
+    #[test]
+    fn policy_tables() {
+        let c = Config::from_toml(
+            "[[policy]]\npattern = \"ci/**\"\nkeep_last = 20\nkeep_within = \"30d\"\n\
+             keep_tags = [\"latest\", \"release-*\"]\nimmutable_tags = [\"v*\"]\n\
+             quota = \"50GiB\"\n[[policy]]\npattern = \"**\"\nquota = 1000\n",
+        )
+        .unwrap();
+        let p = c.policies.for_repo("ci/app").unwrap();
+        assert_eq!(p.keep_last, Some(20));
+        assert_eq!(p.keep_within, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(p.quota, Some(50 << 30));
+        assert!(p.is_immutable("v1.0") && !p.is_immutable("latest"));
+        assert_eq!(c.policies.for_repo("other").unwrap().quota, Some(1000));
+        let e = Config::from_toml("[[policy]]\npattern = \"a/*b\"\n").unwrap_err();
+        assert!(e.contains("policy[0]") && e.contains("pattern"), "{e}");
+        let e = Config::from_toml("[[policy]]\npattern = \"**\"\nkeep_within = \"long\"\n")
+            .unwrap_err();
+        assert!(e.contains("keep_within"), "{e}");
+        let e =
+            Config::from_toml("[[policy]]\npattern = \"**\"\nimmutable = [\"v*\"]\n").unwrap_err();
+        assert!(e.contains("immutable"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   `token` (bearer tokens, pure), `access` (users and grants of a running instance).
 //! - `gc`: one garbage-collection pass, with `blob_locks` (per-digest locks and "last seen"
 //!   times shared by pushes and the GC), `fsck` (consistency check and repair), `usage` (`du`).
+//! - `policy`: `[[policy]]` rules, pure: immutable tags, quotas, and which tags retention
+//!   expires (enforced by `db::manifests` and the GC pass).
 //! - `views`: what the web UI and `dockyard ls`/`show` display, built from database reads.
 //! - `admin`: the control channel (a Unix socket) through which the CLI reaches a server.
 //! - `cli`: the `dockyard` command line.
@@ -37,6 +39,7 @@ pub mod gc;
 pub mod http;
 pub mod metrics;
 pub mod oci;
+pub mod policy;
 pub mod server;
 pub mod store;
 pub mod views;

@@ -1,6 +1,6 @@
 //! Paged listings served straight from the tables: tags, the catalog, and referrers.
 
-use redb::ReadTransaction;
+use redb::{ReadTransaction, ReadableTable};
 
 use super::schema::*;
 use super::DbError;
@@ -49,6 +49,61 @@ pub fn tags(
         .map(|e| e.map(|(_, t)| t).map_err(DbError::from))
         .filter(|t| !matches!((t, last), (Ok(t), Some(l)) if t == l));
     Ok(Some(page(iter, n)?))
+}
+
+/// A tag with what it points at and when it was last pushed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagInfo {
+    pub tag: String,
+    pub digest: String,
+    /// Unix milliseconds; 0 when unknown (a tag a pre-schema-2 database held without a
+    /// manifest row, which fsck reports).
+    pub pushed_ms: u64,
+}
+
+/// Every tag of `repo` in name order, with its digest and push time (for retention and for
+/// anything that shows tags to a person).
+pub fn tag_details(tx: &ReadTransaction, repo: &str) -> Result<Vec<TagInfo>, RegistryError> {
+    let tags = tx.open_table(TAGS)?;
+    let pushed = tx.open_table(TAG_PUSHED)?;
+    let mut out = Vec::new();
+    for e in tags.range((repo, "")..)? {
+        let (k, v) = e?;
+        let (r, t) = k.value();
+        if r != repo {
+            break;
+        }
+        out.push(TagInfo {
+            tag: t.to_string(),
+            digest: v.value().to_string(),
+            pushed_ms: pushed.get((r, t))?.map_or(0, |p| p.value()),
+        });
+    }
+    Ok(out)
+}
+
+/// One tag's details, read inside a write transaction (the GC's re-check before it deletes).
+pub fn tag_details_one(
+    tx: &redb::WriteTransaction,
+    repo: &str,
+    tag: &str,
+) -> Result<Option<TagInfo>, RegistryError> {
+    let Some(digest) = tx
+        .open_table(TAGS)?
+        .get((repo, tag))?
+        .map(|v| v.value().to_string())
+    else {
+        return Ok(None);
+    };
+    let pushed_ms = tx
+        .open_table(TAG_PUSHED)?
+        .get((repo, tag))?
+        .map_or(0, |p| p.value());
+    Ok(Some(TagInfo {
+        tag: tag.to_string(),
+        digest,
+        pushed_ms,
+    }))
 }
 
 /// Repository names after `last` for which `visible` holds, at most `n`.

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::blobs;
 use super::schema::*;
-use super::{now, DbError};
+use super::{now, now_ms, DbError};
 use crate::oci::manifest::ParsedManifest;
 use crate::oci::{Digest, ErrorCode, Reference, RegistryError, RepoName, Tag};
 
@@ -83,6 +83,7 @@ fn add_manifest_ref(
 /// Stores a manifest and points `tags` at it, in one transaction: every referenced blob must
 /// be linked into the repository and every child manifest stored in it, or nothing changes.
 /// Pushing the same bytes again only moves tags; the counts are taken once per manifest.
+/// Every PUT stamps the manifest's and each named tag's push time.
 pub fn put(
     tx: &WriteTransaction,
     repo: &RepoName,
@@ -108,7 +109,11 @@ pub fn put(
             return Err(unknown_reference(c));
         }
     }
-    if read_record(&manifests, r, &d)?.is_none() {
+    let pushed_ms = now_ms();
+    if let Some(mut rec) = read_record(&manifests, r, &d)? {
+        rec.pushed_ms = pushed_ms;
+        manifests.insert((r, d.as_str()), encode(&rec).as_slice())?;
+    } else {
         let t = now();
         let rec = ManifestRecord {
             media_type: parsed.media_type.clone(),
@@ -121,6 +126,7 @@ pub fn put(
             refcount: 0,
             created: t,
             zero_since: Some(t),
+            pushed_ms,
         };
         for b in &rec.blobs {
             blobs::add_ref(&mut blob_table, b, 1)?;
@@ -140,7 +146,9 @@ pub fn put(
         repos.insert(r, n + 1)?;
     }
     let mut tag_table = tx.open_table(TAGS)?;
+    let mut tag_pushed = tx.open_table(TAG_PUSHED)?;
     for tag in tags {
+        tag_pushed.insert((r, tag.as_str()), pushed_ms)?;
         let old = tag_table
             .insert((r, tag.as_str()), d.as_str())?
             .map(|v| v.value().to_string());
@@ -195,8 +203,10 @@ pub fn delete(
         )
         .with_status(409));
     }
+    let mut tag_pushed = tx.open_table(TAG_PUSHED)?;
     for tag in &pointing {
         tag_table.remove((r, tag.as_str()))?;
+        tag_pushed.remove((r, tag.as_str()))?;
     }
     manifests.remove((r, d.as_str()))?;
     let mut blob_table = tx.open_table(BLOBS)?;
@@ -260,6 +270,24 @@ pub fn delete_tag(
     else {
         return Ok(false);
     };
+    tx.open_table(TAG_PUSHED)?.remove((r, tag.as_str()))?;
     add_manifest_ref(&mut tx.open_table(MANIFESTS)?, r, &old, -1)?;
+    Ok(true)
+}
+
+/// Sets when a tag was pushed, for imports that keep the source's times (and tests that need
+/// controlled ones). False when the tag does not exist.
+pub fn set_tag_pushed(
+    tx: &WriteTransaction,
+    repo: &RepoName,
+    tag: &Tag,
+    pushed_ms: u64,
+) -> Result<bool, RegistryError> {
+    let r = repo.as_str();
+    if tx.open_table(TAGS)?.get((r, tag.as_str()))?.is_none() {
+        return Ok(false);
+    }
+    tx.open_table(TAG_PUSHED)?
+        .insert((r, tag.as_str()), pushed_ms)?;
     Ok(true)
 }

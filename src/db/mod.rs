@@ -7,6 +7,8 @@
 pub mod blobs;
 pub mod listing;
 pub mod manifests;
+pub mod migrate;
+pub mod policy;
 pub mod pulls;
 pub mod schema;
 pub mod uploads;
@@ -16,9 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
-};
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransaction};
 
 use crate::oci::RegistryError;
 use schema::*;
@@ -30,7 +30,9 @@ pub enum DbError {
     #[error("corrupt record: {0}")]
     Corrupt(String),
     #[error(
-        "database schema version {found} is newer than this build understands ({SCHEMA_VERSION})"
+        "database schema version {found} is newer than this build understands \
+         ({SCHEMA_VERSION}): it was written by a newer dockyard; run that release (or a later \
+         one), or restore a backup taken before the upgrade. Nothing was changed"
     )]
     NewerSchema { found: u64 },
     #[error("database task failed: {0}")]
@@ -73,27 +75,29 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Unix milliseconds, for push times.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 impl Db {
-    /// Opens (creating if needed) the database and every table, and checks the schema version.
-    /// redb holds an exclusive lock on the file, so a second process fails here.
+    /// Opens (creating if needed) the database and every table, checks the schema version and
+    /// migrates an older database (see `migrate`), all in one transaction. redb holds an
+    /// exclusive lock on the file, so a second process fails here.
     pub fn open(path: &Path) -> Result<Db, DbError> {
         let db = Database::create(path)?;
         let tx = db.begin_write()?;
+        let opened = migrate::run(&tx)?;
         {
-            let mut meta = tx.open_table(META)?;
-            let found = meta.get("schema_version")?.map(|v| v.value());
-            match found {
-                Some(v) if v > SCHEMA_VERSION => return Err(DbError::NewerSchema { found: v }),
-                Some(_) => {}
-                None => {
-                    meta.insert("schema_version", SCHEMA_VERSION)?;
-                }
-            }
             tx.open_table(BLOBS)?;
             tx.open_table(REPO_BLOBS)?;
             tx.open_table(MANIFESTS)?;
             tx.open_table(MANIFEST_BODIES)?;
             tx.open_table(TAGS)?;
+            tx.open_table(TAG_PUSHED)?;
             tx.open_table(REPOS)?;
             tx.open_table(REFERRERS)?;
             tx.open_table(UPLOADS)?;
@@ -103,6 +107,14 @@ impl Db {
             tx.open_table(REPO_PULLS)?;
         }
         tx.commit()?;
+        if let migrate::Opened::Migrated { from, counts } = opened {
+            tracing::warn!(
+                manifests = counts.manifests,
+                tags = counts.tags,
+                "database migrated from schema version {from} to {SCHEMA_VERSION}; \
+                 releases older than this one can no longer open it"
+            );
+        }
         Ok(Db {
             inner: Arc::new(db),
         })

@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
-/// Bumped whenever a table or record changes shape; `Db::open` refuses a newer file.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Bumped whenever a table or record changes shape, together with a step in `db::migrate`
+/// that brings a database of the previous version up to it; `Db::open` refuses a newer file.
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// "schema_version" → u64.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -27,6 +28,10 @@ pub const MANIFEST_BODIES: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("manifest_bodies");
 /// (repository, tag) → manifest digest.
 pub const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
+/// (repository, tag) → when the tag was last pushed (PUT naming it), Unix milliseconds. Written
+/// and removed with the `TAGS` row in the same transaction (schema 2). Milliseconds, because
+/// retention ranks a pipeline's tags by it and a pipeline pushes several in one second.
+pub const TAG_PUSHED: TableDefinition<(&str, &str), u64> = TableDefinition::new("tag_pushed");
 /// repository → number of manifests in it; a repository exists while it has one.
 pub const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
 /// (repository, subject digest, referrer digest): the referrer's manifest names the subject.
@@ -67,8 +72,12 @@ pub struct ManifestRecord {
     pub artifact_type: Option<String>,
     pub annotations: Option<BTreeMap<String, String>>,
     pub refcount: u64,
+    /// First stored, Unix seconds.
     pub created: u64,
     pub zero_since: Option<u64>,
+    /// Last PUT of these bytes to this repository (by tag or digest), Unix milliseconds
+    /// (schema 2; the migration sets it to `created`).
+    pub pushed_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

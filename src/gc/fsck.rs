@@ -62,6 +62,9 @@ pub enum Kind {
     CorruptBody,
     ReferrerIndex,
     BadRecord,
+    /// A tag without a push time (retention would take it for the oldest), or a push time
+    /// without a tag.
+    TagPushTime,
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +105,16 @@ enum Fix {
         actual: u64,
     },
     RemoveTag {
+        repo: String,
+        tag: String,
+    },
+    /// Stamp a tag that has no push time with its manifest's.
+    StampTag {
+        repo: String,
+        tag: String,
+        pushed_ms: u64,
+    },
+    RemoveTagTime {
         repo: String,
         tag: String,
     },
@@ -218,6 +231,8 @@ struct Snapshot {
     bodies: BTreeSet<(String, String)>,
     corrupt_bodies: Vec<(String, String)>,
     tags: Vec<(String, String, String)>,
+    /// (repository, tag) rows of `tag_pushed`.
+    tag_times: BTreeSet<(String, String)>,
     repos: BTreeMap<String, u64>,
     referrers: BTreeSet<(String, String, String)>,
     uploads: BTreeSet<String>,
@@ -270,6 +285,11 @@ macro_rules! load_snapshot {
             let (r, t) = k.value();
             s.tags
                 .push((r.to_string(), t.to_string(), v.value().to_string()));
+        }
+        for e in tx.open_table(TAG_PUSHED)?.iter()? {
+            let (k, _) = e?;
+            let (r, t) = k.value();
+            s.tag_times.insert((r.to_string(), t.to_string()));
         }
         for e in tx.open_table(REPOS)?.iter()? {
             let (k, v) = e?;
@@ -374,9 +394,23 @@ fn audit(s: &Snapshot, files: &Files) -> Vec<Problem> {
             }
         }
     }
+    let mut tagged = BTreeSet::new();
     for (r, t, d) in &s.tags {
-        if s.manifests.contains_key(&(r.clone(), d.clone())) {
+        tagged.insert((r.clone(), t.clone()));
+        if let Some(m) = s.manifests.get(&(r.clone(), d.clone())) {
             *manifest_refs.entry((r, d)).or_default() += 1;
+            if !s.tag_times.contains(&(r.clone(), t.clone())) {
+                out.push(problem(
+                    Kind::TagPushTime,
+                    Remedy::Repair,
+                    format!("tag {r}:{t} has no push time; retention would rank it oldest"),
+                    Some(Fix::StampTag {
+                        repo: r.clone(),
+                        tag: t.clone(),
+                        pushed_ms: m.pushed_ms,
+                    }),
+                ));
+            }
         } else {
             out.push(problem(
                 Kind::DanglingTag,
@@ -388,6 +422,17 @@ fn audit(s: &Snapshot, files: &Files) -> Vec<Problem> {
                 }),
             ));
         }
+    }
+    for (r, t) in s.tag_times.difference(&tagged) {
+        out.push(problem(
+            Kind::TagPushTime,
+            Remedy::Repair,
+            format!("push time of {r}:{t}, which is no tag"),
+            Some(Fix::RemoveTagTime {
+                repo: r.clone(),
+                tag: t.clone(),
+            }),
+        ));
     }
     for ((r, d), m) in &s.manifests {
         let actual = manifest_refs
@@ -891,6 +936,8 @@ fn apply(tx: &WriteTransaction, fix: &Fix) -> Result<bool, RegistryError> {
         }
         Fix::RemoveTag { repo, tag } => {
             tx.open_table(TAGS)?.remove((repo.as_str(), tag.as_str()))?;
+            tx.open_table(TAG_PUSHED)?
+                .remove((repo.as_str(), tag.as_str()))?;
         }
         Fix::RestoreBlob {
             digest,
@@ -957,6 +1004,28 @@ fn apply(tx: &WriteTransaction, fix: &Fix) -> Result<bool, RegistryError> {
                 referrer.as_str(),
             ))?;
         }
+        Fix::StampTag {
+            repo,
+            tag,
+            pushed_ms,
+        } => {
+            let key = (repo.as_str(), tag.as_str());
+            if tx.open_table(TAGS)?.get(key)?.is_none() {
+                return Ok(false);
+            }
+            let mut times = tx.open_table(TAG_PUSHED)?;
+            if times.get(key)?.is_some() {
+                return Ok(false);
+            }
+            times.insert(key, *pushed_ms)?;
+        }
+        Fix::RemoveTagTime { repo, tag } => {
+            let key = (repo.as_str(), tag.as_str());
+            if tx.open_table(TAGS)?.get(key)?.is_some() {
+                return Ok(false);
+            }
+            tx.open_table(TAG_PUSHED)?.remove(key)?;
+        }
         Fix::RemoveFile { .. } => return Ok(false),
     }
     Ok(true)
@@ -987,6 +1056,7 @@ mod tests {
             refcount,
             created: 1,
             zero_since: (refcount == 0).then_some(1),
+            pushed_ms: 1000,
         }
     }
 
@@ -999,6 +1069,7 @@ mod tests {
             .insert(("r".into(), "sha256:m".into()), manifest(&["sha256:a"], 1));
         s.bodies.insert(("r".into(), "sha256:m".into()));
         s.tags.push(("r".into(), "v1".into(), "sha256:m".into()));
+        s.tag_times.insert(("r".into(), "v1".into()));
         s.repos.insert("r".into(), 1);
         let files = [("sha256:a".to_string(), 3), ("sha256:b".to_string(), 3)]
             .into_iter()
@@ -1010,6 +1081,18 @@ mod tests {
     fn a_consistent_snapshot_has_no_problems() {
         let (s, f) = consistent();
         assert!(audit(&s, &f).is_empty());
+    }
+
+    #[test]
+    fn tag_push_times_missing_or_orphaned_are_repairable() {
+        let (mut s, f) = consistent();
+        s.tag_times.clear();
+        s.tag_times.insert(("r".into(), "gone".into()));
+        let p = audit(&s, &f);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p
+            .iter()
+            .all(|p| (p.kind, p.remedy) == (Kind::TagPushTime, Remedy::Repair)));
     }
 
     #[test]

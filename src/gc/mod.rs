@@ -3,6 +3,10 @@
 //! [`run_once`], and passes (and `fsck --repair`) take turns on `Core::maintenance`.
 //!
 //! A pass, in order:
+//! 0. Retention (`[[policy]]` with `keep_last`/`keep_within`): the tags `policy::retention`
+//!    expires are deleted one by one with `db::manifests::delete_tag`, each re-checked in the
+//!    write transaction (a tag pushed again since the pass chose it is kept), so counts move
+//!    as for any tag delete and the manifests left untagged follow the untagged rule below.
 //! 1. Untagged manifests (unless `[gc] untagged = "keep"`): a manifest with reference count
 //!    zero (no tag, no index listing it) and no live subject, unreferenced for longer than
 //!    `untagged` (and `push_window`), is deleted by `db::manifests::delete`, which releases
@@ -94,6 +98,8 @@ pub struct GcReport {
     pub kept_seen: u64,
     /// Stray blob files kept because a manifest names them (`fsck --repair` restores them).
     pub kept_named: u64,
+    /// Tags deleted (or, dry, that would be) by retention: `repo:tag digest (rule)`.
+    pub expired_tags: Vec<String>,
     pub elapsed: Duration,
     /// The pass was asked to stop before it finished.
     pub stopped: bool,
@@ -159,8 +165,25 @@ impl fmt::Display for GcReport {
                 plural(self.kept_named, "blob file without a row")
             )?;
         }
+        if !self.expired_tags.is_empty() {
+            write!(
+                f,
+                "; {} {} by retention",
+                if self.dry_run {
+                    "would delete"
+                } else {
+                    "deleted"
+                },
+                plural(self.expired_tags.len() as u64, "tag")
+            )?;
+        }
         if self.stopped {
             write!(f, "; stopped early")?;
+        }
+        if self.dry_run {
+            for t in &self.expired_tags {
+                write!(f, "\n  would delete tag {t}")?;
+            }
         }
         Ok(())
     }
@@ -282,6 +305,16 @@ impl Pass<'_> {
     }
 
     fn run(mut self) -> Result<(), Error> {
+        if self
+            .core
+            .config
+            .policies
+            .0
+            .iter()
+            .any(|p| p.has_retention())
+        {
+            self.retention()?;
+        }
         if let Untagged::After(age) = self.core.config.gc.untagged {
             self.manifests(age.max(self.core.config.gc.push_window))?;
         }
@@ -296,6 +329,68 @@ impl Pass<'_> {
         }
         if !self.stopped() {
             self.stray_uploads()?;
+        }
+        Ok(())
+    }
+
+    /// Step 0: chooses from one snapshot, then deletes each chosen tag in a transaction that
+    /// first checks it still points where it did and has not been pushed since.
+    fn retention(&mut self) -> Result<(), Error> {
+        let policies = &self.core.config.policies;
+        let now_ms = db::now_ms();
+        let chosen: Vec<(String, crate::policy::retention::Expired)> =
+            self.core.db.read_blocking(|tx| {
+                let repos: Vec<String> = tx
+                    .open_table(REPOS)?
+                    .iter()?
+                    .map(|e| e.map(|(k, _)| k.value().to_string()))
+                    .collect::<Result<_, _>>()?;
+                let mut out = Vec::new();
+                for repo in repos {
+                    let Some(p) = policies.for_repo(&repo).filter(|p| p.has_retention()) else {
+                        continue;
+                    };
+                    let tags = db::listing::tag_details(tx, &repo)?;
+                    for e in crate::policy::retention::expired(&tags, p, now_ms) {
+                        out.push((repo.clone(), e));
+                    }
+                }
+                Ok(out)
+            })?;
+        let line = |repo: &str, e: &crate::policy::retention::Expired| {
+            format!("{repo}:{} {} ({})", e.tag.tag, e.tag.digest, e.rule)
+        };
+        if self.opts.dry_run {
+            self.report.expired_tags = chosen.iter().map(|(r, e)| line(r, e)).collect();
+            return Ok(());
+        }
+        for batch in chosen.chunks(MANIFEST_BATCH) {
+            if self.stopped() {
+                return Ok(());
+            }
+            let batch = batch.to_vec();
+            let deleted = self.core.db.write_blocking(move |tx| {
+                let mut deleted = Vec::new();
+                for (repo, e) in batch {
+                    let (Some(name), Some(tag)) =
+                        (RepoName::parse(&repo), crate::oci::Tag::parse(&e.tag.tag))
+                    else {
+                        continue;
+                    };
+                    let now = db::listing::tag_details_one(tx, &repo, &e.tag.tag)?;
+                    if now.as_ref() != Some(&e.tag) {
+                        continue; // Pushed (or deleted) since the snapshot.
+                    }
+                    if db::manifests::delete_tag(tx, &name, &tag)? {
+                        deleted.push((repo, e));
+                    }
+                }
+                Ok(deleted)
+            })?;
+            for (repo, e) in &deleted {
+                tracing::info!("gc: retention deleted tag {}", line(repo, e));
+                self.report.expired_tags.push(line(repo, e));
+            }
         }
         Ok(())
     }

@@ -35,6 +35,16 @@ pub struct Usage {
     pub shared_bytes: u64,
     /// What a GC pass run now would free (a dry run).
     pub reclaimable: GcReport,
+    /// Every `[[policy]]` with a quota: its pattern, the unique blob bytes its repositories'
+    /// manifests reference (what the quota limits), and the quota.
+    pub quotas: Vec<QuotaUsage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaUsage {
+    pub pattern: String,
+    pub used: u64,
+    pub quota: u64,
 }
 
 /// Measures the instance, then asks a dry GC pass what it would free.
@@ -87,6 +97,23 @@ pub fn measure(core: &Core) -> Result<Usage, Error> {
             .into_iter()
             .map(|(name, ru)| RepoUsage { name, ..ru })
             .collect();
+        let policies = &core.config.policies;
+        for (i, p) in policies.0.iter().enumerate() {
+            let Some(quota) = p.quota else { continue };
+            // A repository counts against the first policy that matches it, as pushes do.
+            let in_scope = |name: &str| policies.governing(name).is_some_and(|(j, _)| j == i);
+            let (_, used) = crate::db::policy::usage(
+                &tx.open_table(REPOS)?,
+                &tx.open_table(MANIFESTS)?,
+                &tx.open_table(BLOBS)?,
+                &in_scope,
+            )?;
+            u.quotas.push(QuotaUsage {
+                pattern: p.pattern.as_str().to_string(),
+                used,
+                quota,
+            });
+        }
         Ok(u)
     })?;
     usage.reclaimable = gc::run_once(
@@ -133,6 +160,16 @@ impl fmt::Display for Usage {
             self.shared_blobs,
             human_bytes(self.shared_bytes),
         )?;
+        for q in &self.quotas {
+            writeln!(
+                f,
+                "quota {}: {} used of {} ({:.0}%)",
+                q.pattern,
+                human_bytes(q.used),
+                human_bytes(q.quota),
+                q.used as f64 * 100.0 / q.quota.max(1) as f64,
+            )?;
+        }
         let r = &self.reclaimable;
         write!(
             f,

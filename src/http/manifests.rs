@@ -113,9 +113,15 @@ pub async fn put(
     }
     let subject = parsed.subject.as_ref().map(|s| s.digest.to_string());
     let (n, d, t) = (name.clone(), digest.clone(), tags.clone());
+    let policies = state.config.policies.clone();
     state
         .db
-        .write(move |tx| db::manifests::put(tx, &n, &d, &parsed, &body, &t))
+        .write(move |tx| {
+            if !policies.is_empty() {
+                db::policy::check_put(tx, &n, &d, &parsed.blobs, &t, &policies)?;
+            }
+            db::manifests::put(tx, &n, &d, &parsed, &body, &t)
+        })
         .await?;
     let mut b = reply::empty(StatusCode::CREATED)
         .header(header::LOCATION, format!("/v2/{name}/manifests/{digest}"))
@@ -134,11 +140,17 @@ pub async fn delete(
     name: RepoName,
     reference: Reference,
 ) -> Result<Response, RegistryError> {
+    let policies = state.config.policies.clone();
     let removed = state
         .db
-        .write(move |tx| match &reference {
-            Reference::Digest(d) => db::manifests::delete(tx, &name, d),
-            Reference::Tag(t) => db::manifests::delete_tag(tx, &name, t),
+        .write(move |tx| {
+            if !policies.is_empty() {
+                db::policy::check_delete(tx, &name, &reference, &policies)?;
+            }
+            match &reference {
+                Reference::Digest(d) => db::manifests::delete(tx, &name, d),
+                Reference::Tag(t) => db::manifests::delete_tag(tx, &name, t),
+            }
         })
         .await?;
     if !removed {

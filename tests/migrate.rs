@@ -1,0 +1,267 @@
+//! Upgrades keep data: a root written by the schema-1 release (tests/fixtures/v1, made by
+//! tests/fixtures/make_v1.py with main at 4f253bd) opens with this build, is migrated once,
+//! and keeps every manifest, blob, tag, user and grant; a database newer than this build is
+//! refused with a clear message and left as it was.
+
+use std::path::Path;
+
+use dockyard::config::AuthMode;
+use dockyard::db::listing::tag_details;
+use dockyard::db::schema::{MANIFESTS, META, SCHEMA_VERSION};
+use dockyard::gc::fsck::{self, FsckOptions};
+use redb::{ReadableDatabase, TableHandle};
+
+use crate::util::*;
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1");
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// A private copy of the fixture: the checked-in file must never be opened for writing.
+fn fixture_copy() -> (tempfile::TempDir, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(Path::new(FIXTURE), dir.path());
+    let contents = std::fs::read(dir.path().join("CONTENTS.json")).unwrap();
+    (dir, serde_json::from_slice(&contents).unwrap())
+}
+
+fn schema_version(root: &Path) -> u64 {
+    let db = redb::Database::open(root.join("dockyard.redb")).unwrap();
+    let tx = db.begin_read().unwrap();
+    let meta = tx.open_table(META).unwrap();
+    let v = meta.get("schema_version").unwrap().unwrap().value();
+    v
+}
+
+#[tokio::test]
+async fn a_schema_1_root_is_migrated_once_and_keeps_everything() {
+    let (dir, contents) = fixture_copy();
+    let root = dir.path();
+    assert_eq!(
+        schema_version(root),
+        1,
+        "the fixture is a schema-1 database"
+    );
+
+    let mut config = dockyard::Config {
+        root: root.to_path_buf(),
+        ..Default::default()
+    };
+    config.auth.mode = AuthMode::Basic;
+    let r = TestRegistry::start_with(config.clone()).await;
+    let c = client();
+    let (bob, bob_pw) = ("bob", contents["users"]["bob"].as_str().unwrap());
+
+    // Every manifest, byte for byte with its media type; every tag; every blob.
+    for m in contents["manifests"].as_array().unwrap() {
+        let (repo, digest) = (m["repo"].as_str().unwrap(), m["digest"].as_str().unwrap());
+        let resp = c
+            .get(r.url(&format!("/v2/{repo}/manifests/{digest}")))
+            .basic_auth(bob, Some(bob_pw))
+            .header("Accept", "*/*")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{repo}@{digest}");
+        assert_eq!(
+            resp.headers()["content-type"],
+            m["media_type"].as_str().unwrap()
+        );
+        assert_eq!(sha256(&resp.bytes().await.unwrap()), digest);
+    }
+    for (repo, tags) in contents["tags"].as_object().unwrap() {
+        for (tag, digest) in tags.as_object().unwrap() {
+            let resp = c
+                .head(r.url(&format!("/v2/{repo}/manifests/{tag}")))
+                .basic_auth(bob, Some(bob_pw))
+                .header("Accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{repo}:{tag}");
+            assert_eq!(
+                resp.headers()["docker-content-digest"],
+                digest.as_str().unwrap()
+            );
+        }
+    }
+    for b in contents["blobs"].as_array().unwrap() {
+        let (repo, digest) = (b["repo"].as_str().unwrap(), b["digest"].as_str().unwrap());
+        let resp = c
+            .get(r.url(&format!("/v2/{repo}/blobs/{digest}")))
+            .basic_auth(bob, Some(bob_pw))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{repo}@{digest}");
+        assert_eq!(sha256(&resp.bytes().await.unwrap()), digest);
+    }
+
+    // Users and grants: alice may push to team-a/** only, anonymous may pull library/**.
+    let alice_pw = contents["users"]["alice"].as_str().unwrap();
+    let tags_of = |repo: &str, user: Option<(&str, &str)>| {
+        let mut req = c.get(r.url(&format!("/v2/{repo}/tags/list")));
+        if let Some((u, p)) = user {
+            req = req.basic_auth(u, Some(p));
+        }
+        req.send()
+    };
+    assert_eq!(
+        tags_of("team-a/app", Some(("alice", alice_pw)))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        tags_of("library/alpine", Some(("alice", "wrong")))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(tags_of("library/alpine", None).await.unwrap().status(), 200);
+    assert_eq!(tags_of("team-a/app", None).await.unwrap().status(), 401);
+    let grants = r
+        .admin(dockyard::admin::Command::AclList { subject: None })
+        .await
+        .unwrap();
+    for g in contents["grants"].as_array().unwrap() {
+        let (who, pattern) = (g[0].as_str().unwrap(), g[1].as_str().unwrap());
+        assert!(
+            grants.contains(who) && grants.contains(pattern),
+            "grant {g} kept: {grants}"
+        );
+    }
+
+    // Push times: every tag got its manifest's first push time, in milliseconds.
+    let details = r
+        .core
+        .db
+        .read(|tx| {
+            let mut out = Vec::new();
+            for repo in ["library/alpine", "team-a/app"] {
+                for t in tag_details(tx, repo)? {
+                    let m = tx.open_table(MANIFESTS)?;
+                    let rec: dockyard::db::schema::ManifestRecord = dockyard::db::schema::decode(
+                        m.get((repo, t.digest.as_str()))?.unwrap().value(),
+                    )?;
+                    out.push((repo.to_string(), t, rec));
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .unwrap();
+    assert_eq!(details.len(), 5, "{details:?}");
+    for (repo, t, rec) in &details {
+        assert!(rec.created > 1_700_000_000, "{repo}:{}", t.tag);
+        assert_eq!(t.pushed_ms, rec.created * 1000, "{repo}:{}", t.tag);
+        assert_eq!(rec.pushed_ms, rec.created * 1000, "{repo}:{}", t.tag);
+    }
+    let report = {
+        let core = r.core.clone();
+        tokio::task::spawn_blocking(move || fsck::check(&core, &FsckOptions::default()))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert!(report.clean(), "fsck after migration: {report}");
+
+    // A push after the migration stamps its tag with the time of the push.
+    let before = dockyard::db::now_ms();
+    let resp = c
+        .get(r.url("/v2/library/alpine/manifests/latest"))
+        .basic_auth(bob, Some(bob_pw))
+        .header("Accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    let body = resp.bytes().await.unwrap();
+    let resp = c
+        .put(r.url("/v2/library/alpine/manifests/edge"))
+        .basic_auth(bob, Some(bob_pw))
+        .header("Content-Type", OCI_MANIFEST)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    r.stop().await;
+    assert_eq!(schema_version(root), SCHEMA_VERSION);
+
+    // Opened again: already current, nothing rewritten (the old tags keep their times).
+    let r = TestRegistry::start_with(config).await;
+    let after = r
+        .core
+        .db
+        .read(|tx| tag_details(tx, "library/alpine"))
+        .await
+        .unwrap();
+    let by_tag = |name: &str| after.iter().find(|t| t.tag == name).unwrap().pushed_ms;
+    assert!(by_tag("edge") >= before, "{after:?}");
+    let old = details
+        .iter()
+        .find(|(repo, t, _)| repo == "library/alpine" && t.tag == "latest")
+        .unwrap();
+    assert_eq!(by_tag("latest"), old.1.pushed_ms);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_database_newer_than_this_build_is_refused_and_left_alone() {
+    let (dir, _) = fixture_copy();
+    let root = dir.path();
+    {
+        let db = redb::Database::create(root.join("dockyard.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .insert("schema_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dockyard"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!(
+        "database schema version {} is newer than this build understands ({SCHEMA_VERSION})",
+        SCHEMA_VERSION + 1
+    );
+    assert!(stderr.contains(&expected), "stderr: {stderr}");
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "one line on stderr: {stderr}"
+    );
+    assert_eq!(schema_version(root), SCHEMA_VERSION + 1);
+    // Nothing was migrated (redb itself may rewrite its header on open; no table changed).
+    let db = redb::Database::open(root.join("dockyard.redb")).unwrap();
+    let tables: Vec<String> = db
+        .begin_read()
+        .unwrap()
+        .list_tables()
+        .unwrap()
+        .map(|t| t.name().to_string())
+        .collect();
+    assert!(tables.contains(&"manifests".to_string()), "{tables:?}");
+    assert!(
+        !tables.contains(&"tag_pushed".to_string()),
+        "the refused database was not migrated: {tables:?}"
+    );
+}
