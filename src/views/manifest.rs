@@ -199,7 +199,7 @@ pub fn manifest(
         artifact_type: super::artifact_type(rec.artifact_type.as_deref()),
         size: rec.size,
         tags,
-        pushed: rec.created,
+        pushed: rec.pushed_ms / 1000,
         subject: rec.subject,
         annotations: rec.annotations.unwrap_or_default(),
         config_descriptor,

@@ -54,7 +54,7 @@ pub struct RepoSummary {
     pub unique_bytes: u64,
     /// Bytes of blobs that manifests of other repositories reference too.
     pub shared_bytes: u64,
-    /// When the newest manifest was first pushed (Unix seconds).
+    /// The latest push of any of its manifests (Unix seconds).
     pub last_push: Option<u64>,
     /// When a manifest was last pulled, to the minute (Unix seconds).
     pub last_pull: Option<u64>,
@@ -143,7 +143,7 @@ fn sizes(tx: &ReadTransaction, repo: &str) -> Result<Sizes, RegistryError> {
         }
         let rec: ManifestRecord = decode(v.value())?;
         out.manifests += 1;
-        out.last_push = out.last_push.max(Some(rec.created));
+        out.last_push = out.last_push.max(Some(rec.pushed_ms / 1000));
         for b in rec.blobs {
             *local.entry(b).or_default() += 1;
         }
@@ -189,7 +189,7 @@ pub struct TagRow {
     pub size: u64,
     /// For an index: its children's platforms.
     pub platforms: Vec<String>,
-    /// When the manifest was first pushed (Unix seconds).
+    /// When the tag was last pushed (for an untagged manifest: the manifest), Unix seconds.
     pub pushed: u64,
     /// For a referrer: the manifest it refers to.
     pub subject: Option<String>,
@@ -229,7 +229,13 @@ pub fn repository(
     let manifests = tx.open_table(MANIFESTS)?;
     let bodies = tx.open_table(MANIFEST_BODIES)?;
     let blobs = tx.open_table(BLOBS)?;
+    let tag_pushed = tx.open_table(TAG_PUSHED)?;
     let row = |tag: Option<String>, digest: &str, rec: &ManifestRecord| {
+        // A tag's own push time (schema 2), else the manifest's last push.
+        let pushed = match &tag {
+            Some(t) => tag_pushed.get((repo, t.as_str()))?.map(|v| v.value()),
+            None => None,
+        };
         let mut seen = std::collections::HashSet::new();
         let mut size = rec.size;
         let mut add_blobs = |rec: &ManifestRecord, size: &mut u64| -> Result<(), RegistryError> {
@@ -269,7 +275,7 @@ pub fn repository(
             artifact_type: super::artifact_type(rec.artifact_type.as_deref()),
             size,
             platforms,
-            pushed: rec.created,
+            pushed: pushed.unwrap_or(rec.pushed_ms) / 1000,
             subject: rec.subject.clone(),
         })
     };
