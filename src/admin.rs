@@ -21,6 +21,7 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::auth::access;
 use crate::auth::users::Secret;
 use crate::gc::Progress;
+use crate::views;
 use crate::Core;
 
 /// Everything the control channel can be asked to do. Each variant is handled in
@@ -70,7 +71,10 @@ pub enum Command {
         repair: bool,
     },
     /// Bytes per repository, shared bytes, and what GC would reclaim now.
-    Du,
+    Du {
+        #[serde(default)]
+        json: bool,
+    },
     /// A consistent copy of the whole root into `dest` (an absolute path), see
     /// `portability::backup`.
     Backup {
@@ -89,6 +93,25 @@ pub enum Command {
     /// Migrate a CNCF Distribution filesystem store at `path` (an absolute path).
     ImportDistribution {
         path: PathBuf,
+    },
+    /// Repositories (whose names contain PATTERN, or match it as a grant pattern) with their
+    /// tags and sizes.
+    Ls {
+        #[serde(default)]
+        pattern: Option<String>,
+        #[serde(default)]
+        json: bool,
+    },
+    /// A repository's tags, or one manifest: `NAME`, `NAME:TAG` or `NAME@DIGEST`.
+    Show {
+        target: String,
+        #[serde(default)]
+        json: bool,
+    },
+    /// Deletes a tag (`NAME:TAG`) or a manifest with its tags (`NAME@DIGEST`), by the API's
+    /// rules: a manifest an index lists is refused.
+    Rm {
+        target: String,
     },
 }
 
@@ -147,11 +170,85 @@ pub async fn execute_with(core: &Core, command: Command, progress: Option<Progre
         Command::AclList { subject } => access::acl_list(core, subject.as_deref()).await.into(),
         Command::Gc { .. }
         | Command::Fsck { .. }
-        | Command::Du
+        | Command::Du { .. }
         | Command::Backup { .. }
         | Command::Export { .. }
         | Command::Import { .. }
         | Command::ImportDistribution { .. } => maintenance(core, command, progress).await,
+        Command::Ls { pattern, json } => ls(core, pattern.as_deref().unwrap_or(""), json)
+            .await
+            .into(),
+        Command::Show { target, json } => show(core, &target, json).await.into(),
+        Command::Rm { target } => rm(core, &target).await.into(),
+    }
+}
+
+fn to_json(v: &impl Serialize) -> Result<String, String> {
+    serde_json::to_string_pretty(v).map_err(|e| e.to_string())
+}
+
+async fn ls(core: &Core, pattern: &str, json: bool) -> Result<String, String> {
+    let filter = views::NameFilter::parse(pattern)?;
+    let list = core
+        .db
+        .read(move |tx| views::repositories(tx, &filter, 0, usize::MAX, |_| true))
+        .await
+        .map_err(|e| e.message)?;
+    if json {
+        to_json(&list)
+    } else {
+        Ok(views::text::repo_list(&list))
+    }
+}
+
+async fn show(core: &Core, target: &str, json: bool) -> Result<String, String> {
+    let store = core.store.clone();
+    if let Some((name, reference)) = views::parse_target(target) {
+        let view = core
+            .db
+            .read(move |tx| views::manifest(tx, &store, &name, &reference))
+            .await
+            .map_err(|e| e.message)?
+            .ok_or_else(|| format!("{target}: no such manifest"))?;
+        return if json {
+            to_json(&view)
+        } else {
+            Ok(views::text::manifest(&view))
+        };
+    }
+    let name = crate::oci::RepoName::parse(target).ok_or_else(|| {
+        format!("{target:?} is not NAME, NAME:TAG or NAME@DIGEST with a valid name")
+    })?;
+    let detail = core
+        .db
+        .read(move |tx| views::repository(tx, name.as_str(), 0, usize::MAX))
+        .await
+        .map_err(|e| e.message)?
+        .ok_or_else(|| format!("{target}: no such repository"))?;
+    if json {
+        to_json(&detail)
+    } else {
+        Ok(views::text::repository(&detail))
+    }
+}
+
+async fn rm(core: &Core, target: &str) -> Result<String, String> {
+    use crate::oci::Reference;
+    let (name, reference) = views::parse_target(target)
+        .ok_or_else(|| format!("{target:?} is not NAME:TAG or NAME@DIGEST"))?;
+    let r = reference.clone();
+    let removed = core
+        .db
+        .write(move |tx| match &r {
+            Reference::Digest(d) => crate::db::manifests::delete(tx, &name, d),
+            Reference::Tag(t) => crate::db::manifests::delete_tag(tx, &name, t),
+        })
+        .await
+        .map_err(|e| e.message)?;
+    match (removed, reference) {
+        (false, _) => Err(format!("{target}: no such tag or manifest")),
+        (true, Reference::Tag(_)) => Ok(format!("deleted tag {target}")),
+        (true, Reference::Digest(_)) => Ok(format!("deleted manifest {target} and its tags")),
     }
 }
 
@@ -182,7 +279,15 @@ async fn maintenance(core: &Core, command: Command, progress: Option<Progress>) 
                 false => Outcome::Err(format!("fsck: {r}")),
             })
         }
-        Command::Du => usage::measure(&core).map(|u| Outcome::Ok(u.to_string())),
+        Command::Du { json: false } => usage::measure(&core).map(|u| Outcome::Ok(u.to_string())),
+        Command::Du { json: true } => usage::measure(&core).map(|u| {
+            let last = core
+                .last_gc
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            to_json(&views::storage(&u, last.as_ref(), |_| true)).into()
+        }),
         Command::Backup { dest } => {
             use crate::portability::backup;
             let opts = backup::BackupOptions {

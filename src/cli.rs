@@ -55,6 +55,40 @@ pub enum Command {
     Du {
         #[command(flatten)]
         instance: Instance,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List repositories with their tags and sizes (through the running server if there is
+    /// one).
+    Ls {
+        /// Only names containing this text; with a `*`, a grant pattern (`team/*`, `a/**`).
+        pattern: Option<String>,
+        #[command(flatten)]
+        instance: Instance,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a repository's tags (NAME), or a manifest (NAME:TAG, NAME@DIGEST): config,
+    /// platforms, layers, referrers.
+    Show {
+        target: String,
+        #[command(flatten)]
+        instance: Instance,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a tag (NAME:TAG) or a manifest and its tags (NAME@DIGEST), by the API's rules.
+    /// Asks first unless --yes.
+    Rm {
+        target: String,
+        #[command(flatten)]
+        instance: Instance,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Copy the whole registry, as it is at one instant, into DEST (through the running server
     /// when there is one). Into the same DEST again, copies only what changed.
@@ -315,7 +349,27 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
                 repair,
             },
         ),
-        Command::Du { instance } => execute(instance, admin::Command::Du),
+        Command::Du { instance, json } => execute(instance, admin::Command::Du { json }),
+        Command::Ls {
+            pattern,
+            instance,
+            json,
+        } => execute(instance, admin::Command::Ls { pattern, json }),
+        Command::Show {
+            target,
+            instance,
+            json,
+        } => execute(instance, admin::Command::Show { target, json }),
+        Command::Rm {
+            target,
+            instance,
+            yes,
+        } => {
+            if !yes {
+                confirm(&format!("Delete {target}?"))?;
+            }
+            execute(instance, admin::Command::Rm { target })
+        }
         Command::Backup { dest, instance } => {
             let dest = std::path::absolute(&dest)?;
             execute(instance, admin::Command::Backup { dest })
@@ -497,6 +551,25 @@ fn execute_or(
             Ok(())
         }
         Outcome::Err(message) => Err(crate::Error::Command(message)),
+    }
+}
+
+/// Asks "QUESTION [y/N]" on the terminal; anything but yes is a refusal. Without a terminal
+/// there is no one to ask: the command must say `--yes`.
+fn confirm(question: &str) -> Result<(), crate::Error> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(crate::Error::Command(
+            "standard input is not a terminal: pass --yes to delete without asking".to_string(),
+        ));
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    match line.trim() {
+        "y" | "Y" | "yes" | "YES" | "Yes" => Ok(()),
+        _ => Err(crate::Error::Command("not deleted".to_string())),
     }
 }
 

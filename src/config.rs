@@ -34,6 +34,25 @@ pub struct Config {
     pub gc: GcConfig,
     /// The `[[policy]]` tables, in order (the first matching pattern wins).
     pub policies: crate::policy::Policies,
+    /// The `[ui]` section.
+    pub ui: UiConfig,
+}
+
+/// The web UI at `/ui/` (see `http::ui`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UiConfig {
+    pub enabled: bool,
+    /// How long a login to the UI lasts.
+    pub session_lifetime: Duration,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig {
+            enabled: true,
+            session_lifetime: Duration::from_secs(12 * 3600),
+        }
+    }
 }
 
 /// `[server]` timeouts and caps: defaults no real client reaches, so only stalled, idle or
@@ -187,6 +206,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             auth: AuthConfig::default(),
             gc: GcConfig::default(),
+            ui: UiConfig::default(),
             policies: crate::policy::Policies::default(),
         }
     }
@@ -222,6 +242,15 @@ struct File {
     gc: GcSection,
     #[serde(default)]
     policy: Vec<PolicySection>,
+    #[serde(default)]
+    ui: UiSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UiSection {
+    enabled: Option<bool>,
+    session_lifetime: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -557,6 +586,12 @@ impl Config {
                 .map(|(i, p)| p.parse(i))
                 .collect::<Result<_, _>>()?,
         ));
+        if let Some(e) = file.ui.enabled {
+            c.ui.enabled = e;
+        }
+        if let Some(l) = file.ui.session_lifetime {
+            c.ui.session_lifetime = duration("ui.session_lifetime", &l)?;
+        }
         Ok(c)
     }
 }
@@ -585,6 +620,7 @@ mod tests {
         assert_eq!(c.log_format, d.log_format);
         assert_eq!(c.auth, d.auth);
         assert_eq!(c.gc, d.gc);
+        assert_eq!(c.ui, d.ui);
         // Every key of the file is one the parser knows (deny_unknown_fields) and every
         // `[auth]` field is spelled out in it.
         for key in [

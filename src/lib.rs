@@ -17,6 +17,7 @@
 //!   expires (enforced by `db::manifests` and the GC pass).
 //! - `portability`: data in and out as files: `backup`/`restore`, OCI-layout `export`/`import`,
 //!   `import-distribution`.
+//! - `views`: what the web UI and `dockyard ls`/`show` display, built from database reads.
 //! - `admin`: the control channel (a Unix socket) through which the CLI reaches a server.
 //! - `cli`: the `dockyard` command line.
 //!
@@ -44,6 +45,7 @@ pub mod policy;
 pub mod portability;
 pub mod server;
 pub mod store;
+pub mod views;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -94,6 +96,9 @@ pub struct Core {
     /// Set when the server starts shutting down: a GC pass (timer or admin) stops between
     /// two batches.
     pub stopping: Arc<AtomicBool>,
+    /// When the last GC pass of this process ended (Unix seconds) and what it freed, for the
+    /// UI's storage page; not kept across restarts.
+    pub last_gc: Arc<Mutex<Option<(u64, gc::GcReport)>>>,
 }
 
 impl Core {
@@ -114,6 +119,7 @@ impl Core {
             maintenance: Arc::new(Mutex::new(())),
             cursors: Arc::default(),
             stopping: Arc::new(AtomicBool::new(false)),
+            last_gc: Arc::default(),
         })
     }
 }

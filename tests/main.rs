@@ -28,3 +28,5 @@ mod protocol;
 mod restart;
 mod secrets;
 mod workflow;
+mod ui;
+mod ui_cli;

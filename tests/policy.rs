@@ -396,7 +396,10 @@ quota = "1MiB"
     assert_eq!(put_status(&c, &r, "team/a", "again", &m1).await.0, 201);
     let small = blobs_for(&c, &r, "team/a", 1000).await;
     assert_eq!(put_status(&c, &r, "team/a", "small", &small).await.0, 201);
-    let du = r.admin(dockyard::admin::Command::Du).await.unwrap();
+    let du = r
+        .admin(dockyard::admin::Command::Du { json: false })
+        .await
+        .unwrap();
     assert!(
         du.contains("quota team/**: ") && du.contains("of 9.8 KiB"),
         "du shows the quota: {du}"
@@ -438,7 +441,10 @@ quota = "1MiB"
     let ok = statuses.iter().filter(|s| **s == 201).count();
     let denied = statuses.iter().filter(|s| **s == 403).count();
     assert_eq!((ok, denied), (3, 5), "{statuses:?}");
-    let du = r.admin(dockyard::admin::Command::Du).await.unwrap();
+    let du = r
+        .admin(dockyard::admin::Command::Du { json: false })
+        .await
+        .unwrap();
     assert!(
         du.contains("quota big/**: 900.0 KiB used of 1.0 MiB"),
         "{du}"

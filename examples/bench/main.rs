@@ -640,6 +640,24 @@ async fn run(args: Args) -> Result<bool> {
         "ms",
         false,
     );
+    for (k, label) in [
+        ("ui.list", "repository list page (/ui/, 50 of them)"),
+        (
+            "ui.filter",
+            "repository list filtered by name (/ui/?q=r0999)",
+        ),
+        ("ui.tags", "a repository's tag page (/ui/r/cat/r05000)"),
+    ] {
+        for q in ["p50", "p99"] {
+            t.row(
+                &format!("{k}.{q}"),
+                &format!("5. UI, {} repos: {label}, {q}", s.repos),
+                "ms",
+                false,
+            )
+            .goal = (q == "p99").then_some(Goal::Under(50.0));
+        }
+    }
     t.row("mem.idle", "6. RSS idle after start", "MiB", false)
         .goal = Some(Goal::Under(12.0));
     t.row(
@@ -970,6 +988,32 @@ async fn run(args: Args) -> Result<bool> {
             for i in b.order() {
                 let r = first_page(b.servers[i].addr).await;
                 b.record("catalog.first_page", kinds[i], r);
+            }
+        }
+        // The web UI's pages over the same repositories (Dockyard only).
+        let last = format!("cat/r{:05}", b.sizes.repos / 2);
+        let filter = format!("r{:04}", (b.sizes.repos / 10).saturating_sub(1));
+        let pages = [
+            ("ui.list", "/ui/".to_string(), "cat/r00000".to_string()),
+            (
+                "ui.filter",
+                format!("/ui/?q={filter}"),
+                format!("cat/{filter}"),
+            ),
+            ("ui.tags", format!("/ui/r/{last}"), "v1".to_string()),
+        ];
+        for (i, &kind) in kinds.iter().enumerate() {
+            if kind != Kind::Dockyard {
+                continue;
+            }
+            for (key, path, needle) in &pages {
+                let r = page_latency(b.servers[i].addr, path, 200, needle).await;
+                let (p50, p99) = match r {
+                    Ok((a, b)) => (Ok(a), Ok(b)),
+                    Err(e) => (Err(e.to_string().into()), Err(e)),
+                };
+                b.record(&format!("{key}.p50"), kind, p50);
+                b.record(&format!("{key}.p99"), kind, p99);
             }
         }
     }

@@ -690,3 +690,26 @@ fn link_next(h: &str) -> Option<&str> {
     let b = h[a..].find('>')? + a;
     Some(crate::client::path_of(&h[a..b]))
 }
+
+/// p50 and p99 (ms) of `n` sequential GETs of a UI page on one connection (Dockyard only:
+/// Distribution has no UI). Each answer must be a 200 holding `must_contain`.
+pub async fn page_latency(
+    addr: SocketAddr,
+    path: &str,
+    n: usize,
+    must_contain: &str,
+) -> Result<(f64, f64)> {
+    let mut c = Conn::connect(addr).await?;
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = c.get(path, &[]).await?.expect(200, path)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        if !String::from_utf8_lossy(&r.body).contains(must_contain) {
+            return Err(format!("{path} does not show {must_contain:?}").into());
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    Ok((at(0.5), at(0.99)))
+}

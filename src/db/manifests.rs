@@ -263,6 +263,7 @@ pub fn delete(
     let n = repos.get(r)?.map(|v| v.value()).unwrap_or(0);
     if n <= 1 {
         repos.remove(r)?;
+        super::pulls::forget(tx, r)?;
     } else {
         repos.insert(r, n - 1)?;
     }

@@ -13,6 +13,7 @@ pub mod manifests;
 mod memo;
 pub mod migrate;
 pub mod policy;
+pub mod pulls;
 pub mod schema;
 pub mod snapshot;
 pub mod uploads;
@@ -109,6 +110,7 @@ impl Db {
             tx.open_table(USERS)?;
             tx.open_table(ACLS)?;
             tx.open_table(SECRETS)?;
+            tx.open_table(REPO_PULLS)?;
         }
         tx.commit()?;
         if let migrate::Opened::Migrated { from, counts } = opened {

@@ -36,6 +36,10 @@ pub const TAG_PUSHED: TableDefinition<(&str, &str), u64> = TableDefinition::new(
 pub const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
 /// (repository, subject digest, referrer digest): the referrer's manifest names the subject.
 pub const REFERRERS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("referrers");
+/// repository → Unix seconds of its last pull (a manifest GET), written at most once a minute
+/// per repository (`db::pulls`). Added without a schema bump: an older binary never opens
+/// it, leaves it as it is, and its pulls are simply not recorded.
+pub const REPO_PULLS: TableDefinition<&str, u64> = TableDefinition::new("repo_pulls");
 /// upload id → `UploadRecord`.
 pub const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
 /// user name → `UserRecord`.

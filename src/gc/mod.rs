@@ -290,6 +290,8 @@ pub fn run_once(core: &Core, opts: &GcOptions) -> Result<GcReport, Error> {
     report.elapsed = started.elapsed();
     if !opts.dry_run {
         core.metrics.gc_run(report.bytes());
+        *core.last_gc.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((crate::db::now(), report.clone()));
     }
     Ok(report)
 }

@@ -17,6 +17,7 @@ pub async fn get(
     head: bool,
 ) -> Result<Response, RegistryError> {
     let key = format!("manifest\0{name}\0{reference}\0{head}");
+    let repo = name.clone();
     let found = state
         .db
         .read_remembered(
@@ -29,6 +30,9 @@ pub async fn get(
             move |tx| db::manifests::get(tx, &name, &reference, !head),
         )
         .await?;
+    if !head && found.is_some() {
+        note_pull(state, repo);
+    }
     let Some((digest, rec, body)) = found else {
         return Err(RegistryError::code(ErrorCode::ManifestUnknown));
     };
@@ -38,6 +42,24 @@ pub async fn get(
         .header("Docker-Content-Digest", digest.to_string())
         .header(header::ETAG, format!("\"{digest}\""));
     Ok(reply::finish(b, body.unwrap_or_default()))
+}
+
+/// Records that `repo` was pulled, at most once a minute per repository and off the request's
+/// path: the write commits without fsync, in the background (see `db::pulls`).
+fn note_pull(state: &State, repo: RepoName) {
+    if !state.pulls.due(repo.as_str()) {
+        return;
+    }
+    let db = state.db.clone();
+    tokio::spawn(async move {
+        let at = db::now();
+        let r = db
+            .write_unsynced(move |tx| db::pulls::record(tx, repo.as_str(), at))
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e.message, "cannot record a pull");
+        }
+    });
 }
 
 /// Reads a manifest body, refusing it once it passes the configured maximum.

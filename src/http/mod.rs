@@ -13,6 +13,7 @@ pub mod path;
 mod referrers;
 pub mod reply;
 mod tags;
+mod ui;
 mod uploads;
 
 use std::convert::Infallible;
@@ -50,6 +51,12 @@ pub struct State {
     /// Users and grants (the snapshot the control channel refreshes) and the token key.
     pub access: Arc<Access>,
     pub auth: Auth,
+    /// Which pulls to record (see `db::pulls`).
+    pub pulls: crate::db::pulls::PullClock,
+    /// The whole instance, for the UI's storage page (a dry GC pass needs it).
+    pub core: crate::Core,
+    /// Sessions and CSRF keys of the web UI.
+    pub ui: ui::UiState,
     /// Body-carrying writes in progress per client (`[server] max_uploads_per_client`).
     pub writes: WriteSlots,
 }
@@ -130,6 +137,9 @@ impl State {
     pub fn new(core: crate::Core) -> State {
         State {
             writes: WriteSlots::new(core.config.limits.max_uploads_per_client),
+            pulls: Default::default(),
+            ui: ui::UiState::new(&core.config),
+            core: core.clone(),
             auth: Auth::new(
                 core.config.auth.clone(),
                 core.config.tls.is_some(),
@@ -216,7 +226,7 @@ pub fn routes(
         .and(warp::get().or(warp::post()).unify())
         .and(request)
         .and(warp::body::stream())
-        .and(with_state)
+        .and(with_state.clone())
         .then(|req: Request, body, state: Arc<State>| async move {
             let mut resp = match read_small(box_body(body), auth::MAX_FORM).await {
                 Ok(body) => state.auth.token_endpoint(&state, req, body).await,
@@ -225,7 +235,35 @@ pub fn routes(
             resp.extensions_mut().insert(RouteLabel("token"));
             resp
         });
+    let ui = warp::path("ui")
+        .and(warp::path::full())
+        .and(request)
+        .and(warp::body::stream())
+        .and(with_state.clone())
+        .then(
+            |full: warp::path::FullPath, req: Request, body, state: Arc<State>| async move {
+                // `/ui` itself goes to `/ui/`, so that relative paths are the same everywhere.
+                let mut resp = match full.as_str().strip_prefix("/ui/") {
+                    Some(tail) => ui::handle(state, tail, req, box_body(body)).await,
+                    None => ui::root(&state),
+                };
+                resp.extensions_mut().insert(RouteLabel("ui"));
+                resp
+            },
+        );
+    let root = warp::path::end()
+        .and(warp::get().or(warp::head()).unify())
+        .and(with_state.clone())
+        .map(|state: Arc<State>| {
+            let mut resp = ui::root(&state);
+            resp.extensions_mut().insert(RouteLabel("ui"));
+            resp
+        });
     api.or(token)
+        .unify()
+        .or(ui)
+        .unify()
+        .or(root)
         .unify()
         .or(health::routes(health_state))
         .unify()
