@@ -27,6 +27,6 @@ mod powercut_fs;
 mod protocol;
 mod restart;
 mod secrets;
-mod workflow;
 mod ui;
 mod ui_cli;
+mod workflow;
