@@ -17,3 +17,4 @@ mod interop_cli;
 mod ops;
 mod protocol;
 mod restart;
+mod sparse;

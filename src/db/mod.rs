@@ -83,8 +83,10 @@ impl Db {
             let found = meta.get("schema_version")?.map(|v| v.value());
             match found {
                 Some(v) if v > SCHEMA_VERSION => return Err(DbError::NewerSchema { found: v }),
-                Some(_) => {}
-                None => {
+                Some(SCHEMA_VERSION) => {}
+                // Migrations, each in this one transaction: 1 → 2 adds `ABSENT_CHILDREN`,
+                // which the `open_table` calls below create empty.
+                Some(_) | None => {
                     meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
             }
@@ -95,6 +97,7 @@ impl Db {
             tx.open_table(TAGS)?;
             tx.open_table(REPOS)?;
             tx.open_table(REFERRERS)?;
+            tx.open_table(ABSENT_CHILDREN)?;
             tx.open_table(UPLOADS)?;
             tx.open_table(USERS)?;
             tx.open_table(ACLS)?;

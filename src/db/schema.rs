@@ -5,14 +5,22 @@
 //!   or layer;
 //! - a manifest's `refcount` is the number of tags in its repository that point at it plus
 //!   the number of indexes in its repository that list it.
+//!
+//! A sparse index lists children that are not stored; each such (index, child) pair has an
+//! `ABSENT_CHILDREN` row, which turns into one reference when the child is pushed.
 
 use std::collections::BTreeMap;
 
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
-/// Bumped whenever a table or record changes shape; `Db::open` refuses a newer file.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Bumped whenever a table or record changes shape; `Db::open` refuses a newer file and
+/// migrates an older one (`Db::open` lists each step).
+/// - 1: the first release.
+/// - 2: `ABSENT_CHILDREN` (sparse indexes). A version 1 file has no sparse index, so the
+///   migration only creates the empty table; a version 1 binary must not open a file that
+///   has one (it would not count a child pushed after its index).
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// "schema_version" → u64.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -31,6 +39,11 @@ pub const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags
 pub const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
 /// (repository, subject digest, referrer digest): the referrer's manifest names the subject.
 pub const REFERRERS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("referrers");
+/// (repository, child digest, index digest): an index in the repository lists a child
+/// manifest that is not stored there (a sparse index). Pushing the child turns its rows into
+/// its reference count and removes them; deleting the index removes its rows.
+pub const ABSENT_CHILDREN: TableDefinition<(&str, &str, &str), ()> =
+    TableDefinition::new("absent_children");
 /// upload id → `UploadRecord`.
 pub const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
 /// user name → `UserRecord`.
@@ -57,7 +70,8 @@ pub struct ManifestRecord {
     pub size: u64,
     /// Config and layer digests this manifest counts (deduplicated).
     pub blobs: Vec<String>,
-    /// Child manifest digests an index counts (deduplicated).
+    /// Child manifest digests an index lists (deduplicated). It counts those stored in the
+    /// repository; the others have `ABSENT_CHILDREN` rows.
     pub children: Vec<String>,
     pub subject: Option<String>,
     pub artifact_type: Option<String>,

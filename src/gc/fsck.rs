@@ -49,7 +49,11 @@ pub enum Kind {
     DanglingTag,
     /// A manifest lists a blob that has no row.
     MissingBlobRow,
+    /// An index lists a child that is neither stored nor recorded as absent, so a push of
+    /// the child would not count the index.
     MissingChild,
+    /// An `ABSENT_CHILDREN` row that no stored index calls for.
+    AbsentChildIndex,
     /// A repository link to a blob that has no row.
     DanglingLink,
     RowWithoutFile,
@@ -131,6 +135,16 @@ enum Fix {
         repo: String,
         subject: String,
         referrer: String,
+    },
+    AddAbsent {
+        repo: String,
+        child: String,
+        index: String,
+    },
+    RemoveAbsent {
+        repo: String,
+        child: String,
+        index: String,
     },
     RemoveFile {
         digest: Option<Digest>,
@@ -220,6 +234,8 @@ struct Snapshot {
     tags: Vec<(String, String, String)>,
     repos: BTreeMap<String, u64>,
     referrers: BTreeSet<(String, String, String)>,
+    /// (repository, child, index) rows of `ABSENT_CHILDREN`.
+    absent: BTreeSet<(String, String, String)>,
     uploads: BTreeSet<String>,
     bad: Vec<String>,
 }
@@ -280,6 +296,12 @@ macro_rules! load_snapshot {
             let (r, sub, d) = k.value();
             s.referrers
                 .insert((r.to_string(), sub.to_string(), d.to_string()));
+        }
+        for e in tx.open_table(ABSENT_CHILDREN)?.iter()? {
+            let (k, _) = e?;
+            let (r, c, i) = k.value();
+            s.absent
+                .insert((r.to_string(), c.to_string(), i.to_string()));
         }
         for e in tx.open_table(UPLOADS)?.iter()? {
             let (k, _) = e?;
@@ -342,12 +364,18 @@ fn audit(s: &Snapshot, files: &Files) -> Vec<Problem> {
         for c in &m.children {
             if s.manifests.contains_key(&(r.clone(), c.clone())) {
                 *manifest_refs.entry((r, c)).or_default() += 1;
-            } else {
+            } else if !s.absent.contains(&(r.clone(), c.clone(), d.clone())) {
                 out.push(problem(
                     Kind::MissingChild,
-                    Remedy::Person,
-                    format!("index {r}@{d} lists {c}, which is not stored"),
-                    None,
+                    Remedy::Repair,
+                    format!(
+                        "index {r}@{d} lists {c}, which is neither stored nor recorded as absent"
+                    ),
+                    Some(Fix::AddAbsent {
+                        repo: r.clone(),
+                        child: c.clone(),
+                        index: d.clone(),
+                    }),
                 ));
             }
         }
@@ -550,6 +578,24 @@ fn audit(s: &Snapshot, files: &Files) -> Vec<Problem> {
             format!("manifest body {r}@{d} does not hash to its digest"),
             None,
         ));
+    }
+    for (r, c, i) in &s.absent {
+        let listed = s
+            .manifests
+            .get(&(r.clone(), i.clone()))
+            .is_some_and(|m| m.children.contains(c));
+        if !listed || s.manifests.contains_key(&(r.clone(), c.clone())) {
+            out.push(problem(
+                Kind::AbsentChildIndex,
+                Remedy::Repair,
+                format!("{r}@{c} is recorded as an absent child of index {i}, which is wrong"),
+                Some(Fix::RemoveAbsent {
+                    repo: r.clone(),
+                    child: c.clone(),
+                    index: i.clone(),
+                }),
+            ));
+        }
     }
     for (r, sub, d) in &s.referrers {
         let ok = s
@@ -955,6 +1001,17 @@ fn apply(tx: &WriteTransaction, fix: &Fix) -> Result<bool, RegistryError> {
                 repo.as_str(),
                 subject.as_str(),
                 referrer.as_str(),
+            ))?;
+        }
+        Fix::AddAbsent { repo, child, index } => {
+            tx.open_table(ABSENT_CHILDREN)?
+                .insert((repo.as_str(), child.as_str(), index.as_str()), ())?;
+        }
+        Fix::RemoveAbsent { repo, child, index } => {
+            tx.open_table(ABSENT_CHILDREN)?.remove((
+                repo.as_str(),
+                child.as_str(),
+                index.as_str(),
             ))?;
         }
         Fix::RemoveFile { .. } => return Ok(false),

@@ -91,9 +91,10 @@ pub async fn put(
     }
     let subject = parsed.subject.as_ref().map(|s| s.digest.to_string());
     let (n, d, t) = (name.clone(), digest.clone(), tags.clone());
+    let sparse = state.config.sparse_indexes;
     state
         .db
-        .write(move |tx| db::manifests::put(tx, &n, &d, &parsed, &body, &t))
+        .write(move |tx| db::manifests::put(tx, &n, &d, &parsed, &body, &t, sparse))
         .await?;
     let mut b = reply::empty(StatusCode::CREATED)
         .header(header::LOCATION, format!("/v2/{name}/manifests/{digest}"))
