@@ -18,3 +18,4 @@ mod ops;
 mod protocol;
 mod restart;
 mod sparse;
+mod spec;
