@@ -16,6 +16,7 @@ mod interop_auth;
 mod interop_cli;
 mod ops;
 mod protocol;
+mod refcount;
 mod restart;
 mod sparse;
 mod spec;
