@@ -401,3 +401,73 @@ fn copy_from(src: &str, out: &Path, arch: &str) -> String {
     ]));
     sha256(&std::fs::read(out.join("manifest.json")).unwrap())
 }
+
+/// A copy of `tests/fixtures/schema1`: written by the release before sparse indexes (schema
+/// version 1: `fixture/app` with `amd64`, `arm64` and the index `multi` over them).
+fn schema1_copy(dir: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schema1");
+    let copy = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    };
+    copy(&src.join("dockyard.redb"), &dir.join("dockyard.redb"));
+    for shard in std::fs::read_dir(src.join("blobs/sha256")).unwrap() {
+        for f in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let f = f.unwrap().path();
+            let rel = f.strip_prefix(&src).unwrap();
+            copy(&f, &dir.join(rel));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_schema_1_database_is_migrated_and_keeps_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    schema1_copy(dir.path());
+    let r = TestRegistry::start_with(dockyard::Config {
+        root: dir.path().to_path_buf(),
+        ..Default::default()
+    })
+    .await;
+    let c = client();
+    assert_clean(&r, "migrated").await;
+    let version = r
+        .core
+        .db
+        .read_blocking(|tx| {
+            Ok(tx
+                .open_table(dockyard::db::schema::META)?
+                .get("schema_version")?
+                .map(|v| v.value()))
+        })
+        .unwrap();
+    assert_eq!(version, Some(dockyard::db::schema::SCHEMA_VERSION));
+    let (ct, index) = get(&c, &r, "fixture/app", "multi").await.expect("index");
+    assert_eq!(ct, OCI_INDEX);
+    let v: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    for child in v["manifests"].as_array().unwrap() {
+        let d = child["digest"].as_str().unwrap();
+        let (_, body) = get(&c, &r, "fixture/app", d).await.expect("child");
+        assert_pulls(&c, &r.url(""), "fixture/app", d, &body, "migrated child").await;
+        // The old index still holds its children.
+        assert_eq!(delete(&c, &r, "fixture/app", d).await, 409);
+    }
+    // A sparse index and a late child work on the migrated database.
+    let late = image(&c, &r, "fixture/app", "s390x").await;
+    let sparse = index_of(OCI_INDEX, OCI_MANIFEST, &[("s390x", &late)]);
+    assert_eq!(
+        put(&c, &r, "fixture/app", "sparse", OCI_INDEX, &sparse)
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        put(&c, &r, "fixture/app", &sha256(&late), OCI_MANIFEST, &late)
+            .await
+            .0,
+        201
+    );
+    assert_eq!(delete(&c, &r, "fixture/app", &sha256(&late)).await, 409);
+    assert_clean(&r, "sparse on the migrated database").await;
+    r.stop().await;
+}
