@@ -1,6 +1,10 @@
-//! Writing an upload: request bytes stream through bounded channels to two blocking tasks,
-//! one appending them to the upload file and one hashing them, so a blob is never held in
-//! memory whole and the network, the disk and the hash all work at the same time.
+//! Writing an upload: the async side waits for the network and the blocking pool only does
+//! disk work. Request bytes are gathered into batches; each batch is written to the upload
+//! file and hashed by two short blocking jobs that run side by side, while the next batch is
+//! being received. So a blob is never held in memory whole, the network, the disk and the
+//! hash all work at the same time, and a client that stalls holds no blocking thread: no
+//! number of slow uploads can starve the pool that reads, the database and the admin socket
+//! need.
 //!
 //! Durability: the bytes of a blob are fsynced once, when the upload is finished and before
 //! the file is renamed into the blob store (`Sink::append` with `Durability::Sync`). While
@@ -11,8 +15,10 @@
 //! that does not hash to what the client named.
 
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -39,9 +45,10 @@ pub struct Sink {
 
 /// Read size when rehashing a file.
 const READ_BUFFER: usize = 1 << 20;
-/// Chunks queued between the network and each blocking task. A chunk is at most the HTTP
-/// read buffer (1 MiB, `http::serve`), so an upload holds about 4 MiB at most.
-const CHANNEL_DEPTH: usize = 4;
+/// Bytes gathered from the network while the previous batch is on disk; past this, reading
+/// the request waits for the disk. With one batch in flight, an upload holds about twice
+/// this plus one HTTP read buffer (1 MiB, `server`).
+const BATCH: usize = 1 << 20;
 /// How much is written before its writeback to disk is started.
 const WRITEBACK: u64 = 8 << 20;
 
@@ -84,6 +91,9 @@ impl Sink {
     /// file (with everything appended before) is fsynced. Stops with SIZE_INVALID once the
     /// upload would pass `max_len`. On error the file may hold a partial tail; the caller
     /// drops the session or truncates back to `self.len`.
+    ///
+    /// Only `Disk` jobs (open, write, hash, fsync) run on the blocking pool, one batch at a
+    /// time; waiting for the client happens here, on the async side.
     pub async fn append(
         self,
         path: &Path,
@@ -91,95 +101,199 @@ impl Sink {
         max_len: u64,
         durability: Durability,
     ) -> Result<Sink, RegistryError> {
-        // Only the first bytes of an upload create its file. Appending to a session whose
-        // file has gone (expired by the GC while this request waited) must fail: recreating
-        // it would let the hash state of the old bytes vouch for a file holding only new ones.
-        let file = match OpenOptions::new()
-            .create(self.len == 0)
-            .append(true)
-            .open(path)
-        {
-            Err(e) if e.kind() == io::ErrorKind::NotFound && self.len > 0 => {
-                return Err(RegistryError::new(
-                    ErrorCode::BlobUploadUnknown,
-                    "the upload session expired",
-                ))
-            }
-            other => other?,
-        };
-        let (wtx, mut wrx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_DEPTH);
-        let (htx, mut hrx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_DEPTH);
         let start_len = self.len;
-        let writer = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-            let mut file = file;
-            let (mut written, mut kicked) = (0u64, 0u64);
-            while let Some(chunk) = wrx.blocking_recv() {
-                file.write_all(&chunk)?;
-                written += chunk.len() as u64;
-                if written - kicked >= WRITEBACK {
-                    start_writeback(&file, start_len + kicked, written - kicked);
-                    kicked = written;
-                }
-            }
-            if durability == Durability::Sync {
-                file.sync_data()?;
-            }
-            Ok(written)
+        let mut disk = Some(Disk::Closed {
+            path: path.to_path_buf(),
+            create: self.len == 0,
+            hasher: self.hasher,
+            len: self.len,
         });
-        let mut hasher = self.hasher;
-        let hashing = tokio::task::spawn_blocking(move || {
-            while let Some(chunk) = hrx.blocking_recv() {
-                hasher.update(&chunk);
-            }
-            hasher
-        });
+        let mut in_flight: Option<DiskJob> = None;
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batched = 0usize;
         let mut received = start_len;
         let mut failure = None;
-        let mut writer_failed = false;
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    failure = Some(RegistryError::new(
-                        ErrorCode::BlobUploadInvalid,
-                        format!("request body failed: {e}"),
-                    ));
-                    break;
+        let mut body_done = false;
+        // Set once the last job (which opens the file even for an empty body, and fsyncs it
+        // when asked) is on its way.
+        let mut last_sent = false;
+        loop {
+            if in_flight.is_none() && !last_sent && (!batch.is_empty() || body_done) {
+                if let Some(d) = disk.take() {
+                    let chunks = std::mem::take(&mut batch);
+                    batched = 0;
+                    last_sent = body_done;
+                    in_flight = Some(Box::pin(d.run(chunks, body_done.then_some(durability))));
                 }
-            };
-            received += chunk.len() as u64;
-            if received > max_len {
-                failure = Some(RegistryError::new(
-                    ErrorCode::SizeInvalid,
-                    format!("blob exceeds the maximum size of {max_len} bytes"),
-                ));
+            }
+            if last_sent && in_flight.is_none() {
                 break;
             }
-            // Both tasks see every chunk (a reference-counted view, not a copy).
-            if htx.send(chunk.clone()).await.is_err() || wtx.send(chunk).await.is_err() {
-                writer_failed = true; // its error is reported below
-                break;
+            tokio::select! {
+                biased;
+                done = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
+                    in_flight = None;
+                    match done {
+                        Ok(d) => disk = Some(d),
+                        Err(e) => {
+                            // The disk failed: the client is told, the rest of its body dropped.
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+                chunk = body.next(), if !body_done && batched < BATCH => match chunk {
+                    None => body_done = true,
+                    Some(Err(e)) => {
+                        failure = Some(RegistryError::new(
+                            ErrorCode::BlobUploadInvalid,
+                            format!("request body failed: {e}"),
+                        ));
+                        break;
+                    }
+                    Some(Ok(chunk)) => {
+                        received += chunk.len() as u64;
+                        if received > max_len {
+                            failure = Some(RegistryError::new(
+                                ErrorCode::SizeInvalid,
+                                format!("blob exceeds the maximum size of {max_len} bytes"),
+                            ));
+                            break;
+                        }
+                        batched += chunk.len();
+                        batch.push(chunk);
+                    }
+                },
             }
         }
-        drop((wtx, htx));
-        if failure.is_some() || writer_failed {
-            drain(body).await;
+        if let Some(job) = in_flight.take() {
+            // A failure on the network side: let the batch on disk land, so the caller's
+            // truncation sees a file nobody is writing to.
+            let _ = job.await;
         }
-        let task_failed =
-            |e: tokio::task::JoinError| RegistryError::internal(format!("upload task: {e}"));
-        let written = writer.await.map_err(task_failed)??;
-        let hasher = hashing.await.map_err(task_failed)?;
         match failure {
-            Some(f) => Err(f),
-            None => Ok(Sink {
-                len: start_len + written,
-                hasher,
-            }),
+            Some(f) => {
+                if f.code != ErrorCode::BlobUploadInvalid {
+                    drain(body).await;
+                }
+                Err(f)
+            }
+            None => match disk {
+                Some(Disk::Open { hasher, len, .. }) | Some(Disk::Closed { hasher, len, .. }) => {
+                    Ok(Sink { len, hasher })
+                }
+                None => Err(RegistryError::internal("upload state lost")),
+            },
         }
     }
 
     pub fn digest(self) -> Digest {
         self.hasher.finish()
+    }
+}
+
+/// A disk job: one batch written and hashed on the blocking pool.
+type DiskJob = Pin<Box<dyn Future<Output = Result<Disk, RegistryError>> + Send>>;
+
+/// The disk side of an upload in progress, handed to each batch's jobs and back.
+enum Disk {
+    /// Not opened yet: the first batch opens it on the blocking pool.
+    Closed {
+        path: PathBuf,
+        create: bool,
+        hasher: Hasher,
+        len: u64,
+    },
+    Open {
+        file: File,
+        hasher: Hasher,
+        /// Bytes in the file, this request's included.
+        len: u64,
+        /// Up to where writeback has been started.
+        kicked: u64,
+    },
+}
+
+impl Disk {
+    /// Writes and hashes `chunks` (in two blocking jobs side by side); with `finish`, then
+    /// makes the file durable as asked.
+    async fn run(self, chunks: Vec<Bytes>, finish: Option<Durability>) -> Result<Disk, RegistryError> {
+        let task_failed =
+            |e: tokio::task::JoinError| RegistryError::internal(format!("upload task: {e}"));
+        let (file, hasher, len, kicked) = match self {
+            Disk::Open {
+                file,
+                hasher,
+                len,
+                kicked,
+            } => (file, hasher, len, kicked),
+            Disk::Closed {
+                path,
+                create,
+                hasher,
+                len,
+            } => {
+                let file = tokio::task::spawn_blocking(move || open(&path, create))
+                    .await
+                    .map_err(task_failed)??;
+                (file, hasher, len, len)
+            }
+        };
+        let added: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        // Both jobs see every chunk (reference-counted views, not copies).
+        let for_hash = chunks.clone();
+        let writing = tokio::task::spawn_blocking(move || -> io::Result<(File, u64)> {
+            let mut file = file;
+            let mut kicked = kicked;
+            for chunk in &chunks {
+                file.write_all(chunk)?;
+            }
+            let end = len + added;
+            if end - kicked >= WRITEBACK {
+                start_writeback(&file, kicked, end - kicked);
+                kicked = end;
+            }
+            if finish == Some(Durability::Sync) {
+                file.sync_data()?;
+            }
+            Ok((file, kicked))
+        });
+        let hashing = async {
+            if added == 0 {
+                return Ok(hasher);
+            }
+            tokio::task::spawn_blocking(move || {
+                let mut hasher = hasher;
+                for chunk in &for_hash {
+                    hasher.update(chunk);
+                }
+                hasher
+            })
+            .await
+        };
+        let (written, hashed) = futures_util::future::join(writing, hashing).await;
+        let (file, kicked) = written.map_err(task_failed)??;
+        let hasher = hashed.map_err(task_failed)?;
+        Ok(Disk::Open {
+            file,
+            hasher,
+            len: len + added,
+            kicked,
+        })
+    }
+}
+
+/// Opens an upload file for appending. Only the first bytes of an upload create it:
+/// appending to a session whose file has gone (expired by the GC while this request waited)
+/// must fail, since recreating it would let the hash state of the old bytes vouch for a file
+/// holding only new ones.
+fn open(path: &Path, create: bool) -> Result<File, RegistryError> {
+    match OpenOptions::new().create(create).append(true).open(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !create => Err(RegistryError::new(
+            ErrorCode::BlobUploadUnknown,
+            "the upload session expired",
+        )),
+        other => Ok(other?),
     }
 }
 
