@@ -251,6 +251,10 @@ fn range_error(message: String) -> RegistryError {
     RegistryError::new(ErrorCode::BlobUploadInvalid, message).with_status(416)
 }
 
+/// A chunk's length as its `Content-Range` declares it, and the flag its body raises when it
+/// runs past that length.
+type Declared = Option<(u64, Arc<AtomicBool>)>;
+
 /// With a `Content-Range`, the chunk must start at the upload's offset and hold exactly the
 /// bytes the range names: its `Content-Length` (when sent) must agree up front, and the body
 /// is cut off with an error the moment it runs past the range. Returns the chunk's length
@@ -260,7 +264,7 @@ fn check_range(
     req: &Request,
     offset: u64,
     body: BodyStream,
-) -> Result<(BodyStream, Option<(u64, Arc<AtomicBool>)>), RegistryError> {
+) -> Result<(BodyStream, Declared), RegistryError> {
     let Some(cr) = req.header("content-range") else {
         return Ok((body, None));
     };
