@@ -226,7 +226,10 @@ impl Auth {
             .as_ref()
             .is_some_and(|p| p.allows(caller.user.as_deref(), name.as_str(), action));
         let scope = scope_for(name, action);
-        if caller.token.is_some() && (grants_would || caller.user.is_none()) {
+        // An anonymous caller (with an anonymous token or none) needs a login, not a wider
+        // token: the plain challenge, whose "authentication required" is what clients then
+        // show (an `insufficient_scope` makes podman print "denied").
+        if caller.token.is_some() && caller.user.is_some() && grants_would {
             // RFC 6750 says 403 here, but Docker's token protocol (Distribution's `token`
             // auth) answers 401 with the scope, which is what makes clients fetch a new
             // token instead of failing.
