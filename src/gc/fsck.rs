@@ -1070,6 +1070,48 @@ mod tests {
     }
 
     #[test]
+    fn a_sparse_index_needs_an_absent_row_for_each_missing_child_and_no_other() {
+        let (mut s, f) = consistent();
+        let mut index = manifest(&[], 0);
+        index.children = vec!["sha256:m".into(), "sha256:gone".into()];
+        s.manifests.insert(("r".into(), "sha256:i".into()), index);
+        s.bodies.insert(("r".into(), "sha256:i".into()));
+        s.repos.insert("r".into(), 2);
+        s.manifests
+            .get_mut(&("r".to_string(), "sha256:m".to_string()))
+            .unwrap()
+            .refcount = 2;
+        let absent = (
+            "r".to_string(),
+            "sha256:gone".to_string(),
+            "sha256:i".to_string(),
+        );
+        s.absent.insert(absent.clone());
+        assert!(audit(&s, &f).is_empty(), "{:?}", audit(&s, &f));
+        // Without its row, a child pushed later would not count the index.
+        s.absent.remove(&absent);
+        let p = audit(&s, &f);
+        assert_eq!(
+            p.iter().map(|p| (p.kind, p.remedy)).collect::<Vec<_>>(),
+            [(Kind::MissingChild, Remedy::Repair)]
+        );
+        // A row for a child that is stored, or that no index lists, is wrong.
+        s.absent.insert(absent);
+        s.absent
+            .insert(("r".into(), "sha256:m".into(), "sha256:i".into()));
+        s.absent
+            .insert(("r".into(), "sha256:x".into(), "sha256:i".into()));
+        let p = audit(&s, &f);
+        assert_eq!(
+            p.iter().map(|p| (p.kind, p.remedy)).collect::<Vec<_>>(),
+            [
+                (Kind::AbsentChildIndex, Remedy::Repair),
+                (Kind::AbsentChildIndex, Remedy::Repair)
+            ]
+        );
+    }
+
+    #[test]
     fn each_kind_of_damage_is_found_with_its_remedy() {
         let (mut s, mut f) = consistent();
         s.blobs.get_mut("sha256:a").unwrap().refcount = 5;
