@@ -96,6 +96,7 @@ impl Core {
     pub fn open(config: Config) -> Result<Core, Error> {
         let store = Store::open(&config.root)?;
         let db = Db::open(&store.path_for(Location::Database))?;
+        store.sync_root()?;
         let blob_locks = Arc::new(blob_locks::BlobLocks::new(config.gc.lease()));
         Ok(Core {
             config,

@@ -1,10 +1,17 @@
-//! SIGKILL at random moments of pushes, deletes and GC passes; restart on the same root.
-//! Every tag whose PUT was acknowledged (and not since deleted) must pull byte for byte, and
-//! fsck may find only what the next GC pass removes.
+//! Crashes at random points of pushes, deletes and GC passes; restart on the same root.
+//! Every tag whose PUT was acknowledged (and not since deleted) must pull byte for byte with
+//! its media type and its referrers, every acknowledged delete must stay deleted, and fsck may
+//! find only what the next GC pass removes.
+//!
+//! The crash comes after a number of acknowledged operations of one kind (pushes, deletes or
+//! GC passes), chosen at random per round, never after a wall-clock delay: on a machine
+//! whose CPUs are saturated the rounds take longer but test the same thing. The driver,
+//! [`chaos`], does not know how the crash happens: here it is a SIGKILL, in `powercut.rs` a
+//! power cut under the server.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,14 +24,18 @@ use crate::util::*;
 const ITERATIONS: usize = 30;
 const REPOS: [&str; 3] = ["crash/a", "crash/b", "crash/c/deep"];
 const TAGS: [&str; 4] = ["t0", "t1", "t2", "t3"];
+const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
 
 type Key = (String, String);
 
-/// An acknowledged push: the manifest under the tag and, for an index, its children.
+/// An acknowledged push: the manifest under the tag, its media type, and the index's
+/// children and the artifacts whose subject it is.
 #[derive(Clone, Debug, PartialEq)]
 struct Pushed {
     manifest: Vec<u8>,
+    media_type: &'static str,
     children: Vec<Vec<u8>>,
+    referrers: Vec<Vec<u8>>,
 }
 
 /// What a request in flight does to its tag if it takes effect.
@@ -33,17 +44,33 @@ enum Effect {
     /// A push whose manifest PUT has not been sent: nothing yet.
     None,
     Put(Pushed),
-    Delete,
+    /// A delete; by digest (named) the manifest goes with the tag.
+    Delete(Option<String>),
 }
 
-/// What the tags must hold, and the requests in flight (their effect unknown at a kill).
+/// The kinds of acknowledged operation a round counts before it crashes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Push,
+    Delete,
+    Gc,
+}
+
+/// What the tags must hold, and the requests in flight (their effect unknown at a crash).
 #[derive(Default)]
 struct Model {
     tags: HashMap<Key, Pushed>,
+    /// Acknowledged deletes not since overwritten by a push: the tag must stay gone, and
+    /// after a delete by digest the manifest too.
+    gone: HashMap<Key, Option<String>>,
     in_flight: HashMap<Key, Effect>,
-    /// Answers that no kill explains (a 5xx, a 404 for a tag the model holds …).
+    /// Answers that no crash explains (a 5xx, a 404 for a tag the model holds …).
     failures: Vec<String>,
-    acknowledged: usize,
+    /// Acknowledged operations of this round, per kind.
+    round: Vec<Kind>,
+    pushes: usize,
+    deletes: usize,
+    gc_passes: usize,
 }
 
 type Shared = Arc<Mutex<Model>>;
@@ -62,11 +89,16 @@ impl Model {
         let effect = self.in_flight.remove(key).unwrap_or(Effect::None);
         match (outcome, effect) {
             (Ok(201), Effect::Put(p)) => {
+                self.gone.remove(key);
                 self.tags.insert(key.clone(), p);
-                self.acknowledged += 1;
+                self.pushes += 1;
+                self.round.push(Kind::Push);
             }
-            (Ok(202), Effect::Delete) => {
+            (Ok(202), Effect::Delete(by_digest)) => {
                 self.tags.remove(key);
+                self.gone.insert(key.clone(), by_digest);
+                self.deletes += 1;
+                self.round.push(Kind::Delete);
             }
             (Ok(s), _) => self.failures.push(format!("{what} {key:?}: HTTP {s}")),
             (Err(e), _) if e.starts_with("HTTP ") => {
@@ -77,6 +109,12 @@ impl Model {
                 self.in_flight.insert(key.clone(), effect);
             }
         }
+    }
+
+    /// Whether this round has seen `n` acknowledgments of `kind`, and at least one push (so
+    /// every round adds to what must survive).
+    fn reached(&self, kind: Kind, n: usize) -> bool {
+        self.round.iter().filter(|k| **k == kind).count() >= n && self.round.contains(&Kind::Push)
     }
 }
 
@@ -110,6 +148,61 @@ async fn upload(
     }
 }
 
+/// A chunked upload: POST, two PATCHes, then the closing PUT with the digest.
+async fn chunked_upload(
+    c: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    bytes: &[u8],
+) -> Result<(), String> {
+    let d = sha256(bytes);
+    let resp = c
+        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if resp.status() != 202 {
+        return Err(format!("HTTP {} for an upload POST", resp.status()));
+    }
+    let mut location = resp.headers()["location"].to_str().unwrap().to_string();
+    let half = bytes.len() / 2;
+    for (start, part) in [(0, &bytes[..half]), (half, &bytes[half..])] {
+        let resp = c
+            .patch(absolute(base, &location))
+            .header("Content-Type", "application/octet-stream")
+            .header(
+                "Content-Range",
+                format!("{start}-{}", start + part.len() - 1),
+            )
+            .body(part.to_vec())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status() != 202 {
+            return Err(format!("HTTP {} for a PATCH", resp.status()));
+        }
+        location = resp.headers()["location"].to_str().unwrap().to_string();
+    }
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let resp = c
+        .put(format!("{}{sep}digest={d}", absolute(base, &location)))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    match resp.status().as_u16() {
+        201 => Ok(()),
+        s => Err(format!("HTTP {s} for the closing PUT")),
+    }
+}
+
+fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http") {
+        location.to_string()
+    } else {
+        format!("{base}{location}")
+    }
+}
+
 async fn put_manifest(
     c: &reqwest::Client,
     base: &str,
@@ -134,8 +227,9 @@ async fn put_manifest(
     }
 }
 
-/// A monolithic upload from a slow client: 16 chunks 15 ms apart, so that kills land while
-/// the bytes are still arriving (an upload file without a session: a leftover).
+/// A monolithic upload from a slow client: 16 chunks 15 ms apart, so that crashes land
+/// while the bytes are still arriving (an upload file without a session: a leftover). The
+/// pauses only spread the body out; nothing waits on them for correctness.
 async fn slow_upload(
     c: &reqwest::Client,
     base: &str,
@@ -163,23 +257,36 @@ async fn slow_upload(
     }
 }
 
+/// A monolithic upload that sends 64 KiB and then nothing more, so that every crash finds
+/// one upload in progress (its file is what `chaos` waits to see before it crashes).
+async fn stalled_upload(base: String) {
+    let first: Result<Vec<u8>, std::io::Error> = Ok(random_bytes(64 << 10));
+    let body = futures_util::stream::iter([first]).chain(futures_util::stream::pending());
+    let d = sha256(b"never finished");
+    let _ = fresh_client()
+        .post(format!("{base}/v2/crash/a/blobs/uploads/?digest={d}"))
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await;
+}
+
 /// Uploads an image's blobs (a config, two layers of a pool every push shares, one layer of
-/// its own) and returns its manifest.
+/// its own, sent monolithic, chunked or slowly) and returns its manifest.
 async fn image(
     c: &reqwest::Client,
     base: &str,
     repo: &str,
     pool: &[Vec<u8>],
 ) -> Result<Vec<u8>, String> {
-    let (shared, check): (Vec<Vec<u8>>, bool) = {
+    let (shared, check, how): (Vec<Vec<u8>>, bool, u8) = {
         let mut rng = rand::thread_rng();
         (
             pool.choose_multiple(&mut rng, 2).cloned().collect(),
             rng.gen(),
+            rng.gen_range(0..10),
         )
     };
-    let slow = rand::thread_rng().gen_bool(0.3);
-    let own = random_bytes(if slow {
+    let own = random_bytes(if how < 3 {
         1 << 20
     } else {
         rand::thread_rng().gen_range(2000..60_000)
@@ -191,40 +298,66 @@ async fn image(
     for b in [&config, &shared[0], &shared[1]] {
         upload(c, base, repo, b, check).await?;
     }
-    if slow {
-        slow_upload(c, base, repo, &own).await?;
-    } else {
-        upload(c, base, repo, &own, check).await?;
+    match how {
+        0..3 => slow_upload(c, base, repo, &own).await?,
+        3..6 => chunked_upload(c, base, repo, &own).await?,
+        _ => upload(c, base, repo, &own, check).await?,
     }
     Ok(image_manifest(&config, &[&shared[0], &shared[1], &own]))
 }
 
-/// Builds an image, or an index over two images pushed by digest (untagged until the index
-/// lands), and says what its tag will hold.
+/// An artifact whose subject is `subject` (an image manifest), pushed by digest.
+async fn referrer(
+    c: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    subject: &[u8],
+) -> Result<Vec<u8>, String> {
+    let layer = random_bytes(300);
+    upload(c, base, repo, b"{}", true).await?;
+    upload(c, base, repo, &layer, false).await?;
+    let m = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.signature",
+        "config": descriptor(EMPTY_CONFIG, b"{}"),
+        "layers": [descriptor("application/vnd.example.data", &layer)],
+        "subject": descriptor(OCI_MANIFEST, subject),
+    }))
+    .unwrap();
+    put_manifest(c, base, repo, &sha256(&m), OCI_MANIFEST, &m).await?;
+    Ok(m)
+}
+
+/// Builds an image (sometimes with an artifact referring to it, pushed first), or an index
+/// over two images pushed by digest (untagged until the index lands), and says what its tag
+/// will hold.
 async fn build(
     c: &reqwest::Client,
     base: &str,
     repo: &str,
     pool: &[Vec<u8>],
     index: bool,
-) -> Result<(Pushed, &'static str), String> {
+) -> Result<Pushed, String> {
     if !index {
         let m = image(c, base, repo, pool).await?;
-        return Ok((
-            Pushed {
-                manifest: m,
-                children: vec![],
-            },
-            OCI_MANIFEST,
-        ));
+        let mut referrers = Vec::new();
+        if rand::thread_rng().gen_bool(0.3) {
+            put_manifest(c, base, repo, &sha256(&m), OCI_MANIFEST, &m).await?;
+            referrers.push(referrer(c, base, repo, &m).await?);
+        }
+        return Ok(Pushed {
+            manifest: m,
+            media_type: OCI_MANIFEST,
+            children: vec![],
+            referrers,
+        });
     }
     let mut children = Vec::new();
     for _ in 0..2 {
         let m = image(c, base, repo, pool).await?;
-        match put_manifest(c, base, repo, &sha256(&m), OCI_MANIFEST, &m).await? {
-            201 => children.push(m),
-            s => return Err(format!("HTTP {s} for an index child")),
-        }
+        put_manifest(c, base, repo, &sha256(&m), OCI_MANIFEST, &m).await?;
+        children.push(m);
     }
     let refs: Vec<serde_json::Value> = children
         .iter()
@@ -234,17 +367,16 @@ async fn build(
         "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": refs,
     }))
     .unwrap();
-    Ok((
-        Pushed {
-            manifest: idx,
-            children,
-        },
-        OCI_INDEX,
-    ))
+    Ok(Pushed {
+        manifest: idx,
+        media_type: OCI_INDEX,
+        children,
+        referrers: vec![],
+    })
 }
 
 /// Pushes to random free tags (images and indexes, often over an older push) until the
-/// connection fails: the kill.
+/// connection fails: the crash.
 async fn pusher(model: Shared, base: String, pool: Arc<Vec<Vec<u8>>>) {
     let c = fresh_client();
     loop {
@@ -257,17 +389,25 @@ async fn pusher(model: Shared, base: String, pool: Arc<Vec<Vec<u8>>>) {
             (key, rng.gen_bool(0.25))
         };
         if !model.lock().unwrap().claim(&key) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::task::yield_now().await;
             continue;
         }
         let outcome = match build(&c, &base, &key.0, &pool, index).await {
-            Ok((pushed, media_type)) => {
+            Ok(pushed) => {
                 model
                     .lock()
                     .unwrap()
                     .in_flight
                     .insert(key.clone(), Effect::Put(pushed.clone()));
-                put_manifest(&c, &base, &key.0, &key.1, media_type, &pushed.manifest).await
+                put_manifest(
+                    &c,
+                    &base,
+                    &key.0,
+                    &key.1,
+                    pushed.media_type,
+                    &pushed.manifest,
+                )
+                .await
             }
             Err(e) => Err(e),
         };
@@ -279,18 +419,19 @@ async fn pusher(model: Shared, base: String, pool: Arc<Vec<Vec<u8>>>) {
     }
 }
 
-/// Deletes acknowledged tags (by tag or by digest) until the connection fails.
+/// Deletes acknowledged tags (by tag or by digest) until the connection fails, whenever at
+/// least four are stored. It lets the pushers get ahead (a few milliseconds per turn).
 async fn deleter(model: Shared, base: String) {
     let c = fresh_client();
     loop {
-        let pause = if model.lock().unwrap().tags.len() > 12 {
-            5
-        } else {
-            40
-        };
-        tokio::time::sleep(Duration::from_millis(pause)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
         let picked = {
             let mut m = model.lock().unwrap();
+            // Keep a stock of tags for the checks after each crash.
+            if m.tags.len() < 4 {
+                drop(m);
+                continue;
+            }
             let mut keys: Vec<Key> = m
                 .tags
                 .keys()
@@ -300,21 +441,19 @@ async fn deleter(model: Shared, base: String) {
             keys.sort();
             let key = keys.choose(&mut rand::thread_rng()).cloned();
             key.map(|k| {
-                m.in_flight.insert(k.clone(), Effect::Delete);
                 let digest = sha256(&m.tags[&k].manifest);
-                (k, digest)
+                // By digest, the manifest goes with every tag on it; by tag, only the tag
+                // (the manifest stays, untagged, for the GC).
+                let by_digest = rand::thread_rng().gen_bool(0.5).then_some(digest);
+                m.in_flight
+                    .insert(k.clone(), Effect::Delete(by_digest.clone()));
+                (k, by_digest)
             })
         };
-        let Some((key, digest)) = picked else {
+        let Some((key, by_digest)) = picked else {
             continue;
         };
-        // By digest, the manifest goes with every tag on it; by tag, only the tag (the
-        // manifest stays, untagged, for the GC).
-        let reference = if rand::thread_rng().gen_bool(0.5) {
-            digest
-        } else {
-            key.1.clone()
-        };
+        let reference = by_digest.clone().unwrap_or_else(|| key.1.clone());
         let outcome = c
             .delete(format!("{base}/v2/{}/manifests/{reference}", key.0))
             .send()
@@ -329,23 +468,58 @@ async fn deleter(model: Shared, base: String) {
     }
 }
 
-/// After a restart: settles the requests that were in flight at the kill (each tag holds
-/// what it held before or what the request would have made it), then pulls every tag.
+/// Runs GC passes through the admin socket, one after another, until the server is gone.
+async fn collector(model: Shared, root: PathBuf) {
+    let gc = dockyard::admin::Command::Gc { dry_run: false };
+    loop {
+        match dockyard::admin::call(&root, &gc).await {
+            Ok(Some(dockyard::admin::Outcome::Ok(_))) => {
+                let mut m = model.lock().unwrap();
+                m.gc_passes += 1;
+                m.round.push(Kind::Gc);
+            }
+            Ok(Some(dockyard::admin::Outcome::Err(e))) => {
+                model.lock().unwrap().failures.push(format!("gc pass: {e}"));
+                return;
+            }
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// GETs `repo:reference` and returns the body if it is there; checks the media type.
+async fn fetch(
+    c: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    reference: &str,
+    when: &str,
+) -> Option<(Vec<u8>, String)> {
+    let resp = c
+        .get(format!("{base}/v2/{repo}/manifests/{reference}"))
+        .header("Accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{when}: GET {repo}:{reference}: {e}"));
+    match resp.status().as_u16() {
+        404 => None,
+        200 => {
+            let media_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+            Some((resp.bytes().await.unwrap().to_vec(), media_type))
+        }
+        s => panic!("{when}: GET {repo}:{reference}: HTTP {s}"),
+    }
+}
+
+/// After a restart: settles the requests that were in flight at the crash (each tag holds
+/// what it held before or what the request would have made it), then checks every
+/// acknowledged tag (bytes, media type, children, referrers, every blob) and every
+/// acknowledged delete.
 async fn verify(model: &Shared, base: &str, when: &str) {
     let c = fresh_client();
     let uncertain: Vec<(Key, Effect)> = model.lock().unwrap().in_flight.drain().collect();
     for (key, effect) in uncertain {
-        let resp = c
-            .get(format!("{base}/v2/{}/manifests/{}", key.0, key.1))
-            .header("Accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
-            .send()
-            .await
-            .unwrap();
-        let seen = match resp.status().as_u16() {
-            404 => None,
-            200 => Some(resp.bytes().await.unwrap().to_vec()),
-            s => panic!("{when}: GET {key:?}: HTTP {s}"),
-        };
+        let seen = fetch(&c, base, &key.0, &key.1, when).await.map(|s| s.0);
         let mut m = model.lock().unwrap();
         let before = m.tags.get(&key).map(|p| p.manifest.clone());
         if seen == before {
@@ -353,23 +527,71 @@ async fn verify(model: &Shared, base: &str, when: &str) {
         }
         match effect {
             Effect::Put(p) if seen.as_deref() == Some(p.manifest.as_slice()) => {
+                m.gone.remove(&key);
                 m.tags.insert(key, p);
             }
-            Effect::Delete if seen.is_none() => {
+            Effect::Delete(by_digest) if seen.is_none() => {
                 m.tags.remove(&key);
+                m.gone.insert(key, by_digest);
             }
             e => panic!(
-                "{when}: {key:?} holds {:?} after a kill during {e:?}; acknowledged {:?}",
+                "{when}: {key:?} holds {:?} after a crash during {e:?}; acknowledged {:?}",
                 seen.map(|s| sha256(&s)),
                 before.map(|b| sha256(&b))
             ),
         }
     }
-    let tags: Vec<(Key, Pushed)> = model.lock().unwrap().tags.clone().into_iter().collect();
+    let (tags, gone) = {
+        let m = model.lock().unwrap();
+        (m.tags.clone(), m.gone.clone())
+    };
     for ((repo, tag), pushed) in tags {
-        assert_pulls(&c, base, &repo, &tag, &pushed.manifest, when).await;
+        let what = format!("{when}: {repo}:{tag}");
+        let (body, media_type) = fetch(&c, base, &repo, &tag, &what)
+            .await
+            .unwrap_or_else(|| panic!("{what}: acknowledged tag is gone"));
+        assert_eq!(body, pushed.manifest, "{what}: manifest bytes");
+        assert_eq!(media_type, pushed.media_type, "{what}: media type");
+        assert_pulls(&c, base, &repo, &tag, &pushed.manifest, &what).await;
         for child in &pushed.children {
-            assert_pulls(&c, base, &repo, &sha256(child), child, when).await;
+            assert_pulls(&c, base, &repo, &sha256(child), child, &what).await;
+        }
+        if !pushed.referrers.is_empty() {
+            let subject = sha256(&pushed.manifest);
+            let resp = c
+                .get(format!("{base}/v2/{repo}/referrers/{subject}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{what}: referrers");
+            let list: serde_json::Value = resp.json().await.unwrap();
+            let listed: Vec<&str> = list["manifests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["digest"].as_str().unwrap())
+                .collect();
+            for r in &pushed.referrers {
+                assert!(
+                    listed.contains(&sha256(r).as_str()),
+                    "{what}: referrer {} not listed in {list}",
+                    sha256(r)
+                );
+                assert_pulls(&c, base, &repo, &sha256(r), r, &what).await;
+            }
+        }
+    }
+    for ((repo, tag), by_digest) in gone {
+        let what = format!("{when}: deleted {repo}:{tag}");
+        assert!(
+            fetch(&c, base, &repo, &tag, &what).await.is_none(),
+            "{what}: an acknowledged delete came back"
+        );
+        if let Some(d) = by_digest {
+            assert!(
+                fetch(&c, base, &repo, &d, &what).await.is_none(),
+                "{what}: the manifest deleted by digest came back"
+            );
         }
     }
 }
@@ -408,24 +630,43 @@ fn fsck_then_gc_then_clean(config: &Path, when: &str, gc: bool) -> usize {
     found
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_pushes_deletes_and_gc_loses_nothing_acknowledged() {
-    let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("data");
-    // GC every 50 ms with zero grace, untagged manifests collected as soon as the push
-    // window allows: the kills land in passes as often as in pushes.
+/// What a run of [`chaos`] did.
+pub(crate) struct Summary {
+    pub pushes: usize,
+    pub deletes: usize,
+    pub gc_passes: usize,
+    pub tags: usize,
+    /// Problems fsck found after crashes, every one of them the next GC pass's to remove.
+    pub leftovers: usize,
+    pub crashes: Vec<String>,
+}
+
+/// Serves `root` (inside `dir`, which holds the configs), drives pushes (monolithic,
+/// chunked, slow, indexes, artifacts with a subject), tag moves, deletes and GC passes
+/// against it, and `rounds` times calls `crash` after a random number of acknowledged
+/// operations of a random kind; after each crash, fsck (through the stopped files or the
+/// restarted server) and a full check of everything acknowledged.
+pub(crate) async fn chaos(
+    rounds: usize,
+    dir: &Path,
+    root: &Path,
+    env: &[(&str, &str)],
+    mut crash: impl FnMut(Process),
+) -> Summary {
+    // A timer pass every 50 ms with zero grace, untagged manifests collected as soon as the
+    // push window allows, and passes through the socket back to back: crashes land in
+    // passes as often as in pushes.
     let storage = format!("[storage]\nroot = {:?}\n", root.display().to_string());
-    let chaos = write_config(
-        dir.path(),
+    let served = write_config(
+        dir,
         "chaos.toml",
         &format!(
             "{storage}[gc]\ninterval = \"50ms\"\ngrace = \"0s\"\npush_window = \"3s\"\nuntagged = \"0s\"\n"
         ),
     );
-    // For the stopped instance: no lease, so every leftover of the kill is one.
+    // For the stopped instance: no lease, so every leftover of the crash is one.
     let stopped = write_config(
-        dir.path(),
+        dir,
         "stopped.toml",
         &format!(
             "{storage}[gc]\ninterval = \"off\"\ngrace = \"0s\"\npush_window = \"0s\"\nuntagged = \"0s\"\n"
@@ -433,12 +674,12 @@ async fn sigkill_during_pushes_deletes_and_gc_loses_nothing_acknowledged() {
     );
     let pool: Arc<Vec<Vec<u8>>> = Arc::new((0..8).map(|_| random_bytes(20_000)).collect());
     let model: Shared = Arc::default();
-    let mut kills = Vec::new();
+    let mut crashes = Vec::new();
     let mut leftovers = 0;
-    for i in 0..ITERATIONS {
-        let when = format!("restart {i} (kills after {kills:?} ms)");
+    for i in 0..rounds {
+        let when = format!("restart {i} (crashes after {crashes:?})");
         if i > 0 {
-            // Right after the kill, before any GC: only leftovers. Every other time the
+            // Right after the crash, before any GC: only leftovers. Every other time the
             // stopped instance is collected and checked clean; otherwise the restarted
             // server's timer collects them, and fsck through it is clean after a pass.
             let (cfg, w) = (stopped.clone(), when.clone());
@@ -447,57 +688,104 @@ async fn sigkill_during_pushes_deletes_and_gc_loses_nothing_acknowledged() {
                     .await
                     .unwrap();
         }
-        let p = Process::spawn_with_config(&root, &chaos);
+        let p = Process::spawn_with_config_env(root, &served, env);
         let base = p.url("");
         verify(&model, &base, &when).await;
         if i % 2 == 1 {
             // Through the restarted server: what its timer has not collected yet (a file
             // that just outgrew the lease) may be reported, but only as GC's to remove.
-            let (cfg, w) = (chaos.clone(), when.clone());
+            let (cfg, w) = (served.clone(), when.clone());
             tokio::task::spawn_blocking(move || fsck_then_gc_then_clean(&cfg, &w, true))
                 .await
                 .unwrap();
         }
+        let (kind, n) = {
+            let mut rng = rand::thread_rng();
+            let kind = *[Kind::Push, Kind::Delete, Kind::Gc]
+                .choose(&mut rng)
+                .unwrap();
+            (kind, rng.gen_range(1..=4))
+        };
+        model.lock().unwrap().round.clear();
         let tasks = vec![
             tokio::spawn(pusher(model.clone(), base.clone(), pool.clone())),
             tokio::spawn(pusher(model.clone(), base.clone(), pool.clone())),
             tokio::spawn(deleter(model.clone(), base.clone())),
+            tokio::spawn(collector(model.clone(), root.to_path_buf())),
+            tokio::spawn(stalled_upload(base.clone())),
         ];
-        let delay = rand::thread_rng().gen_range(20..400);
-        kills.push(delay);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        drop(p); // SIGKILL, then reap
-                 // Whatever each task was doing is now in flight for good (see `verify`).
+        // Crash once the round has its acknowledgments and the stalled upload's file has
+        // bytes: both observable, neither a matter of time.
+        loop {
+            let failed = !model.lock().unwrap().failures.is_empty();
+            if failed || (model.lock().unwrap().reached(kind, n) && upload_in_progress(root)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        crashes.push(format!("{n}x{kind:?}"));
+        crash(p);
+        // Whatever each task was doing is now in flight for good (see `verify`).
         for t in tasks {
             t.abort();
             let _ = t.await;
         }
+        let m = model.lock().unwrap();
+        assert!(
+            m.failures.is_empty(),
+            "answers no crash explains: {:?}",
+            m.failures
+        );
     }
-    let when = format!("after the last kill (kills after {kills:?} ms)");
+    let when = format!("after the last crash (crashes after {crashes:?})");
     let (cfg, w) = (stopped.clone(), when.clone());
     leftovers += tokio::task::spawn_blocking(move || fsck_then_gc_then_clean(&cfg, &w, true))
         .await
         .unwrap();
-    let p = Process::spawn_with_config(&root, &chaos);
+    let p = Process::spawn_with_config_env(root, &served, env);
     verify(&model, &p.url(""), &when).await;
     assert!(p.stop().success());
     let m = model.lock().unwrap();
-    assert!(
-        m.failures.is_empty(),
-        "answers no kill explains: {:?}",
-        m.failures
-    );
+    Summary {
+        pushes: m.pushes,
+        deletes: m.deletes,
+        gc_passes: m.gc_passes,
+        tags: m.tags.len(),
+        leftovers,
+        crashes,
+    }
+}
+
+/// Whether an upload file with bytes in it exists under `root/uploads`.
+fn upload_in_progress(root: &Path) -> bool {
+    std::fs::read_dir(root.join("uploads"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_pushes_deletes_and_gc_loses_nothing_acknowledged() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let s = chaos(ITERATIONS, dir.path(), &root, &[], drop).await;
     eprintln!(
-        "crash: {ITERATIONS} kills, {} pushes acknowledged, {} tags at the end, {leftovers} \
-         leftovers found by fsck and removed by gc, {:.1?}",
-        m.acknowledged,
-        m.tags.len(),
+        "crash: {ITERATIONS} SIGKILLs (after {:?}), {} pushes, {} deletes and {} GC passes \
+         acknowledged, {} tags at the end, {} leftovers found by fsck and removed by gc, {:.1?}",
+        s.crashes,
+        s.pushes,
+        s.deletes,
+        s.gc_passes,
+        s.tags,
+        s.leftovers,
         started.elapsed()
     );
-    assert!(m.acknowledged >= ITERATIONS, "the kills left room for work");
+    assert!(s.pushes >= ITERATIONS, "every round acknowledges a push");
+    // Every kill finds the stalled upload's file, which only the GC removes.
     assert!(
-        leftovers > 0,
+        s.leftovers > 0,
         "the kills left debris for fsck and gc to find"
     );
-    assert!(started.elapsed() < Duration::from_secs(90));
 }

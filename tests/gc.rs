@@ -477,9 +477,11 @@ async fn put_blob(
 async fn concurrent_pushes_sharing_layers_never_fail_while_gc_runs_in_a_loop_with_zero_grace() {
     const PUSHERS: usize = 6;
     const IMAGES: usize = 8;
-    // Zero grace: anything unreferenced and unseen goes at once. The push window keeps what
-    // a push has seen until its manifest lands.
-    let r = start(|g| g.push_window = Duration::from_secs(120)).await;
+    // Zero grace: anything unreferenced and unseen goes at once. A short push window keeps
+    // what a push has seen until its manifest lands, and lets the GC take layers whose count
+    // fell to zero (deleted images) while other pushers may still reuse them.
+    const PUSH_WINDOW: Duration = Duration::from_secs(2);
+    let r = start(|g| g.push_window = PUSH_WINDOW).await;
     let started = Instant::now();
     let repos: Vec<String> = (0..PUSHERS).map(|i| format!("race/r{i}")).collect();
     let mut linked: Vec<String> = repos.clone();
@@ -517,15 +519,24 @@ async fn concurrent_pushes_sharing_layers_never_fail_while_gc_runs_in_a_loop_wit
         })
     };
     let (found, missing) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let late = Arc::new(AtomicU64::new(0));
     let base = r.url("");
     let mut pushers = Vec::new();
     for repo in repos.clone() {
-        let (pool, base, found, missing) =
-            (pool.clone(), base.clone(), found.clone(), missing.clone());
+        let (pool, base, found, missing, late) = (
+            pool.clone(),
+            base.clone(),
+            found.clone(),
+            missing.clone(),
+            late.clone(),
+        );
         pushers.push(tokio::spawn(async move {
             let c = client();
             let mut tagged = Vec::new();
+            let mut dropped = Vec::new();
             for n in 0..IMAGES {
+                // Before the first check: every sighting of this push is younger than this.
+                let began = Instant::now();
                 let (layers, ways) = {
                     let mut rng = rand::thread_rng();
                     let newest: Vec<Arc<Vec<u8>>> = {
@@ -534,7 +545,9 @@ async fn concurrent_pushes_sharing_layers_never_fail_while_gc_runs_in_a_loop_wit
                     };
                     let mut layers: Vec<Arc<Vec<u8>>> =
                         newest.choose_multiple(&mut rng, 3).cloned().collect();
-                    if rng.gen_bool(0.3) {
+                    // An image deleted again at once always has a layer of its own, which
+                    // nobody else uses: its count falls to zero for good.
+                    if n % 3 == 2 || rng.gen_bool(0.3) {
                         layers.push(Arc::new(random_bytes(3000)));
                     }
                     let ways: Vec<Way> = layers
@@ -571,12 +584,17 @@ async fn concurrent_pushes_sharing_layers_never_fail_while_gc_runs_in_a_loop_wit
                     .await
                     .unwrap();
                 let status = resp.status();
-                assert_eq!(
-                    status,
-                    201,
-                    "push {repo}:{tag} ({ways:?}): {}",
-                    resp.text().await.unwrap_or_default()
-                );
+                let body = resp.text().await.unwrap_or_default();
+                if status != 201
+                    && began.elapsed() > PUSH_WINDOW
+                    && body.contains("MANIFEST_BLOB_UNKNOWN")
+                {
+                    // A push slower than the window may lose a blob it saw: the contract,
+                    // not a failure (a busy machine). Within the window it must not.
+                    late.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                assert_eq!(status, 201, "push {repo}:{tag} ({ways:?}): {body}");
                 // Some images are deleted again at once: their layers drop back to zero
                 // while other pushers are using them.
                 if n % 3 == 2 {
@@ -587,16 +605,35 @@ async fn concurrent_pushes_sharing_layers_never_fail_while_gc_runs_in_a_loop_wit
                         .await
                         .unwrap();
                     assert_eq!(resp.status(), 202);
+                    dropped.push(sha256(layers.last().unwrap()));
                 } else {
                     tagged.push((repo.clone(), tag, manifest));
                 }
             }
-            tagged
+            (tagged, dropped)
         }));
     }
     let mut tagged = Vec::new();
+    let mut dropped = Vec::new();
     for p in pushers {
-        tagged.extend(p.await.expect("a push failed"));
+        let (t, d) = p.await.expect("a push failed");
+        tagged.extend(t);
+        dropped.extend(d);
+    }
+    // The reference-count path: every layer whose count fell to zero with its image is
+    // collected once the window has passed, while the GC loop keeps running.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let files = blob_files(&r.root);
+        let left: Vec<&String> = dropped.iter().filter(|d| files.contains(*d)).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "layers of deleted images never collected: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::Relaxed);
     seeder.await.expect("seeder");
@@ -609,12 +646,27 @@ async fn concurrent_pushes_sharing_layers_never_fail_while_gc_runs_in_a_loop_wit
         found.load(Ordering::Relaxed),
         missing.load(Ordering::Relaxed),
     );
+    let late = late.load(Ordering::Relaxed);
     eprintln!(
-        "stress: {} pushes in {:.1?}; {passes} gc passes freed {freed} blobs; pushers found \
-         {found} seeded layers still there and {missing} already collected",
+        "stress: {} pushes in {:.1?}; {passes} gc passes freed {freed} blobs, among them the \
+         {} layers of deleted images; pushers found {found} seeded layers still there and \
+         {missing} already collected; {late} pushes slower than the window refused",
         PUSHERS * IMAGES,
         started.elapsed(),
+        dropped.len(),
     );
+    assert!(!dropped.is_empty(), "images were deleted");
+    assert!(
+        found + missing > 0,
+        "pushers checked blobs the GC was racing for"
+    );
+    // Nothing a surviving manifest names is missing.
+    let files = blob_files(&r.root);
+    for (repo, tag, manifest) in &tagged {
+        for d in blobs_of(manifest) {
+            assert!(files.contains(&d), "{repo}:{tag} lost blob {d}");
+        }
+    }
     assert!(
         passes >= 2 && freed > 0,
         "the GC raced: {passes} passes, {freed} freed"

@@ -194,3 +194,65 @@ async fn gc_fsck_and_du_through_a_running_server_and_on_a_stopped_instance() {
     assert!(ok && out.starts_with("fsck: consistent"), "{out}{err}");
     assert!(p.stop().success());
 }
+
+/// The GC never deletes a blob that a manifest names, even when the blob's row is lost (a
+/// damaged database, or a row removed by hand): not a pass on the stopped files, not one
+/// through a running server, not with zero grace. fsck --repair then restores the row from
+/// the file, and the image pulls byte for byte.
+#[tokio::test]
+async fn gc_keeps_a_blob_a_manifest_names_even_when_its_row_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let config = write_config(
+        dir.path(),
+        "registry.toml",
+        &format!(
+            "[storage]\nroot = {:?}\n[gc]\ninterval = \"off\"\ngrace = \"0s\"\npush_window = \"0s\"\n",
+            root.display().to_string()
+        ),
+    );
+    let c = fresh_client();
+    let (l1, l2) = (random_bytes(4000), random_bytes(5000));
+    let p = Process::spawn_with_config(&root, &config);
+    let manifest = push(&c, &p.url(""), "keep/me", "v1", &[&l1, &l2]).await;
+    assert!(p.stop().success());
+
+    let lost = sha256(&l2);
+    edit_blob_row(&config, &lost, |_| None).await;
+    // Old enough for any grace: the file is as old as a leftover could be.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 24 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(blob_path(&root, &lost))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+
+    let (ok, out, err) = cli(&["gc"], &config);
+    assert!(ok, "gc on the stopped files: {err}");
+    assert!(out.starts_with("gc: freed 0 blobs"), "{out}");
+    assert_eq!(std::fs::read(blob_path(&root, &lost)).unwrap(), l2);
+
+    let p = Process::spawn_with_config(&root, &config);
+    wait_for_admin_socket(&root);
+    let (ok, out, err) = cli(&["gc"], &config);
+    assert!(ok, "gc through the server: {err}");
+    assert!(out.starts_with("gc: freed 0 blobs"), "{out}");
+    assert_eq!(std::fs::read(blob_path(&root, &lost)).unwrap(), l2);
+    let (ok, _, err) = cli(&["fsck"], &config);
+    assert!(!ok && err.contains(&lost), "fsck names the lost row: {err}");
+    let (ok, out, err) = cli(&["fsck", "--repair"], &config);
+    assert!(ok, "--repair restores the row from the file: {out}{err}");
+    let (ok, out, err) = cli(&["fsck"], &config);
+    assert!(ok, "{out}{err}");
+    assert_pulls(
+        &c,
+        &p.url(""),
+        "keep/me",
+        "v1",
+        &manifest,
+        "after the repair",
+    )
+    .await;
+    assert!(p.stop().success());
+}

@@ -154,6 +154,10 @@ async fn podman_pushes_and_pulls() {
         &image,
     ]))
     .await;
+    // What the client holds before the push: the image id (its config digest) and the
+    // layers' diff ids, to compare with what it holds after pulling the image back.
+    let identity = "{{.Id}} {{.RootFS.Layers}}";
+    let before = run_async(podman(&["image", "inspect", "--format", identity, &image])).await;
     let digestfile = w.join("digest");
     run_async(podman(&[
         "push",
@@ -181,7 +185,16 @@ async fn podman_pushes_and_pulls() {
     ]))
     .await;
     let pulled = run_async(podman(&["inspect", "--format", "{{.Digest}}", &image])).await;
-    assert_eq!(pulled.trim(), served);
+    assert_eq!(
+        pulled.trim(),
+        pushed,
+        "podman pulled the manifest it pushed"
+    );
+    let after = run_async(podman(&["image", "inspect", "--format", identity, &image])).await;
+    assert_eq!(
+        after, before,
+        "podman pulled the config and layers it pushed"
+    );
     r.stop().await;
 }
 
@@ -204,6 +217,10 @@ async fn docker_pushes_and_pulls_through_a_real_engine() {
         c
     };
     run_async(docker(&["import", tar.to_str().unwrap(), &image])).await;
+    // The image id (config digest) and layer diff ids the engine holds before the push, to
+    // compare with what it holds after pulling the image back.
+    let identity = "{{.Id}} {{json .RootFS.Layers}}";
+    let before = run_async(docker(&["image", "inspect", "--format", identity, &image])).await;
     let out = run_async(docker(&["push", &image])).await;
     let pushed = out
         .lines()
@@ -226,7 +243,16 @@ async fn docker_pushes_and_pulls_through_a_real_engine() {
         &image,
     ]))
     .await;
-    assert_eq!(repo_digest.trim().rsplit('@').next(), Some(served.as_str()));
+    assert_eq!(
+        repo_digest.trim().rsplit('@').next(),
+        Some(pushed.as_str()),
+        "docker pulled the manifest it pushed"
+    );
+    let after = run_async(docker(&["image", "inspect", "--format", identity, &image])).await;
+    assert_eq!(
+        after, before,
+        "docker pulled the config and layers it pushed"
+    );
     run_async(docker(&["rmi", &image])).await;
     r.stop().await;
 }
@@ -293,7 +319,7 @@ async fn oras_pushes_and_pulls_an_artifact() {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !has_oras {
-        if std::env::var("CI").as_deref() == Ok("true") {
+        if crate::util::in_ci() {
             panic!("the oras Python SDK is required in CI (ORAS_PYTHON={python})");
         }
         eprintln!("\n!!!!! SKIPPED: the `oras` Python package is not importable by {python}; `pip install oras` to run this test !!!!!\n");

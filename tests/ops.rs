@@ -5,6 +5,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+
 use crate::util::*;
 
 fn write_config(dir: &Path, extra: &str) -> String {
@@ -178,13 +180,12 @@ async fn tls_serves_https_to_curl_skopeo_and_podman_and_reloads_on_sighup() {
     // A broken pair keeps the current certificate.
     std::fs::write(dir.path().join("key.pem"), "not a key").unwrap();
     p.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.wait_for_line("TLS reload failed");
     assert!(tls_client(&cert2)
         .get(format!("{base}/v2/"))
         .send()
         .await
         .is_ok());
-    assert!(p.output().contains("TLS reload failed"));
     assert!(p.stop().success());
 }
 
@@ -306,12 +307,115 @@ async fn health_and_readiness() {
     full.stop().await;
 }
 
+/// Every request that would write upload bytes is refused below `min_free` (507, the spec's
+/// error body) before it writes any: a PATCH and a closing PUT with a body leave their
+/// session's file as it was (and the session usable), a monolithic POST leaves no session
+/// and no file. A closing PUT without a body writes nothing, so it is still allowed.
+#[tokio::test]
+async fn below_min_free_no_upload_byte_is_accepted() {
+    let c = client();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    // A session with 100 bytes in it, made while there is room.
+    let normal = TestRegistry::start_at(&root).await;
+    let resp = c
+        .post(normal.url("/v2/full/up/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let first = random_bytes(100);
+    let resp = c
+        .patch(normal.url(&location))
+        .header("Content-Type", "application/octet-stream")
+        .body(first.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    normal.stop().await;
+
+    let uploads = |root: &Path| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(root.join("uploads"))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let len = e.metadata().unwrap().len();
+                (e.file_name().to_string_lossy().into_owned(), len)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = uploads(&root);
+    assert_eq!(before.len(), 1, "one session file: {before:?}");
+    assert_eq!(before[0].1, 100);
+    let blobs_before = blob_files(&root);
+
+    let full = TestRegistry::start_with(dockyard::Config {
+        root: root.clone(),
+        min_free: u64::MAX,
+        ..Default::default()
+    })
+    .await;
+    let more = random_bytes(50);
+    let whole: Vec<u8> = first.iter().chain(&more).copied().collect();
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let refused = [
+        (
+            "PATCH",
+            c.patch(full.url(&location))
+                .header("Content-Type", "application/octet-stream")
+                .body(more.clone()),
+        ),
+        (
+            "PUT with a body",
+            c.put(full.url(&format!("{location}{sep}digest={}", sha256(&whole))))
+                .header("Content-Type", "application/octet-stream")
+                .body(more.clone()),
+        ),
+        (
+            "monolithic POST",
+            c.post(full.url(&format!(
+                "/v2/full/up/blobs/uploads/?digest={}",
+                sha256(&more)
+            )))
+            .header("Content-Type", "application/octet-stream")
+            .body(more.clone()),
+        ),
+        ("empty POST", c.post(full.url("/v2/full/up/blobs/uploads/"))),
+    ];
+    for (what, req) in refused {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 507, "{what}");
+        assert_eq!(error_code(resp).await, "DENIED", "{what}");
+        assert_eq!(uploads(&root), before, "{what} changed the upload files");
+        assert_eq!(blob_files(&root), blobs_before, "{what} stored a blob");
+    }
+    // The session survived the refusals as it was.
+    let resp = c.get(full.url(&location)).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(resp.headers()["range"], "0-99");
+    // Closing it without a body writes nothing and is allowed.
+    let resp = c
+        .put(full.url(&format!("{location}{sep}digest={}", sha256(&first))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert!(uploads(&root).is_empty());
+    assert!(blob_files(&root).contains(&sha256(&first)));
+    full.stop().await;
+}
+
 #[tokio::test]
 async fn a_write_that_fills_the_disk_fails_cleanly_and_leaves_the_registry_consistent() {
     // A real full filesystem needs a mount we make: a 16 MiB tmpfs (root only, as in CI).
     let is_root = unsafe_geteuid() == 0;
     if !is_root {
-        if std::env::var("CI").as_deref() == Ok("true") {
+        if crate::util::in_ci() {
             panic!("CI runs as root; the full-disk test must run there");
         }
         eprintln!("\n!!!!! SKIPPED: the full-disk test mounts a tmpfs and needs root !!!!!\n");
@@ -395,13 +499,9 @@ async fn logs_one_access_line_per_request_in_text_and_json() {
             .status(),
         404
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let output = p.output();
-    let line = output
-        .lines()
-        .find(|l| l.contains("dockyard::access") && l.contains("/v2/some/repo/tags/list"))
-        .unwrap_or_else(|| panic!("no access line in\n{output}"));
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let line = p.wait_for_line("/v2/some/repo/tags/list");
+    assert!(line.contains("dockyard::access"), "{line}");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["method"], "GET");
     assert_eq!(v["status"], 404);
     assert_eq!(v["user"], "-");
@@ -418,15 +518,29 @@ async fn logs_one_access_line_per_request_in_text_and_json() {
         dir.path().to_str().unwrap(),
     ]);
     assert_eq!(c.get(p.url("/v2/")).send().await.unwrap().status(), 200);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let output = p.output();
+    let line = p.wait_for_line("GET /v2/ 200");
     assert!(
-        output.lines().any(|l| l.contains("request{id=")
-            && l.contains("GET /v2/ 200")
-            && l.contains("status=200")),
-        "no text access line in\n{output}"
+        line.contains("request{id=") && line.contains("status=200"),
+        "not a text access line: {line}"
     );
     assert!(p.stop().success());
+}
+
+/// Waits until an upload file under `root/uploads` holds bytes: the request is in flight.
+async fn wait_for_upload_bytes(root: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let busy = std::fs::read_dir(root.join("uploads"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false));
+        if busy {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no upload in flight");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,15 +549,19 @@ async fn sigterm_lets_requests_in_flight_finish_and_cuts_them_at_the_deadline() 
     let config = write_config(dir.path(), "");
     let p = Process::spawn_args(&["serve", "--config", &config]);
     let c = client();
-    // A slow upload: 8 chunks, 150 ms apart.
+    // An upload in flight: its first half is sent at once, its second only once the test
+    // has seen the server begin to shut down.
     let data = random_bytes(8 * 4096);
     let digest = sha256(&data);
-    let chunks: Vec<Vec<u8>> = data.chunks(4096).map(|c| c.to_vec()).collect();
-    let slow = futures_util::stream::unfold(chunks.into_iter(), |mut it| async move {
-        let next = it.next()?;
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        Some((Ok::<_, std::io::Error>(next), it))
-    });
+    let (first, rest) = data.split_at(4 * 4096);
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let rest = rest.to_vec();
+    let slow = futures_util::stream::iter([Ok::<_, std::io::Error>(first.to_vec())]).chain(
+        futures_util::stream::once(async move {
+            let _ = released.await;
+            Ok(rest)
+        }),
+    );
     let url = p.url(&format!("/v2/slow/upload/blobs/uploads/?digest={digest}"));
     let upload = tokio::spawn({
         let c = c.clone();
@@ -454,13 +572,14 @@ async fn sigterm_lets_requests_in_flight_finish_and_cuts_them_at_the_deadline() 
                 .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_upload_bytes(&dir.path().join("data")).await;
     p.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.wait_for_line("shutting down");
     assert!(
         c.get(p.url("/v2/")).send().await.is_err(),
         "no new connections after SIGTERM"
     );
+    release.send(()).unwrap();
     let resp = upload
         .await
         .unwrap()
@@ -506,7 +625,7 @@ async fn sigterm_lets_requests_in_flight_finish_and_cuts_them_at_the_deadline() 
                 .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_upload_bytes(&dir.path().join("data")).await;
     let start = Instant::now();
     let mut p = p;
     p.signal("TERM");

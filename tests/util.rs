@@ -229,6 +229,36 @@ pub async fn error_code(resp: reqwest::Response) -> String {
     code.to_string()
 }
 
+/// Whether the tests run in CI: `CI` set to anything but empty, `0` or `false` (any case), as
+/// CI services set it (`true`, `1`, `yes` …). In CI a missing tool fails instead of skipping.
+pub fn in_ci() -> bool {
+    ci_value_means_ci(std::env::var("CI").ok().as_deref())
+}
+
+fn ci_value_means_ci(value: Option<&str>) -> bool {
+    match value.map(str::trim) {
+        None | Some("") | Some("0") => false,
+        Some(v) => !v.eq_ignore_ascii_case("false"),
+    }
+}
+
+#[test]
+fn ci_is_anything_but_empty_zero_or_false() {
+    for v in ["true", "1", "yes", "TRUE", "on", "woodpecker"] {
+        assert!(ci_value_means_ci(Some(v)), "{v}");
+    }
+    for v in [
+        None,
+        Some(""),
+        Some("0"),
+        Some("false"),
+        Some("False"),
+        Some(" "),
+    ] {
+        assert!(!ci_value_means_ci(v), "{v:?}");
+    }
+}
+
 /// Whether an external client is on PATH. Outside CI a missing client is reported loudly and
 /// the test returns early; in CI (`CI=true`) a missing client fails the test.
 pub fn require_tool(tool: &str) -> bool {
@@ -239,7 +269,7 @@ pub fn require_tool(tool: &str) -> bool {
         .map(|s| s.success())
         .unwrap_or(false);
     if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
+        if in_ci() {
             panic!("{tool} is required in CI but is not installed (.ci/run installs it)");
         }
         eprintln!("\n!!!!! SKIPPED: `{tool}` is not installed; install it (see .ci/run) to run this interop test !!!!!\n");
@@ -255,7 +285,7 @@ pub fn require_env(var: &str) -> Option<String> {
         _ => {
             let hint =
                 "start the daemons with `.ci/daemons.sh start && source /tmp/dockyard-daemons/env`";
-            if std::env::var("CI").as_deref() == Ok("true") {
+            if in_ci() {
                 panic!("{var} is not set in CI; .ci/run must start the daemons ({hint})");
             }
             eprintln!("\n!!!!! SKIPPED: {var} is not set; {hint} to run this interop test !!!!!\n");
@@ -298,11 +328,17 @@ impl Process {
     /// Starts the binary with `args` (which must make it serve) and waits for the line that
     /// names the address it bound.
     pub fn spawn_args(args: &[&str]) -> Process {
+        Process::spawn_args_env(args, &[])
+    }
+
+    /// [`Process::spawn_args`] with extra environment variables for the child.
+    pub fn spawn_args_env(args: &[&str], env: &[(&str, &str)]) -> Process {
         use std::io::{BufRead, BufReader, Read};
         let mut child = Command::new(env!("CARGO_BIN_EXE_dockyard"))
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -404,6 +440,16 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits (up to 10 s) for the control socket of the server on `root`: the listening line
+/// can come before it exists, and a CLI run before it opens the files and finds them locked.
+pub fn wait_for_admin_socket(root: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dockyard::admin::socket_path(root).exists() {
+        assert!(Instant::now() < deadline, "no admin socket under {root:?}");
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -846,16 +892,24 @@ pub async fn send_truncated(
 impl Process {
     /// Starts `dockyard serve --listen 127.0.0.1:0 --root ROOT --config CONFIG`.
     pub fn spawn_with_config(root: &Path, config: &Path) -> Process {
+        Process::spawn_with_config_env(root, config, &[])
+    }
+
+    /// [`Process::spawn_with_config`] with extra environment variables for the child.
+    pub fn spawn_with_config_env(root: &Path, config: &Path, env: &[(&str, &str)]) -> Process {
         let (root, config) = (root.to_string_lossy(), config.to_string_lossy());
-        Process::spawn_args(&[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--root",
-            &root,
-            "--config",
-            &config,
-        ])
+        Process::spawn_args_env(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--root",
+                &root,
+                "--config",
+                &config,
+            ],
+            env,
+        )
     }
 }
 

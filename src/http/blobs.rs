@@ -104,7 +104,13 @@ fn parse_range(h: &str, size: u64) -> Result<Option<(u64, u64)>, RegistryError> 
     // RFC 9110 §14.2: a server "MUST ignore a Range header field that contains a range unit it
     // does not understand", and MAY ignore one it does not support: several ranges would need
     // a multipart body, which no registry client asks for, so they get the whole blob.
-    let Some(spec) = h.trim().strip_prefix("bytes=") else {
+    // Range units are case-insensitive (RFC 9110 §14.1).
+    let h = h.trim();
+    let Some(spec) = h
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+        .map(|_| &h[6..])
+    else {
         return Ok(None);
     };
     if spec.contains(',') {
@@ -162,6 +168,7 @@ mod tests {
         assert_eq!(parse_range("bytes=-10", 100).unwrap(), Some((90, 99)));
         assert_eq!(parse_range("bytes=50-1000", 100).unwrap(), Some((50, 99)));
         assert_eq!(parse_range("items=0-1", 100).unwrap(), None);
+        assert_eq!(parse_range("BYTES=0-1", 100).unwrap(), Some((0, 1)));
         assert_eq!(parse_range("bytes=0-1,3-4", 100).unwrap(), None);
         for bad in ["bytes=100-", "bytes=5-1", "bytes=x-1", "bytes=-0"] {
             assert!(parse_range(bad, 100).is_err(), "{bad}");

@@ -172,4 +172,39 @@ mod tests {
         let d512 = Digest::of(Algorithm::Sha512, b"abc");
         assert_eq!(d512.to_string().parse::<Digest>().unwrap(), d512);
     }
+
+    /// FIPS 180-2 known answers for SHA-512 (appendix C, and the empty message), through
+    /// `Digest::of` and through the streaming `Hasher` fed in uneven pieces, as an upload is.
+    #[test]
+    fn sha512_known_answers() {
+        let million_a = vec![b'a'; 1_000_000];
+        let cases: [(&[u8], &str); 3] = [
+            (
+                b"abc",
+                "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a\
+                 2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f",
+            ),
+            (
+                b"",
+                "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce\
+                 47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e",
+            ),
+            (
+                &million_a,
+                "e718483d0ce769644e2e42c7bc15b4638e1f98b13b2044285632a803afa973eb\
+                 de0ff244877ea60a4cb0432ce577c31beb009c5c2c49aa2e4eadb217ad8cc09b",
+            ),
+        ];
+        for (message, hex) in cases {
+            let want = format!("sha512:{hex}");
+            assert_eq!(Digest::of(Algorithm::Sha512, message).to_string(), want);
+            let mut h = Hasher::new(Algorithm::Sha512);
+            for piece in message.chunks(777) {
+                h.update(piece);
+            }
+            let got = h.finish();
+            assert_eq!(got.to_string(), want);
+            assert_eq!(want.parse::<Digest>().unwrap(), got);
+        }
+    }
 }

@@ -217,7 +217,11 @@ enum Disk {
 impl Disk {
     /// Writes and hashes `chunks` (in two blocking jobs side by side); with `finish`, then
     /// makes the file durable as asked.
-    async fn run(self, chunks: Vec<Bytes>, finish: Option<Durability>) -> Result<Disk, RegistryError> {
+    async fn run(
+        self,
+        chunks: Vec<Bytes>,
+        finish: Option<Durability>,
+    ) -> Result<Disk, RegistryError> {
         let task_failed =
             |e: tokio::task::JoinError| RegistryError::internal(format!("upload task: {e}"));
         let (file, hasher, len, kicked) = match self {
