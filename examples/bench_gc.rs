@@ -157,6 +157,7 @@ fn build_repo(
                     &parsed,
                     &img.manifest,
                     &tags,
+                    true,
                 )?;
             }
             Ok(())

@@ -27,6 +27,9 @@ pub struct Config {
     pub upload_expiry: Duration,
     pub max_manifest_size: u64,
     pub max_blob_size: u64,
+    /// Accept an index whose child manifests are not (yet) in the repository, as the spec
+    /// allows; `false` refuses it with MANIFEST_BLOB_UNKNOWN.
+    pub sparse_indexes: bool,
     pub log_level: String,
     pub log_format: LogFormat,
     pub auth: AuthConfig,
@@ -202,6 +205,7 @@ impl Default for Config {
             upload_expiry: Duration::from_secs(24 * 3600),
             max_manifest_size: 4 * 1024 * 1024,
             max_blob_size: 64 * 1024 * 1024 * 1024,
+            sparse_indexes: true,
             log_level: "info".to_string(),
             log_format: LogFormat::Text,
             auth: AuthConfig::default(),
@@ -330,6 +334,7 @@ struct StorageSection {
     max_manifest_size: Option<ByteSize>,
     max_blob_size: Option<ByteSize>,
     min_free: Option<ByteSize>,
+    sparse_indexes: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -542,6 +547,9 @@ impl Config {
                 .bytes()
                 .map_err(|e| format!("storage.max_manifest_size: {e}"))?;
         }
+        if let Some(s) = file.storage.sparse_indexes {
+            c.sparse_indexes = s;
+        }
         if let Some(s) = file.storage.max_blob_size {
             c.max_blob_size = s
                 .bytes()
@@ -610,6 +618,7 @@ mod tests {
         assert_eq!(c.upload_expiry, d.upload_expiry);
         assert_eq!(c.max_manifest_size, d.max_manifest_size);
         assert_eq!(c.max_blob_size, d.max_blob_size);
+        assert_eq!(c.sparse_indexes, d.sparse_indexes);
         assert_eq!(c.min_free, d.min_free);
         assert_eq!(c.shutdown_timeout, d.shutdown_timeout);
         assert_eq!(c.limits, d.limits);

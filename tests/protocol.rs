@@ -1887,7 +1887,8 @@ async fn a_manifest_with_a_missing_blob_is_refused_and_nothing_is_stored() {
 
 #[tokio::test]
 async fn an_index_with_a_missing_child_is_manifest_blob_unknown() {
-    let r = TestRegistry::start().await;
+    // With the strict check; sparse indexes (the default) are tested in tests/sparse.rs.
+    let r = TestRegistry::start_configured(|c| c.sparse_indexes = false).await;
     let c = client();
     let layer = random_bytes(100);
     let (present, _) = push_image(&c, &r, "idx", "child", &[&layer]).await;

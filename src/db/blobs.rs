@@ -1,6 +1,6 @@
 //! Blob rows and the repository links that make a blob readable from a repository.
 
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 
 use super::schema::*;
 use super::{now, DbError};
@@ -104,4 +104,27 @@ pub fn add_ref(
     rec.zero_since = if rec.refcount == 0 { Some(now()) } else { None };
     blobs.insert(digest, encode(&rec).as_slice())?;
     Ok(())
+}
+
+/// A repository that holds `digest` and passes `may_pull`, for a mount without `from`. Looks
+/// in every repository that holds a manifest (one point lookup each, `REPOS` order), which is
+/// where a client that knows a digest found it.
+pub fn holder(
+    tx: &ReadTransaction,
+    digest: &Digest,
+    may_pull: impl Fn(&str) -> bool,
+) -> Result<Option<RepoName>, RegistryError> {
+    let d = digest.to_string();
+    if tx.open_table(BLOBS)?.get(d.as_str())?.is_none() {
+        return Ok(None);
+    }
+    let links = tx.open_table(REPO_BLOBS)?;
+    for e in tx.open_table(REPOS)?.iter()? {
+        let (k, _) = e?;
+        let repo = k.value();
+        if links.get((repo, d.as_str()))?.is_some() && may_pull(repo) {
+            return Ok(RepoName::parse(repo));
+        }
+    }
+    Ok(None)
 }

@@ -63,8 +63,8 @@ pub fn get(
     Ok(Some((digest, rec, body)))
 }
 
-/// Adds `delta` to a manifest's reference count. A missing row is skipped: an index may
-/// outlive a child that was deleted by digest before the index was.
+/// Adds `delta` to a manifest's reference count. A missing row is skipped, so that a damaged
+/// database (which fsck reports) does not make every later push fail.
 fn add_manifest_ref(
     table: &mut ManifestTable<'_>,
     repo: &str,
@@ -81,8 +81,14 @@ fn add_manifest_ref(
 }
 
 /// Stores a manifest and points `tags` at it, in one transaction: every referenced blob must
-/// be linked into the repository and every child manifest stored in it, or nothing changes.
-/// Pushing the same bytes again only moves tags; the counts are taken once per manifest.
+/// be linked into the repository, and (unless `sparse`) every child manifest stored in it,
+/// or nothing changes. Pushing the same bytes again only moves tags; the counts are taken
+/// once per manifest.
+///
+/// A sparse index counts the children that are stored and leaves an `ABSENT_CHILDREN` row
+/// for each of the others; a manifest pushed later starts with one reference per such row,
+/// so it is protected exactly as if it had come before the index.
+///
 /// Every PUT stamps the manifest's and each named tag's push time.
 pub fn put(
     tx: &WriteTransaction,
@@ -91,6 +97,7 @@ pub fn put(
     parsed: &ParsedManifest,
     body: &[u8],
     tags: &[Tag],
+    sparse: bool,
 ) -> Result<(), RegistryError> {
     let r = repo.as_str();
     let d = digest.to_string();
@@ -118,9 +125,14 @@ pub fn put(
             }
         }
     }
-    for c in &parsed.children {
-        if manifests.get((r, c.to_string().as_str()))?.is_none() {
-            return Err(unknown_reference(c));
+    let mut absent = Vec::new();
+    for child in &parsed.children {
+        let c = child.to_string();
+        if manifests.get((r, c.as_str()))?.is_none() {
+            if !sparse {
+                return Err(unknown_reference(child));
+            }
+            absent.push(c);
         }
     }
     let pushed_ms = now_ms();
@@ -129,6 +141,28 @@ pub fn put(
         manifests.insert((r, d.as_str()), encode(&rec).as_slice())?;
     } else {
         let t = now();
+        // Indexes already stored that list this manifest: their rows become its references.
+        let mut absent_table = tx.open_table(ABSENT_CHILDREN)?;
+        let waiting: Vec<String> = absent_table
+            .range((r, d.as_str(), "")..)?
+            .map(|e| {
+                e.map(|(k, _)| {
+                    (
+                        k.value().0 == r && k.value().1 == d,
+                        k.value().2.to_string(),
+                    )
+                })
+            })
+            .take_while(|e| e.as_ref().map_or(true, |(same, _)| *same))
+            .map(|e| e.map(|(_, index)| index))
+            .collect::<Result<_, _>>()?;
+        for index in &waiting {
+            absent_table.remove((r, d.as_str(), index.as_str()))?;
+        }
+        for c in &absent {
+            absent_table.insert((r, c.as_str(), d.as_str()), ())?;
+        }
+        let refcount = waiting.len() as u64;
         let rec = ManifestRecord {
             media_type: parsed.media_type.clone(),
             size: body.len() as u64,
@@ -137,16 +171,18 @@ pub fn put(
             subject: parsed.subject.as_ref().map(|s| s.digest.to_string()),
             artifact_type: parsed.artifact_type.clone(),
             annotations: parsed.annotations.clone(),
-            refcount: 0,
+            refcount,
             created: t,
-            zero_since: Some(t),
+            zero_since: (refcount == 0).then_some(t),
             pushed_ms,
         };
         for b in &rec.blobs {
             blobs::add_ref(&mut blob_table, b, 1)?;
         }
         for c in &rec.children {
-            add_manifest_ref(&mut manifests, r, c, 1)?;
+            if !absent.contains(c) {
+                add_manifest_ref(&mut manifests, r, c, 1)?;
+            }
         }
         if let Some(s) = &rec.subject {
             tx.open_table(REFERRERS)?
@@ -227,8 +263,13 @@ pub fn delete(
     for b in &rec.blobs {
         blobs::add_ref(&mut blob_table, b, -1)?;
     }
+    // A child is stored now exactly when this index counted it: one that was absent gained
+    // the reference when it came, and a counted one cannot be deleted while listed (above).
+    let mut absent_table = tx.open_table(ABSENT_CHILDREN)?;
     for c in &rec.children {
-        add_manifest_ref(&mut manifests, r, c, -1)?;
+        if absent_table.remove((r, c.as_str(), d.as_str()))?.is_none() {
+            add_manifest_ref(&mut manifests, r, c, -1)?;
+        }
     }
     let mut referrers = tx.open_table(REFERRERS)?;
     if let Some(s) = &rec.subject {

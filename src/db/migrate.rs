@@ -36,7 +36,9 @@ pub struct Counts {
 
 pub const STEPS: &[Step] = &[Step {
     from: 1,
-    what: "push times per tag (table tag_pushed) and per manifest (ManifestRecord.pushed_ms)",
+    what: "push times per tag (table tag_pushed) and per manifest (ManifestRecord.pushed_ms); \
+           table absent_children for sparse indexes (created empty by Db::open: a schema 1 \
+           database holds no sparse index)",
     run: v1_to_v2,
 }];
 

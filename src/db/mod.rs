@@ -106,6 +106,7 @@ impl Db {
             tx.open_table(TAG_PUSHED)?;
             tx.open_table(REPOS)?;
             tx.open_table(REFERRERS)?;
+            tx.open_table(ABSENT_CHILDREN)?;
             tx.open_table(UPLOADS)?;
             tx.open_table(USERS)?;
             tx.open_table(ACLS)?;

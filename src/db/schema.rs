@@ -5,6 +5,9 @@
 //!   or layer;
 //! - a manifest's `refcount` is the number of tags in its repository that point at it plus
 //!   the number of indexes in its repository that list it.
+//!
+//! A sparse index lists children that are not stored; each such (index, child) pair has an
+//! `ABSENT_CHILDREN` row, which turns into one reference when the child is pushed.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +16,11 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a table or record changes shape, together with a step in `db::migrate`
 /// that brings a database of the previous version up to it; `Db::open` refuses a newer file.
+/// - 1: the first release.
+/// - 2: push times (`TAG_PUSHED`, `ManifestRecord::pushed_ms`) and `ABSENT_CHILDREN` (sparse
+///   indexes). A version 1 file has no sparse index, so that table starts empty; a version 1
+///   binary must not open a file that has one (it would not count a child pushed after its
+///   index), and it refuses it.
 pub const SCHEMA_VERSION: u64 = 2;
 
 /// "schema_version" → u64.
@@ -40,6 +48,11 @@ pub const REFERRERS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::
 /// per repository (`db::pulls`). Added without a schema bump: an older binary never opens
 /// it, leaves it as it is, and its pulls are simply not recorded.
 pub const REPO_PULLS: TableDefinition<&str, u64> = TableDefinition::new("repo_pulls");
+/// (repository, child digest, index digest): an index in the repository lists a child
+/// manifest that is not stored there (a sparse index). Pushing the child turns its rows into
+/// its reference count and removes them; deleting the index removes its rows.
+pub const ABSENT_CHILDREN: TableDefinition<(&str, &str, &str), ()> =
+    TableDefinition::new("absent_children");
 /// upload id → `UploadRecord`.
 pub const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
 /// user name → `UserRecord`.
@@ -66,7 +79,8 @@ pub struct ManifestRecord {
     pub size: u64,
     /// Config and layer digests this manifest counts (deduplicated).
     pub blobs: Vec<String>,
-    /// Child manifest digests an index counts (deduplicated).
+    /// Child manifest digests an index lists (deduplicated). It counts those stored in the
+    /// repository; the others have `ABSENT_CHILDREN` rows.
     pub children: Vec<String>,
     pub subject: Option<String>,
     pub artifact_type: Option<String>,

@@ -94,6 +94,11 @@ pub fn copy_into(tx: &ReadTransaction, dest: &Path) -> Result<CopyStats, DbError
         copy("tag_pushed", table(tx, &out, TAG_PUSHED, &present))?;
         copy("repos", table(tx, &out, REPOS, &present))?;
         copy("referrers", table(tx, &out, REFERRERS, &present))?;
+        copy(
+            "absent_children",
+            table(tx, &out, ABSENT_CHILDREN, &present),
+        )?;
+        copy("repo_pulls", table(tx, &out, REPO_PULLS, &present))?;
         copy("users", table(tx, &out, USERS, &present))?;
         copy("acls", table(tx, &out, ACLS, &present))?;
         copy("secrets", table(tx, &out, SECRETS, &present))?;
@@ -106,7 +111,7 @@ pub fn copy_into(tx: &ReadTransaction, dest: &Path) -> Result<CopyStats, DbError
 }
 
 /// Every table `copy_into` knows, by name.
-const TABLES: [&str; 13] = [
+const TABLES: [&str; 15] = [
     "meta",
     "blobs",
     "repo_blobs",
@@ -116,6 +121,8 @@ const TABLES: [&str; 13] = [
     "tag_pushed",
     "repos",
     "referrers",
+    "absent_children",
+    "repo_pulls",
     "uploads",
     "users",
     "acls",

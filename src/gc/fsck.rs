@@ -49,7 +49,11 @@ pub enum Kind {
     DanglingTag,
     /// A manifest lists a blob that has no row.
     MissingBlobRow,
+    /// An index lists a child that is neither stored nor recorded as absent, so a push of
+    /// the child would not count the index.
     MissingChild,
+    /// An `ABSENT_CHILDREN` row that no stored index calls for.
+    AbsentChildIndex,
     /// A repository link to a blob that has no row.
     DanglingLink,
     RowWithoutFile,
@@ -145,6 +149,16 @@ enum Fix {
         subject: String,
         referrer: String,
     },
+    AddAbsent {
+        repo: String,
+        child: String,
+        index: String,
+    },
+    RemoveAbsent {
+        repo: String,
+        child: String,
+        index: String,
+    },
     RemoveFile {
         digest: Option<Digest>,
         upload: Option<String>,
@@ -235,6 +249,8 @@ struct Snapshot {
     tag_times: BTreeSet<(String, String)>,
     repos: BTreeMap<String, u64>,
     referrers: BTreeSet<(String, String, String)>,
+    /// (repository, child, index) rows of `ABSENT_CHILDREN`.
+    absent: BTreeSet<(String, String, String)>,
     uploads: BTreeSet<String>,
     bad: Vec<String>,
 }
@@ -301,6 +317,12 @@ macro_rules! load_snapshot {
             s.referrers
                 .insert((r.to_string(), sub.to_string(), d.to_string()));
         }
+        for e in tx.open_table(ABSENT_CHILDREN)?.iter()? {
+            let (k, _) = e?;
+            let (r, c, i) = k.value();
+            s.absent
+                .insert((r.to_string(), c.to_string(), i.to_string()));
+        }
         for e in tx.open_table(UPLOADS)?.iter()? {
             let (k, _) = e?;
             s.uploads.insert(k.value().to_string());
@@ -362,12 +384,18 @@ fn audit(s: &Snapshot, files: &Files) -> Vec<Problem> {
         for c in &m.children {
             if s.manifests.contains_key(&(r.clone(), c.clone())) {
                 *manifest_refs.entry((r, c)).or_default() += 1;
-            } else {
+            } else if !s.absent.contains(&(r.clone(), c.clone(), d.clone())) {
                 out.push(problem(
                     Kind::MissingChild,
-                    Remedy::Person,
-                    format!("index {r}@{d} lists {c}, which is not stored"),
-                    None,
+                    Remedy::Repair,
+                    format!(
+                        "index {r}@{d} lists {c}, which is neither stored nor recorded as absent"
+                    ),
+                    Some(Fix::AddAbsent {
+                        repo: r.clone(),
+                        child: c.clone(),
+                        index: d.clone(),
+                    }),
                 ));
             }
         }
@@ -595,6 +623,24 @@ fn audit(s: &Snapshot, files: &Files) -> Vec<Problem> {
             format!("manifest body {r}@{d} does not hash to its digest"),
             None,
         ));
+    }
+    for (r, c, i) in &s.absent {
+        let listed = s
+            .manifests
+            .get(&(r.clone(), i.clone()))
+            .is_some_and(|m| m.children.contains(c));
+        if !listed || s.manifests.contains_key(&(r.clone(), c.clone())) {
+            out.push(problem(
+                Kind::AbsentChildIndex,
+                Remedy::Repair,
+                format!("{r}@{c} is recorded as an absent child of index {i}, which is wrong"),
+                Some(Fix::RemoveAbsent {
+                    repo: r.clone(),
+                    child: c.clone(),
+                    index: i.clone(),
+                }),
+            ));
+        }
     }
     for (r, sub, d) in &s.referrers {
         let ok = s
@@ -1038,6 +1084,17 @@ fn apply(tx: &WriteTransaction, fix: &Fix) -> Result<bool, RegistryError> {
             }
             tx.open_table(TAG_PUSHED)?.remove(key)?;
         }
+        Fix::AddAbsent { repo, child, index } => {
+            tx.open_table(ABSENT_CHILDREN)?
+                .insert((repo.as_str(), child.as_str(), index.as_str()), ())?;
+        }
+        Fix::RemoveAbsent { repo, child, index } => {
+            tx.open_table(ABSENT_CHILDREN)?.remove((
+                repo.as_str(),
+                child.as_str(),
+                index.as_str(),
+            ))?;
+        }
         Fix::RemoveFile { .. } => return Ok(false),
     }
     Ok(true)
@@ -1105,6 +1162,48 @@ mod tests {
         assert!(p
             .iter()
             .all(|p| (p.kind, p.remedy) == (Kind::TagPushTime, Remedy::Repair)));
+    }
+
+    #[test]
+    fn a_sparse_index_needs_an_absent_row_for_each_missing_child_and_no_other() {
+        let (mut s, f) = consistent();
+        let mut index = manifest(&[], 0);
+        index.children = vec!["sha256:m".into(), "sha256:gone".into()];
+        s.manifests.insert(("r".into(), "sha256:i".into()), index);
+        s.bodies.insert(("r".into(), "sha256:i".into()));
+        s.repos.insert("r".into(), 2);
+        s.manifests
+            .get_mut(&("r".to_string(), "sha256:m".to_string()))
+            .unwrap()
+            .refcount = 2;
+        let absent = (
+            "r".to_string(),
+            "sha256:gone".to_string(),
+            "sha256:i".to_string(),
+        );
+        s.absent.insert(absent.clone());
+        assert!(audit(&s, &f).is_empty(), "{:?}", audit(&s, &f));
+        // Without its row, a child pushed later would not count the index.
+        s.absent.remove(&absent);
+        let p = audit(&s, &f);
+        assert_eq!(
+            p.iter().map(|p| (p.kind, p.remedy)).collect::<Vec<_>>(),
+            [(Kind::MissingChild, Remedy::Repair)]
+        );
+        // A row for a child that is stored, or that no index lists, is wrong.
+        s.absent.insert(absent);
+        s.absent
+            .insert(("r".into(), "sha256:m".into(), "sha256:i".into()));
+        s.absent
+            .insert(("r".into(), "sha256:x".into(), "sha256:i".into()));
+        let p = audit(&s, &f);
+        assert_eq!(
+            p.iter().map(|p| (p.kind, p.remedy)).collect::<Vec<_>>(),
+            [
+                (Kind::AbsentChildIndex, Remedy::Repair),
+                (Kind::AbsentChildIndex, Remedy::Repair)
+            ]
+        );
     }
 
     #[test]

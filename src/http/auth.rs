@@ -237,7 +237,7 @@ impl Auth {
                 let claims = self
                     .bearer(state, &policy, &t)
                     .await
-                    .map_err(|e| self.challenge(req, e, None))?;
+                    .map_err(|e| self.bearer_challenge(req, e, None, "invalid_token"))?;
                 Caller {
                     policy: Some(policy),
                     user: claims.subject().map(str::to_string),
@@ -275,7 +275,17 @@ impl Auth {
             .as_ref()
             .is_some_and(|p| p.allows(caller.user.as_deref(), name.as_str(), action));
         let scope = scope_for(name, action);
-        if caller.user.is_none() || (caller.token.is_some() && grants_would) {
+        // An anonymous caller (with an anonymous token or none) needs a login, not a wider
+        // token: the plain challenge, whose "authentication required" is what clients then
+        // show (an `insufficient_scope` makes podman print "denied").
+        if caller.token.is_some() && caller.user.is_some() && grants_would {
+            // RFC 6750 says 403 here, but Docker's token protocol (Distribution's `token`
+            // auth) answers 401 with the scope, which is what makes clients fetch a new
+            // token instead of failing.
+            let e = unauthorized("the token does not grant this scope").with_detail(detail);
+            return self.bearer_challenge(req, e, Some(&scope), "insufficient_scope");
+        }
+        if caller.user.is_none() {
             let e = unauthorized("authentication required").with_detail(detail);
             return self.challenge(req, e, Some(&scope));
         }
@@ -285,6 +295,28 @@ impl Auth {
 
     /// Adds the mode's `WWW-Authenticate` challenge to a 401 (other errors pass unchanged).
     fn challenge(&self, req: &Request, e: RegistryError, scope: Option<&str>) -> RegistryError {
+        self.challenge_with(req, e, scope, None)
+    }
+
+    /// A challenge to a bearer token that was presented: RFC 6750's `error` parameter says
+    /// why (`invalid_token`, `insufficient_scope`), as Distribution's token auth sends it.
+    fn bearer_challenge(
+        &self,
+        req: &Request,
+        e: RegistryError,
+        scope: Option<&str>,
+        error: &str,
+    ) -> RegistryError {
+        self.challenge_with(req, e, scope, Some(error))
+    }
+
+    fn challenge_with(
+        &self,
+        req: &Request,
+        e: RegistryError,
+        scope: Option<&str>,
+        error: Option<&str>,
+    ) -> RegistryError {
         if e.code != ErrorCode::Unauthorized {
             return e;
         }
@@ -297,6 +329,9 @@ impl Auth {
                 );
                 if let Some(s) = scope {
                     v.push_str(&format!(",scope=\"{}\"", quote(s)));
+                }
+                if let Some(err) = error {
+                    v.push_str(&format!(",error=\"{err}\""));
                 }
                 v
             }

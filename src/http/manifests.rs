@@ -123,13 +123,14 @@ pub async fn put(
     let subject = parsed.subject.as_ref().map(|s| s.digest.to_string());
     let (n, d, t) = (name.clone(), digest.clone(), tags.clone());
     let policies = state.config.policies.clone();
+    let sparse = state.config.sparse_indexes;
     state
         .db
         .write(move |tx| {
             if !policies.is_empty() {
                 db::policy::check_put(tx, &n, &d, &parsed.blobs, &t, &policies)?;
             }
-            db::manifests::put(tx, &n, &d, &parsed, &body, &t)
+            db::manifests::put(tx, &n, &d, &parsed, &body, &t, sparse)
         })
         .await?;
     let mut b = reply::empty(StatusCode::CREATED)

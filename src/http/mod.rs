@@ -330,10 +330,11 @@ fn need<'a>(method: &Method, route: &'a Route) -> Need<'a> {
 /// A cross-repository mount reads the source, so it needs pull there as well as push on the
 /// target. Without it the mount parameters are dropped and the client gets the spec's
 /// fallback, a plain upload session: the answer is the same whether or not the blob exists.
+/// A mount without `from` is kept: `uploads::start` looks only in what the caller may pull.
 fn restrict_mount(req: &mut Request, caller: &Caller) {
     let allowed = req
         .query("from")
-        .is_some_and(|from| caller.may(from, Action::Pull));
+        .is_none_or(|from| caller.may(from, Action::Pull));
     if req.query("mount").is_some() && !allowed {
         req.query.retain(|(k, _)| k != "mount" && k != "from");
     }
@@ -421,7 +422,9 @@ async fn handle(
             blobs::get(state, name, d, head, &req).await
         }
         (Method::DELETE, Route::Blob(name, d)) => blobs::delete(state, name, d).await,
-        (Method::POST, Route::UploadStart(name)) => uploads::start(state, name, &req, body).await,
+        (Method::POST, Route::UploadStart(name)) => {
+            uploads::start(state, name, &req, body, &caller).await
+        }
         (Method::GET, Route::Upload(name, id)) => uploads::status(state, name, id).await,
         (Method::PATCH, Route::Upload(name, id)) => {
             uploads::patch(state, name, id, &req, body).await

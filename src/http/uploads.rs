@@ -1,6 +1,6 @@
 //! Blob uploads: `POST /v2/<name>/blobs/uploads/` (plain, monolithic with `?digest=`, or a
-//! cross-repository `?mount=&from=`), `PATCH` chunks, `PUT ?digest=` to finish, `GET` status,
-//! `DELETE` to cancel.
+//! cross-repository `?mount=` with or without `&from=`), `PATCH` chunks, `PUT ?digest=` to
+//! finish, `GET` status, `DELETE` to cancel.
 //!
 //! The push data path, top to bottom: the body streams into `uploads/<id>` while it is hashed
 //! (`store::upload`), the file is fsynced, the digest checked, the file renamed into
@@ -10,11 +10,15 @@
 //! The promote and the record happen under the blob's lock (`blob_locks`), which also stamps
 //! the blob as seen, so the GC cannot delete it between this and the manifest PUT.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use futures_util::StreamExt;
 
 use warp::http::{header, StatusCode};
 use warp::reply::Response;
 
+use super::auth::Caller;
 use super::{reply, Request, State};
 use crate::db;
 use crate::oci::{Digest, ErrorCode, RegistryError, RepoName};
@@ -45,9 +49,14 @@ pub async fn start(
     name: RepoName,
     req: &Request,
     body: BodyStream,
+    caller: &Caller,
 ) -> Result<Response, RegistryError> {
-    if let (Some(mount), Some(from)) = (req.query("mount"), req.query("from")) {
-        if let Some(resp) = try_mount(state, &name, mount, from).await? {
+    if let Some(mount) = req.query("mount") {
+        let mounted = match req.query("from") {
+            Some(from) => try_mount(state, &name, mount, from).await?,
+            None => try_mount_any(state, &name, mount, caller).await?,
+        };
+        if let Some(resp) = mounted {
             return Ok(resp);
         }
         // Spec: "If the registry does not support cross-repository mounting or is unable to
@@ -97,6 +106,43 @@ async fn try_mount(
         .with_blob(&digest, move |guard| {
             let (t, m) = (to, d.clone());
             let mounted = db.write_grouped(move |tx| db::blobs::mount(tx, &from, &t, &m))?;
+            if mounted.is_some() {
+                guard.touch(&d);
+            }
+            Ok(mounted)
+        })
+        .await?;
+    Ok(mounted.map(|_| created(name, &digest)))
+}
+
+/// A mount without `from` (OCI 1.1: "the registry MAY treat the mount parameter as the
+/// digest of a blob in any repository"), as zot does: any repository that holds the blob and
+/// that the caller may pull will do. A blob only in repositories the caller cannot pull is
+/// answered exactly like one that does not exist (202, an upload session), so the answer
+/// reveals nothing.
+async fn try_mount_any(
+    state: &State,
+    name: &RepoName,
+    mount: &str,
+    caller: &Caller,
+) -> Result<Option<Response>, RegistryError> {
+    let digest = parse_digest(mount)?;
+    let (to, d, db) = (name.clone(), digest.clone(), state.db.clone());
+    let caller = caller.clone();
+    let mounted = state
+        .with_blob(&digest, move |guard| {
+            // Searched in a read transaction (it visits every repository), then mounted in
+            // a short write transaction that checks the source again; the stripe keeps the
+            // GC away in between.
+            let from = db.read_blocking(|tx| {
+                db::blobs::holder(tx, &d, |repo| {
+                    caller.may(repo, crate::auth::users::Action::Pull)
+                })
+            })?;
+            let Some(from) = from else {
+                return Ok(None);
+            };
+            let mounted = db.write_blocking(|tx| db::blobs::mount(tx, &from, &to, &d))?;
             if mounted.is_some() {
                 guard.touch(&d);
             }
@@ -181,16 +227,78 @@ async fn current(state: &State, id: &str, slot: &mut Option<Sink>) -> Result<Sin
     .map_err(Into::into)
 }
 
-/// The start offset a `Content-Range` names: `0-1023`, `bytes 0-1023/*` or `bytes=0-1023`.
-fn content_range_start(h: &str) -> Option<u64> {
+/// The first and last byte offsets a `Content-Range` names: `0-1023`, `bytes 0-1023/*`,
+/// `bytes=0-1023` or `bytes 0-1023/4096` (a complete length, when given, must cover the
+/// range).
+fn content_range(h: &str) -> Option<(u64, u64)> {
     let h = h
         .trim()
         .trim_start_matches("bytes")
         .trim_start_matches(['=', ' ']);
-    let range = h.split('/').next()?;
+    let (range, total) = match h.split_once('/') {
+        Some((r, t)) => (r, Some(t.trim())),
+        None => (h, None),
+    };
     let (a, b) = range.split_once('-')?;
     let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-    (b >= a).then_some(a)
+    let total_ok = match total {
+        None | Some("*") => true,
+        Some(t) => t.parse::<u64>().is_ok_and(|t| t > b),
+    };
+    (b >= a && total_ok).then_some((a, b))
+}
+
+fn range_error(message: String) -> RegistryError {
+    RegistryError::new(ErrorCode::BlobUploadInvalid, message).with_status(416)
+}
+
+/// A chunk's length as its `Content-Range` declares it, and the flag its body raises when it
+/// runs past that length.
+type Declared = Option<(u64, Arc<AtomicBool>)>;
+
+/// With a `Content-Range`, the chunk must start at the upload's offset and hold exactly the
+/// bytes the range names: its `Content-Length` (when sent) must agree up front, and the body
+/// is cut off with an error the moment it runs past the range. Returns the chunk's length
+/// and the flag that the body overran it. A chunk the header misdescribes is refused whole
+/// (416), as Distribution refuses it, rather than half-applied.
+fn check_range(
+    req: &Request,
+    offset: u64,
+    body: BodyStream,
+) -> Result<(BodyStream, Declared), RegistryError> {
+    let Some(cr) = req.header("content-range") else {
+        return Ok((body, None));
+    };
+    let (start, end) =
+        content_range(cr).ok_or_else(|| range_error(format!("unreadable Content-Range {cr:?}")))?;
+    if start != offset {
+        return Err(range_error(format!(
+            "chunk {cr:?} does not start at the upload's offset {offset}"
+        )));
+    }
+    let len = end - start + 1;
+    if let Some(cl) = req.header("content-length") {
+        if cl.trim().parse::<u64>().ok() != Some(len) {
+            return Err(range_error(format!(
+                "Content-Range {cr:?} names {len} bytes but Content-Length is {cl}"
+            )));
+        }
+    }
+    let overran = Arc::new(AtomicBool::new(false));
+    let flag = overran.clone();
+    let mut seen = 0u64;
+    let body = body
+        .map(move |chunk| {
+            let chunk = chunk?;
+            seen += chunk.len() as u64;
+            if seen > len {
+                flag.store(true, Ordering::Relaxed);
+                return Err(std::io::Error::other("body longer than its Content-Range"));
+            }
+            Ok(chunk)
+        })
+        .boxed();
+    Ok((body, Some((len, overran))))
 }
 
 /// Appends the request body to the session, undoing a partial append on failure so the
@@ -207,30 +315,25 @@ async fn append(
         len: sink.len,
         hasher: sink.hasher.clone(),
     };
-    if let Some(cr) = req.header("content-range") {
-        if content_range_start(cr) != Some(sink.len) {
-            return Err(RegistryError::new(
-                ErrorCode::BlobUploadInvalid,
-                format!(
-                    "chunk {cr:?} does not start at the upload's offset {}",
-                    sink.len
-                ),
-            )
-            .with_status(416));
-        }
-    }
+    let (body, declared) = check_range(req, sink.len, body)?;
     let path = state.store.path_for(Location::Upload(id));
-    match sink
+    let result = sink
         .append(&path, body, state.config.max_blob_size, durability)
-        .await
-    {
-        Ok(after) => Ok((before, after)),
-        Err(e) => {
-            let len = before.len;
-            let _ = tokio::task::spawn_blocking(move || upload::truncate(&path, len)).await;
-            Err(e)
-        }
-    }
+        .await;
+    let error = match (result, &declared) {
+        (Ok(after), Some((len, _))) if after.len - before.len != *len => range_error(format!(
+            "the body holds {} bytes, Content-Range names {len}",
+            after.len - before.len
+        )),
+        (Ok(after), _) => return Ok((before, after)),
+        (Err(_), Some((len, overran))) if overran.load(Ordering::Relaxed) => range_error(format!(
+            "the body holds more than the {len} bytes of its Content-Range"
+        )),
+        (Err(e), _) => e,
+    };
+    let len = before.len;
+    let _ = tokio::task::spawn_blocking(move || upload::truncate(&path, len)).await;
+    Err(error)
 }
 
 pub async fn patch(
@@ -371,15 +474,17 @@ pub async fn cancel(state: &State, name: RepoName, id: String) -> Result<Respons
 
 #[cfg(test)]
 mod tests {
-    use super::content_range_start;
+    use super::content_range;
 
     #[test]
     fn content_ranges() {
-        assert_eq!(content_range_start("0-1023"), Some(0));
-        assert_eq!(content_range_start("1024-2047"), Some(1024));
-        assert_eq!(content_range_start("bytes 10-20/*"), Some(10));
-        assert_eq!(content_range_start("bytes=10-20"), Some(10));
-        assert_eq!(content_range_start("20-10"), None);
-        assert_eq!(content_range_start("x"), None);
+        assert_eq!(content_range("0-1023"), Some((0, 1023)));
+        assert_eq!(content_range("1024-2047"), Some((1024, 2047)));
+        assert_eq!(content_range("bytes 10-20/*"), Some((10, 20)));
+        assert_eq!(content_range("bytes=10-20"), Some((10, 20)));
+        assert_eq!(content_range("bytes 10-20/21"), Some((10, 20)));
+        assert_eq!(content_range("bytes 10-20/20"), None);
+        assert_eq!(content_range("20-10"), None);
+        assert_eq!(content_range("x"), None);
     }
 }

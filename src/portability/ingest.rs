@@ -99,6 +99,9 @@ pub fn commit(core: &Core, plan: Plan) -> Result<(), Error> {
         .map(|(d, (_, size))| (d.clone(), *size))
         .chain(plan.present.iter().map(|(d, s)| (d.clone(), *s)))
         .collect();
+    // An index may arrive without some of its children (skopeo's --multi-arch index-only
+    // layouts), as in a push.
+    let sparse = core.config.sparse_indexes;
     core.db.write_blocking(|tx| {
         for (repo, (blobs, manifests)) in &plan.repos {
             let r = RepoName::parse(repo).expect("planned names are valid");
@@ -107,7 +110,7 @@ pub fn commit(core: &Core, plan: Plan) -> Result<(), Error> {
                 db::blobs::record(tx, &r, &digest, sizes[b], None)?;
             }
             for m in manifests {
-                db::manifests::put(tx, &r, &m.digest, &m.parsed, &m.body, &m.tags)?;
+                db::manifests::put(tx, &r, &m.digest, &m.parsed, &m.body, &m.tags, sparse)?;
             }
         }
         Ok(())
