@@ -455,6 +455,9 @@ async fn concurrent_wrong_passwords_are_throttled_before_bcrypt() {
         }
     }))
     .await;
+    // The user's window began at the burst's first reservation, somewhere between `started`
+    // and now: inside the window until `started + window`, past it after `burst_end + window`.
+    let burst_end = Instant::now();
     let verified = answers.iter().filter(|s| s.as_u16() == 401).count();
     let throttled = answers.iter().filter(|s| s.as_u16() == 429).count();
     assert!(verified <= 5, "{verified} wrong passwords were checked");
@@ -481,7 +484,8 @@ async fn concurrent_wrong_passwords_are_throttled_before_bcrypt() {
         let resp = elsewhere.get(r.url("/v2/")).send().await.unwrap();
         assert_eq!(resp.status(), 429);
     }
-    tokio::time::sleep(window.saturating_sub(started.elapsed()) + Duration::from_millis(200)).await;
+    tokio::time::sleep(window.saturating_sub(burst_end.elapsed()) + Duration::from_millis(200))
+        .await;
     let resp = elsewhere.get(r.url("/v2/")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     r.stop().await;
