@@ -111,7 +111,17 @@ async fn docker_workflow(mode: Option<AuthMode>) {
         c.env("DOCKER_CONFIG", &cfg).args(args);
         c
     };
-    run_async(docker(&["build", "-t", &image, ctx.to_str().unwrap()])).await;
+    // No build cache: the three docker tests run at once and build the same first layer, and
+    // one test's `rmi` would remove the cached intermediate image another build is using
+    // ("unknown parent image ID").
+    run_async(docker(&[
+        "build",
+        "--no-cache",
+        "-t",
+        &image,
+        ctx.to_str().unwrap(),
+    ]))
+    .await;
     if mode.is_some() {
         run_with_input(
             docker(&["login", "-u", "alice", "--password-stdin", &host]),
