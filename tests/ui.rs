@@ -83,6 +83,17 @@ impl Browser {
             .expect("text")
     }
 
+    /// The text of the first element the XPath `xp` matches on the page shown now.
+    async fn xpath_text(&self, xp: &str) -> String {
+        self.c()
+            .find(Locator::XPath(xp))
+            .await
+            .unwrap_or_else(|e| panic!("{xp}: {e}"))
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// Waits (up to 20 s) until the browser shows a page at `path`.
     async fn wait_path(&self, path: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -113,6 +124,36 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The one time `text` shows (as pages print it: `2026-01-02 03:04:05 UTC`) lies within
+/// `[from, to]` (Unix seconds; pages show whole seconds, rounded down like `from` and `to`).
+fn assert_pushed_between(text: &str, from: u64, to: u64) {
+    let times: Vec<u64> = text
+        .match_indices(" UTC")
+        .filter_map(|(i, _)| text.get(i.checked_sub(19)?..i))
+        .map(|t| {
+            let rfc = format!("{}Z", t.replacen(' ', "T", 1));
+            humantime::parse_rfc3339(&rfc)
+                .unwrap_or_else(|e| panic!("{t:?} is not a time ({e}) in {text:?}"))
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        })
+        .collect();
+    assert_eq!(times.len(), 1, "one push time in {text:?}");
+    assert!(
+        (from..=to).contains(&times[0]),
+        "push time {} not within the push window [{from}, {to}]: {text:?}",
+        times[0]
+    );
 }
 
 /// An OCI layout holding one image with two layers, a config with history, env and labels
@@ -235,9 +276,16 @@ async fn browser_shows_repositories_tags_manifests_referrers_and_deletes_a_tag()
     let Some(b) = Browser::start().await else {
         return;
     };
-    let r = TestRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config =
+        dockyard::Config::from_toml("[[policy]]\npattern = \"demo/**\"\nquota = \"1GiB\"\n")
+            .expect("policy config");
+    config.root = dir.path().to_path_buf();
+    let r = TestRegistry::start_with(config).await;
     let host = r.addr.to_string();
+    let before = unix_now();
     let (app, referrer) = seed(&host, &client(), &r).await;
+    let after = unix_now();
 
     b.c().goto(&r.url("/")).await.unwrap();
     assert_eq!(b.c().current_url().await.unwrap().path(), "/ui/");
@@ -272,9 +320,17 @@ async fn browser_shows_repositories_tags_manifests_referrers_and_deletes_a_tag()
         .unwrap()
         .unwrap_or_default();
     assert_eq!(pull, format!("docker pull {host}/demo/multi:latest"));
+    let shown = b
+        .xpath_text("//table[@id='tags']//tr[td/a[text()='latest']]")
+        .await;
+    assert_pushed_between(&shown, before, after);
     b.shoot("repository.png").await;
 
     b.c().goto(&r.url("/ui/m/demo/app:v1")).await.unwrap();
+    let shown = b
+        .xpath_text("//dl[contains(@class,'facts')]/dt[text()='Pushed']/following-sibling::dd[1]")
+        .await;
+    assert_pushed_between(&shown, before, after);
     assert_eq!(
         b.c()
             .find_all(Locator::Css("#layers tbody tr"))
@@ -319,6 +375,27 @@ async fn browser_shows_repositories_tags_manifests_referrers_and_deletes_a_tag()
     b.c().goto(&r.url("/ui/storage")).await.unwrap();
     assert!(b.text("#usage").await.contains("demo/multi"));
     assert!(b.text("#reclaimable").await.contains("blobs"));
+    // The quota row shows what `du` prints for it (the same measurement, not a second one).
+    let du = r
+        .admin(dockyard::admin::Command::Du { json: false })
+        .await
+        .unwrap();
+    let line = du
+        .lines()
+        .find_map(|l| l.strip_prefix("quota demo/**: "))
+        .unwrap_or_else(|| panic!("du shows the quota: {du}"));
+    let (used, rest) = line.split_once(" used of ").expect("du quota line");
+    let (quota, percent) = rest.rsplit_once(" ").expect("du quota line");
+    assert_eq!(quota, "1.0 GiB");
+    assert!(!used.starts_with("0 "), "the pushed images count: {line}");
+    let row = b.text("#quotas tbody tr").await;
+    let percent = percent.trim_matches(|c| c == '(' || c == ')');
+    for want in ["demo/**", used, quota, percent] {
+        assert!(
+            row.contains(want),
+            "{want:?} in the quota row {row:?}; du: {line}"
+        );
+    }
     b.shoot("storage.png").await;
 
     // Delete demo/app:old through the page, with its confirmation step.

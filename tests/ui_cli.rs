@@ -67,7 +67,13 @@ fn check_views(root: &str, v1: &str) {
 async fn ls_show_rm_through_a_running_server_and_on_a_stopped_root() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_string_lossy().into_owned();
-    let p = Process::spawn(dir.path());
+    let conf = tempfile::tempdir().unwrap();
+    let config = write_config(
+        conf.path(),
+        "registry.toml",
+        "[[policy]]\npattern = \"demo/**\"\nquota = \"1MiB\"\n",
+    );
+    let p = Process::spawn_with_config(dir.path(), &config);
     let c = client();
     let (_, v1) = push_image(&c, &p, "demo/app", "v1", &[&random_bytes(4000)]).await;
     push_image(&c, &p, "demo/app", "v2", &[&random_bytes(4000)]).await;
@@ -92,6 +98,29 @@ async fn ls_show_rm_through_a_running_server_and_on_a_stopped_root() {
     }
 
     check_views(&root, &v1);
+    // The running server's quota, as `du` measures it, in text and JSON.
+    let (ok, text, _) = cli(&root, &["du"]);
+    assert!(ok);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("quota demo/**: "))
+        .unwrap_or_else(|| panic!("du shows the quota: {text}"));
+    let (ok, out, _) = cli(&root, &["du", "--json"]);
+    assert!(ok);
+    let quotas = json(&out)["quotas"].clone();
+    assert_eq!(quotas.as_array().map(Vec::len), Some(1), "{out}");
+    assert_eq!(quotas[0]["pattern"], "demo/**");
+    assert_eq!(quotas[0]["quota"], 1 << 20);
+    let used = quotas[0]["used"].as_u64().unwrap();
+    // Three images of 4000 + 4000 + 100 layer bytes, plus their configs.
+    assert!((8100..20_000).contains(&used), "{out}");
+    assert!(
+        line.contains(&format!(
+            "{} used of 1.0 MiB",
+            dockyard::gc::human_bytes(used)
+        )),
+        "text and JSON agree: {line} / {out}"
+    );
     // rm asks first; without a terminal to ask on it refuses unless --yes.
     let (ok, _, err) = cli(&root, &["rm", "demo/app:v2"]);
     assert!(!ok && err.contains("--yes"), "{err}");

@@ -47,6 +47,11 @@ pub struct QuotaUsage {
     pub quota: u64,
 }
 
+/// How full a quota is, in percent (what `du` and the storage page print).
+pub fn percent(used: u64, quota: u64) -> f64 {
+    used as f64 * 100.0 / quota.max(1) as f64
+}
+
 /// Measures the instance, then asks a dry GC pass what it would free.
 pub fn measure(core: &Core) -> Result<Usage, Error> {
     let mut usage = core.db.read_blocking(|tx| {
@@ -167,7 +172,7 @@ impl fmt::Display for Usage {
                 q.pattern,
                 human_bytes(q.used),
                 human_bytes(q.quota),
-                q.used as f64 * 100.0 / q.quota.max(1) as f64,
+                percent(q.used, q.quota),
             )?;
         }
         let r = &self.reclaimable;

@@ -28,6 +28,8 @@ pub struct StorageView {
     pub shared_blobs: u64,
     pub shared_bytes: u64,
     pub repos: Vec<RepoUsageRow>,
+    /// Every `[[policy]]` with a quota, in config order, as `du` measures it.
+    pub quotas: Vec<QuotaRow>,
     /// What a GC pass would free now.
     pub reclaimable: GcSummary,
     /// The last pass this process ran, and when (Unix seconds).
@@ -42,6 +44,15 @@ pub struct RepoUsageRow {
     pub blobs: u64,
     pub bytes: u64,
     pub exclusive_bytes: u64,
+}
+
+/// One quota: the bytes its repositories' manifests reference (what pushes are checked
+/// against) and the limit.
+#[derive(Clone, Debug, Serialize)]
+pub struct QuotaRow {
+    pub pattern: String,
+    pub used: u64,
+    pub quota: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -68,7 +79,7 @@ impl From<&GcReport> for GcSummary {
 }
 
 /// Disk use as `du` measures it, restricted to the repositories `visible` admits (the totals
-/// are the instance's: they say nothing about any one repository).
+/// and the quotas are the instance's: they are sums over patterns, not any one repository).
 pub fn storage(
     usage: &Usage,
     last_gc: Option<&(u64, GcReport)>,
@@ -90,6 +101,15 @@ pub fn storage(
                 blobs: r.blobs,
                 bytes: r.bytes + r.manifest_bytes,
                 exclusive_bytes: r.exclusive_bytes,
+            })
+            .collect(),
+        quotas: usage
+            .quotas
+            .iter()
+            .map(|q| QuotaRow {
+                pattern: q.pattern.clone(),
+                used: q.used,
+                quota: q.quota,
             })
             .collect(),
         reclaimable: (&usage.reclaimable).into(),

@@ -352,6 +352,17 @@ pub fn storage_page(frame: &Frame, s: &StorageView) -> Markup {
                     }
                 }
             }
+            @if !s.quotas.is_empty() {
+                h2 { "Quotas" }
+                table #quotas {
+                    thead { tr { th { "Pattern" } th.num { "Used" } th.num { "Quota" } th.num { "Used %" } } }
+                    tbody { @for q in &s.quotas { tr {
+                        td.mono { (q.pattern) }
+                        td.num { (human_bytes(q.used)) } td.num { (human_bytes(q.quota)) }
+                        td.num { (format!("{:.0}%", crate::gc::usage::percent(q.used, q.quota))) }
+                    } } }
+                }
+            }
             h2 { "By repository" }
             table #usage {
                 thead { tr { th { "Repository" } th.num { "Manifests" } th.num { "Tags" } th.num { "Blobs" } th.num { "Size" } th.num { "Only here" } } }
