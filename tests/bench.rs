@@ -66,6 +66,7 @@ fn the_benchmark_runs_every_workload_at_tiny_size() {
         "mem.push",
         "mem.small",
         "startup.full",
+        "portability.import",
     ] {
         let row = rows
             .iter()
@@ -84,6 +85,22 @@ fn the_benchmark_runs_every_workload_at_tiny_size() {
         }
         if with_distribution {
             assert!(row["ratio"].is_number(), "{workload}: no ratio in {row}");
+        }
+    }
+    // Workload 8's backups are measured against `cp -a` of the same root, in the limit column.
+    for key in [
+        "portability.backup_same",
+        "portability.backup_copy",
+        "portability.backup_again",
+    ] {
+        let row = rows.iter().find(|r| r["key"] == key).unwrap();
+        assert!(
+            row["dockyard"]["value"].as_f64().is_some_and(|v| v > 0.0),
+            "{row}"
+        );
+        assert_eq!(row["dockyard"]["errors"], 0, "{row}");
+        if key != "portability.backup_again" {
+            assert!(row["limit"].as_f64().is_some_and(|v| v > 0.0), "{row}");
         }
     }
     for limit in ["limit.sha256", "limit.copy_fsync", "limit.loopback"] {
