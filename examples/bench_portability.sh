@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Backup and import-distribution figures (issue 11), by hand until they join examples/bench:
+# Backup and import-distribution figures (issue 11) by hand; the same measurements are workload 8
+# of examples/bench (`--only portability`), which is what to run:
 #   1. import-distribution of an N-repository Distribution store, against `skopeo sync` of the
 #      same store (served by Debian's docker-registry) into a running Dockyard;
 #   2. backup of the resulting root (plus a 512 MiB image) to the same filesystem and to

@@ -12,6 +12,7 @@
 //! printed (and written as JSON with `--json`). `--tiny` is the test suite's smoke run.
 
 mod client;
+mod portability;
 mod servers;
 mod workloads;
 
@@ -49,8 +50,8 @@ struct Args {
     /// times better the measured binary is than it: compares two builds in one run.
     #[arg(long)]
     baseline_bin: Option<PathBuf>,
-    /// Run only these workloads (comma-separated: push, images, small, catalog, startup);
-    /// `push` includes the pull of workload 2.
+    /// Run only these workloads (comma-separated: push, images, small, catalog, startup,
+    /// portability); `push` includes the pull of workload 2.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// How many small images workload 3 pushes [default: 200, 50 with --quick].
@@ -78,6 +79,11 @@ struct Sizes {
     repos: usize,
     seed_clients: usize,
     startups: usize,
+    /// Workload 8: repositories in the Distribution store, bytes of each of their two
+    /// layers, and bytes of each of the two layers of the one big image beside them.
+    port_repos: usize,
+    port_layer: usize,
+    port_big_layer: usize,
 }
 
 const MIB: usize = 1 << 20;
@@ -100,6 +106,9 @@ impl Sizes {
             repos: 10_000,
             seed_clients: 16,
             startups: 3,
+            port_repos: 1_000,
+            port_layer: 16 * 1024,
+            port_big_layer: 256 * MIB,
         }
     }
 
@@ -112,6 +121,8 @@ impl Sizes {
             images: 50,
             level_time: Duration::from_secs(1),
             repos: 1_000,
+            port_repos: 200,
+            port_big_layer: 64 * MIB,
             ..Sizes::full()
         }
     }
@@ -133,6 +144,9 @@ impl Sizes {
             repos: 30,
             seed_clients: 4,
             startups: 1,
+            port_repos: 5,
+            port_layer: 1024,
+            port_big_layer: MIB,
         }
     }
 
@@ -317,7 +331,8 @@ fn fmt_num(v: f64) -> String {
 }
 
 fn fmt_cell(c: &Cell, present: bool) -> String {
-    if !present {
+    // Not run, or a row that measures Dockyard alone (nothing recorded, nothing failed).
+    if !present || (c.value.is_none() && c.errors == 0) {
         return "-".into();
     }
     let mut s = c.value.map(fmt_num).unwrap_or_else(|| "failed".into());
@@ -687,6 +702,34 @@ async fn run(args: Args) -> Result<bool> {
         false,
     )
     .goal = Some(Goal::Under(50.0));
+    t.row(
+        "portability.import",
+        &format!(
+            "8. import-distribution, {} repos (Distribution col.: skopeo sync)",
+            s.port_repos
+        ),
+        "s",
+        false,
+    )
+    .goal = Some(Goal::Ratio(10.0));
+    t.row(
+        "portability.backup_same",
+        "8. backup of them + 1 big image, same fs (limit: cp -a)",
+        "MB/s",
+        true,
+    );
+    t.row(
+        "portability.backup_copy",
+        "8. backup of them to /dev/shm (limit: cp -a)",
+        "MB/s",
+        true,
+    );
+    t.row(
+        "portability.backup_again",
+        "8. backup again to /dev/shm, nothing new",
+        "s",
+        false,
+    );
 
     // 6 (idle). Measured before anything ran, after a short settle.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1015,6 +1058,80 @@ async fn run(args: Args) -> Result<bool> {
                 b.record(&format!("{key}.p50"), kind, p50);
                 b.record(&format!("{key}.p99"), kind, p99);
             }
+        }
+    }
+
+    if want("portability") {
+        // 8. The CLI's portability commands, on roots of their own (no server of the table).
+        println!(
+            "-- 8. import-distribution of {} repositories and backups, against skopeo sync and cp -a",
+            b.sizes.port_repos
+        );
+        let (bin, dist) = (bin.clone(), dist_bin.clone());
+        let (n, layer, big) = (
+            b.sizes.port_repos,
+            b.sizes.port_layer,
+            b.sizes.port_big_layer,
+        );
+        let figures = tokio::task::spawn_blocking(move || {
+            portability::run(&bin, dist.as_deref(), n, layer, big).map_err(|e| e.to_string())
+        })
+        .await?;
+        match figures {
+            Ok(f) => {
+                let mb = f.root_bytes as f64 / 1e6;
+                let t = &mut b.table;
+                t.record(
+                    "portability.import",
+                    Kind::Dockyard,
+                    Some(f.import_s),
+                    0,
+                    None,
+                );
+                match f.skopeo_s {
+                    Some(Ok(s)) => {
+                        t.record("portability.import", Kind::Distribution, Some(s), 0, None)
+                    }
+                    Some(Err(e)) => t.record(
+                        "portability.import",
+                        Kind::Distribution,
+                        None,
+                        1,
+                        Some(e.to_string()),
+                    ),
+                    None => {}
+                }
+                for (key, backup, cp, what) in [
+                    (
+                        "portability.backup_same",
+                        f.backup_same_s,
+                        f.cp_same_s,
+                        "cp -a + sync, same filesystem",
+                    ),
+                    (
+                        "portability.backup_copy",
+                        f.backup_copy_s,
+                        f.cp_copy_s,
+                        "cp -a to /dev/shm",
+                    ),
+                ] {
+                    t.record(key, Kind::Dockyard, Some(mb / backup), 0, None);
+                    let r = t.get(key);
+                    r.limit = Some(mb / cp);
+                    r.limit_what = Some(format!("{what}, {mb:.0} MB"));
+                }
+                t.record(
+                    "portability.backup_again",
+                    Kind::Dockyard,
+                    Some(f.backup_again_s),
+                    0,
+                    None,
+                );
+                println!("   ({} repositories, root {mb:.0} MB)", f.repos);
+            }
+            Err(e) => b
+                .table
+                .record("portability.import", Kind::Dockyard, None, 1, Some(e)),
         }
     }
 
