@@ -143,19 +143,7 @@ pub fn put(
         let t = now();
         // Indexes already stored that list this manifest: their rows become its references.
         let mut absent_table = tx.open_table(ABSENT_CHILDREN)?;
-        let waiting: Vec<String> = absent_table
-            .range((r, d.as_str(), "")..)?
-            .map(|e| {
-                e.map(|(k, _)| {
-                    (
-                        k.value().0 == r && k.value().1 == d,
-                        k.value().2.to_string(),
-                    )
-                })
-            })
-            .take_while(|e| e.as_ref().map_or(true, |(same, _)| *same))
-            .map(|e| e.map(|(_, index)| index))
-            .collect::<Result<_, _>>()?;
+        let waiting = third_keys(&absent_table, r, &d)?;
         for index in &waiting {
             absent_table.remove((r, d.as_str(), index.as_str()))?;
         }
@@ -211,6 +199,28 @@ pub fn put(
         add_manifest_ref(&mut manifests, r, &d, 1)?;
     }
     Ok(())
+}
+
+/// The third components of the keys `(a, b, *)` of a (repository, digest, digest) table: the
+/// indexes waiting for an absent child, the referrers of a subject.
+fn third_keys(
+    table: &impl ReadableTable<(&'static str, &'static str, &'static str), ()>,
+    a: &str,
+    b: &str,
+) -> Result<Vec<String>, redb::StorageError> {
+    table
+        .range((a, b, "")..)?
+        .map(|e| {
+            e.map(|(k, _)| {
+                (
+                    k.value().0 == a && k.value().1 == b,
+                    k.value().2.to_string(),
+                )
+            })
+        })
+        .take_while(|e| e.as_ref().map_or(true, |(same, _)| *same))
+        .map(|e| e.map(|(_, third)| third))
+        .collect()
 }
 
 fn unknown_reference(d: &Digest) -> RegistryError {
@@ -277,19 +287,7 @@ pub fn delete(
     }
     // Referrers of this manifest lose their subject now: an unreferenced one starts the
     // clock after which `[gc] untagged` collects it.
-    let orphaned: Vec<String> = referrers
-        .range((r, d.as_str(), "")..)?
-        .map(|e| {
-            e.map(|(k, _)| {
-                (
-                    k.value().0 == r && k.value().1 == d,
-                    k.value().2.to_string(),
-                )
-            })
-        })
-        .take_while(|e| e.as_ref().map_or(true, |(same, _)| *same))
-        .map(|e| e.map(|(_, referrer)| referrer))
-        .collect::<Result<_, _>>()?;
+    let orphaned = third_keys(&referrers, r, &d)?;
     let t = now();
     for referrer in &orphaned {
         if let Some(mut rr) = read_record(&manifests, r, referrer)? {
