@@ -39,6 +39,7 @@ pub mod config;
 pub mod db;
 pub mod gc;
 pub mod http;
+pub mod http_client;
 pub mod metrics;
 pub mod oci;
 pub mod policy;
