@@ -232,14 +232,26 @@ async fn ns_and_default_forms_pushes_denied_and_grants_on_the_stored_name() {
     assert_eq!((status, body == layer), (200, true));
     wait_stored(&r, "docker.io/library/app", &digest).await;
     // Grants apply to the stored name: bob may pull library/** but not docker.io/**, so the
-    // mirrored forms are refused to him, whichever form he uses; anonymous is asked to log in.
+    // explicit mirrored forms are refused to him, and for him the unprefixed name is only
+    // the local one (not stored: unknown); anonymous is asked to log in.
+    for url in [
+        "/v2/library/app/manifests/v1?ns=docker.io",
+        "/v2/docker.io/library/app/manifests/v1",
+    ] {
+        let (status, _, _) = get(&bob, &r.url(url)).await;
+        assert_eq!(status, 403, "bob {url}");
+    }
+    let resp = bob
+        .get(r.url("/v2/library/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(resp).await, "MANIFEST_UNKNOWN");
     for url in [
         "/v2/library/app/manifests/v1?ns=docker.io",
         "/v2/docker.io/library/app/manifests/v1",
         "/v2/library/app/manifests/v1",
     ] {
-        let (status, _, _) = get(&bob, &r.url(url)).await;
-        assert_eq!(status, 403, "bob {url}");
         let (status, _, _) = get(&client(), &r.url(url)).await;
         assert_eq!(status, 401, "anonymous {url}");
     }
@@ -260,12 +272,30 @@ async fn ns_and_default_forms_pushes_denied_and_grants_on_the_stored_name() {
         .unwrap();
     assert_eq!(resp.status(), 403);
     assert_eq!(error_code(resp).await, "DENIED");
-    // A name pushed here is served from here, not from the default mirror.
+    // A name pushed here is served from here, not from the default mirror; the push's blob
+    // checks never went upstream.
     let own = random_bytes(1000);
     let (own_manifest, _) = push_image(&bob, &r, "library/own", "v1", &[&own]).await;
     let (status, _, body) = get(&bob, &r.url("/v2/library/own/manifests/v1")).await;
     assert_eq!((status, body), (200, own_manifest));
     assert_eq!(up.requests("GET", "/v2/library/own/manifests/v1"), 0);
+    // alice may pull docker.io/**, yet her push's blob check (a HEAD on a name not stored
+    // here) is answered locally: a push never depends on the upstream.
+    let fresh = random_bytes(1000);
+    let resp = alice
+        .head(r.url(&format!("/v2/library/mine/blobs/{}", sha256(&fresh))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    push_image(&alice, &r, "library/mine", "v1", &[&fresh]).await;
+    assert_eq!(
+        up.requests(
+            "HEAD",
+            &format!("/v2/library/mine/blobs/{}", sha256(&fresh))
+        ),
+        0
+    );
     assert_fsck_clean(&r).await;
 }
 
