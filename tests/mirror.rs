@@ -773,3 +773,63 @@ async fn mirror_pull_seeds_one_platform_and_mirror_list_shows_the_cache() {
     assert_eq!(status, 502);
     server.stop();
 }
+
+/// The binary mirroring a token-auth upstream, logging at debug: neither the password, nor
+/// its Basic encoding, nor a token appears in what it prints, even when the upstream refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_credentials_and_tokens_never_reach_the_log() {
+    use base64::Engine;
+    let up = TestRegistry::start_auth(dockyard::config::AuthMode::Token, |_| {}).await;
+    up.add_user("pusher", "push-pw").await;
+    up.add_user("mirror", "never-log-this-pw").await;
+    up.grant("pusher", "**", "pull,push").await;
+    up.grant("mirror", "team/**", "pull").await;
+    let pusher = token_client(&up, "pusher", "push-pw", "repository:team/app:pull,push").await;
+    let layer = random_bytes(50_000);
+    let (manifest, digest) = push_image(&pusher, &up, "team/app", "v1", &[&layer]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "never-log-this-pw\n").unwrap();
+    let config = write_config(
+        dir.path(),
+        "registry.toml",
+        &mirror_table(
+            "up",
+            &up.url(""),
+            &format!(
+                "username = \"mirror\"\npassword_file = \"{}\"",
+                pw.display()
+            ),
+        ),
+    );
+    let server =
+        Process::spawn_with_config_env(&dir.path().join("root"), &config, &[("RUST_LOG", "debug")]);
+    let c = client();
+    let (status, _, body) = get(&c, &server.url("/v2/up/team/app/manifests/v1")).await;
+    assert_eq!((status, &body), (200, &manifest));
+    let (status, _, body) = get(
+        &c,
+        &server.url(&format!("/v2/up/team/app/blobs/{}", sha256(&layer))),
+    )
+    .await;
+    assert_eq!((status, body == layer), (200, true));
+    let _ = digest;
+    // Refused upstream (no grant on other/**): logged as a failure, without the secret.
+    let (status, _, _) = get(&c, &server.url("/v2/up/other/app/manifests/v1")).await;
+    assert!(status >= 400);
+    let basic = base64::engine::general_purpose::STANDARD.encode("mirror:never-log-this-pw");
+    let out = server.output();
+    assert!(
+        out.contains("mirror: upstream failed"),
+        "the refusal is logged:\n{out}"
+    );
+    for secret in [
+        "never-log-this-pw",
+        basic.as_str(),
+        "Bearer ey",
+        "token\":\"ey",
+    ] {
+        assert!(!out.contains(secret), "{secret:?} in the log:\n{out}");
+    }
+    server.stop();
+}
