@@ -69,6 +69,8 @@ pub enum Kind {
     /// A tag without a push time (retention would take it for the oldest), or a push time
     /// without a tag.
     TagPushTime,
+    /// A `BLOB_USES` row missing, extra, or with the wrong count (a quota would count wrong).
+    BlobUses,
 }
 
 #[derive(Clone, Debug)]
@@ -121,6 +123,12 @@ enum Fix {
     RemoveTagTime {
         repo: String,
         tag: String,
+    },
+    /// Set (or, with 0, remove) a `BLOB_USES` row.
+    SetUses {
+        repo: String,
+        digest: String,
+        actual: u64,
     },
     RestoreBlob {
         digest: String,
@@ -247,6 +255,8 @@ struct Snapshot {
     tags: Vec<(String, String, String)>,
     /// (repository, tag) rows of `tag_pushed`.
     tag_times: BTreeSet<(String, String)>,
+    /// `blob_uses` rows.
+    uses: BTreeMap<(String, String), u64>,
     repos: BTreeMap<String, u64>,
     referrers: BTreeSet<(String, String, String)>,
     /// (repository, child, index) rows of `ABSENT_CHILDREN`.
@@ -310,6 +320,11 @@ macro_rules! load_snapshot {
         for e in tx.open_table(REPOS)?.iter()? {
             let (k, v) = e?;
             s.repos.insert(k.value().to_string(), v.value());
+        }
+        for e in tx.open_table(BLOB_USES)?.iter()? {
+            let (k, v) = e?;
+            let (r, d) = k.value();
+            s.uses.insert((r.to_string(), d.to_string()), v.value());
         }
         for e in tx.open_table(REFERRERS)?.iter()? {
             let (k, _) = e?;
@@ -447,6 +462,40 @@ fn audit(s: &Snapshot, files: &Files) -> Vec<Problem> {
                 Some(Fix::RemoveTag {
                     repo: r.clone(),
                     tag: t.clone(),
+                }),
+            ));
+        }
+    }
+    let mut uses: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for ((r, _), m) in &s.manifests {
+        for b in &m.blobs {
+            *uses.entry((r, b)).or_default() += 1;
+        }
+    }
+    let keys: BTreeSet<(&str, &str)> = uses
+        .keys()
+        .copied()
+        .chain(s.uses.keys().map(|(r, d)| (r.as_str(), d.as_str())))
+        .collect();
+    for (r, d) in keys {
+        let actual = uses.get(&(r, d)).copied().unwrap_or(0);
+        let stored = s
+            .uses
+            .get(&(r.to_string(), d.to_string()))
+            .copied()
+            .unwrap_or(0);
+        if actual != stored {
+            out.push(problem(
+                Kind::BlobUses,
+                Remedy::Repair,
+                format!(
+                    "blob {d} is listed by {actual} manifests of {r}, but blob_uses says {stored} \
+                     (quota usage would be wrong)"
+                ),
+                Some(Fix::SetUses {
+                    repo: r.to_string(),
+                    digest: d.to_string(),
+                    actual,
                 }),
             ));
         }
@@ -1084,6 +1133,18 @@ fn apply(tx: &WriteTransaction, fix: &Fix) -> Result<bool, RegistryError> {
             }
             tx.open_table(TAG_PUSHED)?.remove(key)?;
         }
+        Fix::SetUses {
+            repo,
+            digest,
+            actual,
+        } => {
+            let mut t = tx.open_table(BLOB_USES)?;
+            let key = (repo.as_str(), digest.as_str());
+            match actual {
+                0 => t.remove(key)?,
+                n => t.insert(key, *n)?,
+            };
+        }
         Fix::AddAbsent { repo, child, index } => {
             tx.open_table(ABSENT_CHILDREN)?
                 .insert((repo.as_str(), child.as_str(), index.as_str()), ())?;
@@ -1139,6 +1200,7 @@ mod tests {
         s.bodies.insert(("r".into(), "sha256:m".into()));
         s.tags.push(("r".into(), "v1".into(), "sha256:m".into()));
         s.tag_times.insert(("r".into(), "v1".into()));
+        s.uses.insert(("r".into(), "sha256:a".into()), 1);
         s.repos.insert("r".into(), 1);
         let files = [("sha256:a".to_string(), 3), ("sha256:b".to_string(), 3)]
             .into_iter()
@@ -1162,6 +1224,22 @@ mod tests {
         assert!(p
             .iter()
             .all(|p| (p.kind, p.remedy) == (Kind::TagPushTime, Remedy::Repair)));
+    }
+
+    #[test]
+    fn blob_uses_missing_extra_or_wrong_are_repairable() {
+        let (mut s, f) = consistent();
+        s.uses.clear();
+        s.uses.insert(("r".into(), "sha256:b".into()), 2);
+        s.uses.insert(("other".into(), "sha256:a".into()), 1);
+        let p = audit(&s, &f);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p
+            .iter()
+            .all(|p| (p.kind, p.remedy) == (Kind::BlobUses, Remedy::Repair)));
+        let (mut s, f) = consistent();
+        s.uses.insert(("r".into(), "sha256:a".into()), 5);
+        assert_eq!(audit(&s, &f).len(), 1);
     }
 
     #[test]

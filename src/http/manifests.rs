@@ -5,19 +5,43 @@ use futures_util::StreamExt;
 use warp::http::{header, StatusCode};
 use warp::reply::Response;
 
+use super::auth::Caller;
 use super::{reply, Request, State};
 use crate::db;
+use crate::events::{Action, Appended, RequestInfo, Subject};
 use crate::oci::{manifest, Digest, ErrorCode, Reference, RegistryError, RepoName, Tag};
 use crate::store::BodyStream;
+
+/// Who asked, for the events this request may record; `None` when no webhook is configured.
+pub fn request_info(state: &State, req: &Request, caller: &Caller) -> Option<RequestInfo> {
+    if state.config.webhooks.is_empty() {
+        return None;
+    }
+    Some(RequestInfo {
+        id: uuid::Uuid::new_v4().to_string(),
+        addr: req.remote.map(|a| a.to_string()).unwrap_or_default(),
+        host: req.header("host").unwrap_or_default().to_string(),
+        method: req.method.to_string(),
+        useragent: req.header("user-agent").unwrap_or_default().to_string(),
+        actor: caller.user().unwrap_or_default().to_string(),
+        scheme: if state.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
+    })
+}
 
 pub async fn get(
     state: &State,
     name: RepoName,
     reference: Reference,
     head: bool,
+    who: Option<RequestInfo>,
 ) -> Result<Response, RegistryError> {
     let key = format!("manifest\0{name}\0{reference}\0{head}");
     let repo = name.clone();
+    let tag_of = reference.clone();
     let found = state
         .db
         .read_remembered(
@@ -31,11 +55,20 @@ pub async fn get(
         )
         .await?;
     if !head && found.is_some() {
-        note_pull(state, repo);
+        note_pull(state, repo.clone());
     }
     let Some((digest, rec, body)) = found else {
         return Err(RegistryError::code(ErrorCode::ManifestUnknown));
     };
+    if let (false, Some(who)) = (head, who) {
+        if state.config.webhooks.any(Action::Pull) {
+            let tag = match &tag_of {
+                Reference::Tag(t) => Some(t.to_string()),
+                Reference::Digest(_) => None,
+            };
+            record_pull(state, repo, digest.to_string(), rec.clone(), tag, who);
+        }
+    }
     let b = reply::builder(StatusCode::OK)
         .header(header::CONTENT_TYPE, rec.media_type)
         .header(header::CONTENT_LENGTH, rec.size)
@@ -58,6 +91,43 @@ fn note_pull(state: &State, repo: RepoName) {
             .await;
         if let Err(e) = r {
             tracing::warn!(error = %e.message, "cannot record a pull");
+        }
+    });
+}
+
+/// Appends a pull event off the request's path, without fsync (see `events` for why a crash
+/// may lose the last pull events but never a push's).
+fn record_pull(
+    state: &State,
+    repo: RepoName,
+    digest: String,
+    rec: db::schema::ManifestRecord,
+    tag: Option<String>,
+    who: RequestInfo,
+) {
+    let (db, hub, hooks, metrics) = (
+        state.db.clone(),
+        state.core.events.clone(),
+        state.config.webhooks.clone(),
+        state.metrics.clone(),
+    );
+    tokio::spawn(async move {
+        let h = (hub.clone(), hooks.clone());
+        let r = db
+            .write_unsynced(move |tx| {
+                let subject = Subject {
+                    repo: repo.as_str(),
+                    digest: Some(digest.clone()),
+                    media_type: &rec.media_type,
+                    size: rec.size,
+                    tag: tag.as_deref(),
+                };
+                h.0.record(tx, &h.1, Action::Pull, &subject, &who)
+            })
+            .await;
+        match r {
+            Ok(appended) => hub.committed(&hooks, &metrics, &appended),
+            Err(e) => tracing::warn!(error = %e.message, "cannot record a pull event"),
         }
     });
 }
@@ -91,6 +161,7 @@ pub async fn put(
     reference: Reference,
     req: &Request,
     body: BodyStream,
+    who: Option<RequestInfo>,
 ) -> Result<Response, RegistryError> {
     let body = read_body(body, state.config.max_manifest_size).await?;
     let parsed = manifest::parse(&body, req.header("content-type"))?;
@@ -124,15 +195,37 @@ pub async fn put(
     let (n, d, t) = (name.clone(), digest.clone(), tags.clone());
     let policies = state.config.policies.clone();
     let sparse = state.config.sparse_indexes;
-    state
+    let (hub, hooks) = (state.core.events.clone(), state.config.webhooks.clone());
+    let appended = state
         .db
         .write(move |tx| {
             if !policies.is_empty() {
                 db::policy::check_put(tx, &n, &d, &parsed.blobs, &t, &policies)?;
             }
-            db::manifests::put(tx, &n, &d, &parsed, &body, &t, sparse)
+            db::manifests::put(tx, &n, &d, &parsed, &body, &t, sparse)?;
+            // The push events commit with the push (see `events`): one per tag, or one
+            // without a tag for a push by digest.
+            let mut appended = Appended::default();
+            if let Some(who) = &who {
+                let names: Vec<Option<&str>> = match t.is_empty() {
+                    true => vec![None],
+                    false => t.iter().map(|t| Some(t.as_str())).collect(),
+                };
+                for tag in names {
+                    let subject = Subject {
+                        repo: n.as_str(),
+                        digest: Some(d.to_string()),
+                        media_type: &parsed.media_type,
+                        size: body.len() as u64,
+                        tag,
+                    };
+                    appended.merge(hub.record(tx, &hooks, Action::Push, &subject, who)?);
+                }
+            }
+            Ok(appended)
         })
         .await?;
+    notify(state, &appended);
     let mut b = reply::empty(StatusCode::CREATED)
         .header(header::LOCATION, format!("/v2/{name}/manifests/{digest}"))
         .header("Docker-Content-Digest", digest.to_string());
@@ -149,22 +242,54 @@ pub async fn delete(
     state: &State,
     name: RepoName,
     reference: Reference,
+    who: Option<RequestInfo>,
 ) -> Result<Response, RegistryError> {
     let policies = state.config.policies.clone();
-    let removed = state
+    let (hub, hooks) = (state.core.events.clone(), state.config.webhooks.clone());
+    let (removed, appended) = state
         .db
         .write(move |tx| {
             if !policies.is_empty() {
                 db::policy::check_delete(tx, &name, &reference, &policies)?;
             }
-            match &reference {
+            let removed = match &reference {
                 Reference::Digest(d) => db::manifests::delete(tx, &name, d),
                 Reference::Tag(t) => db::manifests::delete_tag(tx, &name, t),
-            }
+            }?;
+            // As Distribution: a manifest's delete names its digest, a tag's its tag.
+            let appended = match (&who, removed) {
+                (Some(who), true) => {
+                    let (digest, tag) = match &reference {
+                        Reference::Digest(d) => (Some(d.to_string()), None),
+                        Reference::Tag(t) => (None, Some(t.as_str())),
+                    };
+                    let subject = Subject {
+                        repo: name.as_str(),
+                        digest,
+                        media_type: "",
+                        size: 0,
+                        tag,
+                    };
+                    hub.record(tx, &hooks, Action::Delete, &subject, who)?
+                }
+                _ => Appended::default(),
+            };
+            Ok((removed, appended))
         })
         .await?;
+    notify(state, &appended);
     if !removed {
         return Err(RegistryError::code(ErrorCode::ManifestUnknown));
     }
     Ok(reply::finish(reply::empty(StatusCode::ACCEPTED), ""))
+}
+
+/// After the commit: wakes the delivery tasks of the endpoints that got events.
+fn notify(state: &State, appended: &Appended) {
+    if !appended.0.is_empty() {
+        state
+            .core
+            .events
+            .committed(&state.config.webhooks, &state.metrics, appended);
+    }
 }
