@@ -20,6 +20,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::auth::access;
 use crate::auth::users::Secret;
+use crate::events::RequestInfo;
 use crate::gc::Progress;
 use crate::views;
 use crate::Core;
@@ -364,14 +365,34 @@ async fn rm(core: &Core, target: &str) -> Result<String, String> {
     let (name, reference) = views::parse_target(target)
         .ok_or_else(|| format!("{target:?} is not NAME:TAG or NAME@DIGEST"))?;
     let r = reference.clone();
-    let removed = core
+    let (hub, hooks, policies) = (
+        core.events.clone(),
+        core.config.webhooks.clone(),
+        core.config.policies.clone(),
+    );
+    // The API's rules (immutable tags are refused) and its delete event, in one transaction.
+    let (removed, appended) = core
         .db
-        .write(move |tx| match &r {
-            Reference::Digest(d) => crate::db::manifests::delete(tx, &name, d),
-            Reference::Tag(t) => crate::db::manifests::delete_tag(tx, &name, t),
+        .write(move |tx| {
+            if !policies.is_empty() {
+                crate::db::policy::check_delete(tx, &name, &r, &policies)?;
+            }
+            let removed = match &r {
+                Reference::Digest(d) => crate::db::manifests::delete(tx, &name, d),
+                Reference::Tag(t) => crate::db::manifests::delete_tag(tx, &name, t),
+            }?;
+            let appended = match removed && !hooks.is_empty() {
+                true => {
+                    hub.record_delete(tx, &hooks, &name, &r, &RequestInfo::local("", "DELETE"))?
+                }
+                false => Default::default(),
+            };
+            Ok((removed, appended))
         })
         .await
         .map_err(|e| e.message)?;
+    core.events
+        .committed(&core.config.webhooks, &core.metrics, &appended);
     match (removed, reference) {
         (false, _) => Err(format!("{target}: no such tag or manifest")),
         (true, Reference::Tag(_)) => Ok(format!("deleted tag {target}")),

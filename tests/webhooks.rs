@@ -299,14 +299,30 @@ async fn push_delete_and_pull_events_arrive_signed_in_distributions_envelope() {
     assert_eq!(events[4]["action"], "gc");
     assert!(events[4]["gc"]["blobs"].is_u64(), "{:#?}", events[4]);
 
+    // `dockyard rm` deletes by the API's rules, with the same event.
+    push_image(&c, &r, "team/app", "v2", &[&layer]).await;
+    r.admin(dockyard::admin::Command::Rm {
+        target: "team/app:v2".into(),
+    })
+    .await
+    .unwrap();
+    let events = rx.wait_for(7).await;
+    assert_eq!(events[5]["action"], "push");
+    assert_eq!(events[6]["action"], "delete");
+    assert_eq!(events[6]["target"]["tag"], "v2");
+    assert!(events[6]["request"]["useragent"]
+        .as_str()
+        .unwrap()
+        .starts_with("dockyard/"));
+
     // Deliveries are counted; the outbox is empty.
     wait_metric(&r, "dockyard_webhook_queued", 0).await;
-    assert_eq!(metric(&r, "dockyard_webhook_delivered_total").await, 5);
+    assert_eq!(metric(&r, "dockyard_webhook_delivered_total").await, 7);
     assert_eq!(metric(&r, "dockyard_webhook_dropped_total").await, 0);
     let text = events_text(&r).await;
     assert!(
         text.contains("endpoint test (push, delete, pull, gc): 0 queued, 0 dropped")
-            && text.contains("5 delivered"),
+            && text.contains("7 delivered"),
         "{text}"
     );
     r.stop().await;

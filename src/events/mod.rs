@@ -146,6 +146,20 @@ pub struct RequestInfo {
     pub scheme: &'static str,
 }
 
+impl RequestInfo {
+    /// A change made without an HTTP request of the API (`dockyard rm`).
+    pub fn local(actor: &str, method: &str) -> RequestInfo {
+        RequestInfo {
+            id: uuid::Uuid::new_v4().to_string(),
+            method: method.to_string(),
+            useragent: concat!("dockyard/", env!("CARGO_PKG_VERSION")).to_string(),
+            actor: actor.to_string(),
+            scheme: "http",
+            ..Default::default()
+        }
+    }
+}
+
 /// What happened to which manifest.
 pub struct Subject<'a> {
     pub repo: &'a str,
@@ -282,6 +296,31 @@ impl Hub {
             gc: None,
         };
         append_all(tx, &wanted, &event)
+    }
+
+    /// Appends the delete event of a tag or manifest just deleted in `tx`. As Distribution: a
+    /// manifest's delete names its digest, a tag's its tag.
+    pub fn record_delete(
+        &self,
+        tx: &WriteTransaction,
+        hooks: &Webhooks,
+        repo: &crate::oci::RepoName,
+        reference: &crate::oci::Reference,
+        req: &RequestInfo,
+    ) -> Result<Appended, RegistryError> {
+        use crate::oci::Reference;
+        let (digest, tag) = match reference {
+            Reference::Digest(d) => (Some(d.to_string()), None),
+            Reference::Tag(t) => (None, Some(t.as_str())),
+        };
+        let subject = Subject {
+            repo: repo.as_str(),
+            digest,
+            media_type: "",
+            size: 0,
+            tag,
+        };
+        self.record(tx, hooks, Action::Delete, &subject, req)
     }
 
     /// Appends a GC pass's summary for every endpoint that takes `gc` events, in `tx`.

@@ -5,7 +5,6 @@ use futures_util::StreamExt;
 use warp::http::{header, StatusCode};
 use warp::reply::Response;
 
-use super::auth::Caller;
 use super::{reply, Request, State};
 use crate::db;
 use crate::events::{Action, Appended, RequestInfo, Subject};
@@ -13,7 +12,7 @@ use crate::oci::{manifest, Digest, ErrorCode, Reference, RegistryError, RepoName
 use crate::store::BodyStream;
 
 /// Who asked, for the events this request may record; `None` when no webhook is configured.
-pub fn request_info(state: &State, req: &Request, caller: &Caller) -> Option<RequestInfo> {
+pub fn request_info(state: &State, req: &Request, user: Option<&str>) -> Option<RequestInfo> {
     if state.config.webhooks.is_empty() {
         return None;
     }
@@ -23,7 +22,7 @@ pub fn request_info(state: &State, req: &Request, caller: &Caller) -> Option<Req
         host: req.header("host").unwrap_or_default().to_string(),
         method: req.method.to_string(),
         useragent: req.header("user-agent").unwrap_or_default().to_string(),
-        actor: caller.user().unwrap_or_default().to_string(),
+        actor: user.unwrap_or_default().to_string(),
         scheme: if state.config.tls.is_some() {
             "https"
         } else {
@@ -244,6 +243,21 @@ pub async fn delete(
     reference: Reference,
     who: Option<RequestInfo>,
 ) -> Result<Response, RegistryError> {
+    if !delete_recorded(state, name, reference, who).await? {
+        return Err(RegistryError::code(ErrorCode::ManifestUnknown));
+    }
+    Ok(reply::finish(reply::empty(StatusCode::ACCEPTED), ""))
+}
+
+/// Deletes a tag or a manifest by the API's rules (policy checks, then `db::manifests`) with
+/// its delete event, in one transaction; false when there was nothing to delete. Shared with
+/// the web UI.
+pub async fn delete_recorded(
+    state: &State,
+    name: RepoName,
+    reference: Reference,
+    who: Option<RequestInfo>,
+) -> Result<bool, RegistryError> {
     let policies = state.config.policies.clone();
     let (hub, hooks) = (state.core.events.clone(), state.config.webhooks.clone());
     let (removed, appended) = state
@@ -256,32 +270,15 @@ pub async fn delete(
                 Reference::Digest(d) => db::manifests::delete(tx, &name, d),
                 Reference::Tag(t) => db::manifests::delete_tag(tx, &name, t),
             }?;
-            // As Distribution: a manifest's delete names its digest, a tag's its tag.
             let appended = match (&who, removed) {
-                (Some(who), true) => {
-                    let (digest, tag) = match &reference {
-                        Reference::Digest(d) => (Some(d.to_string()), None),
-                        Reference::Tag(t) => (None, Some(t.as_str())),
-                    };
-                    let subject = Subject {
-                        repo: name.as_str(),
-                        digest,
-                        media_type: "",
-                        size: 0,
-                        tag,
-                    };
-                    hub.record(tx, &hooks, Action::Delete, &subject, who)?
-                }
+                (Some(who), true) => hub.record_delete(tx, &hooks, &name, &reference, who)?,
                 _ => Appended::default(),
             };
             Ok((removed, appended))
         })
         .await?;
     notify(state, &appended);
-    if !removed {
-        return Err(RegistryError::code(ErrorCode::ManifestUnknown));
-    }
-    Ok(reply::finish(reply::empty(StatusCode::ACCEPTED), ""))
+    Ok(removed)
 }
 
 /// After the commit: wakes the delivery tasks of the endpoints that got events.
