@@ -853,6 +853,29 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_webhook_example_in_registry_toml_parses() {
+        let text = include_str!("../registry.toml");
+        let start = text.find("# [[webhook]]").unwrap();
+        let block: String = text[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("s");
+        std::fs::write(&secret, "k").unwrap();
+        let block = block.replace("/etc/dockyard/hook.secret", secret.to_str().unwrap());
+        let c = Config::from_toml(&block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+        let h = &c.webhooks.0[0];
+        assert_eq!(
+            (h.id.as_str(), h.actions.len(), h.max_queued),
+            ("deploy", 3, 10_000)
+        );
+    }
+
+    #[test]
     fn policy_tables() {
         let c = Config::from_toml(
             "[[policy]]\npattern = \"ci/**\"\nkeep_last = 20\nkeep_within = \"30d\"\n\
