@@ -547,3 +547,173 @@ fn config_check_names_a_bad_webhook() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// Every key path of a JSON value (`target.mediaType`, …), objects only.
+fn key_paths(v: &Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    if let Some(o) = v.as_object() {
+        for (k, v) in o {
+            let p = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            key_paths(v, &p, out);
+            out.insert(p);
+        }
+    }
+}
+
+/// The events about manifest `digest` (a tag's delete names no digest), once its delete came.
+async fn manifest_events(rx: &Receiver, digest: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: Vec<Value> = rx
+            .delivered()
+            .into_iter()
+            .filter(|e| e["target"]["digest"] == digest)
+            .collect();
+        if got.iter().any(|e| e["action"] == "delete") {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "no delete event: {got:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Side by side with CNCF Distribution 2.8 (Debian's `docker-registry`) sending its own
+/// notifications to the same kind of receiver: for the same manifest push, pull and delete,
+/// Dockyard's envelope has the same media type and every field Distribution's has, with the
+/// same values where they describe the manifest.
+#[tokio::test]
+async fn the_envelope_has_every_field_distribution_2_8_sends() {
+    if !require_tool("python3") || !require_tool("docker-registry") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (dist_dir, ours_dir) = (dir.path().join("dist"), dir.path().join("ours"));
+    std::fs::create_dir_all(&dist_dir).unwrap();
+    std::fs::create_dir_all(&ours_dir).unwrap();
+    let rx_dist = Receiver::start(&dist_dir, 0);
+    let rx_ours = Receiver::start(&ours_dir, 0);
+
+    let dist_addr = format!("127.0.0.1:{}", free_port());
+    let config = dist_dir.join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  \
+             delete: {{enabled: true}}\nhttp:\n  addr: {dist_addr}\nnotifications:\n  endpoints:\n    \
+             - name: test\n      url: {}\n      timeout: 2s\n      threshold: 5\n      backoff: 100ms\n",
+            dist_dir.join("data").display(),
+            rx_dist.url()
+        ),
+    )
+    .unwrap();
+    let mut dist = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&dist_addr).is_err() {
+        assert!(Instant::now() < deadline, "docker-registry did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hooks = webhooks(&webhook_toml(&ours_dir, &rx_ours.url(), ""));
+    let r = TestRegistry::start_configured(|c| c.webhooks = hooks).await;
+
+    let c = client();
+    let config_blob =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let layer = random_bytes(500);
+    let manifest = image_manifest(config_blob, &[&layer]);
+    let digest = sha256(&manifest);
+    for base in [format!("http://{dist_addr}"), r.url("")] {
+        for blob in [&config_blob[..], &layer] {
+            // POST then PUT ?digest=: Distribution 2.8 has no monolithic POST.
+            let resp = c
+                .post(format!("{base}/v2/same/app/blobs/uploads/"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 202);
+            let loc = resp.headers()["location"].to_str().unwrap().to_string();
+            let loc = if loc.starts_with("http") {
+                loc
+            } else {
+                format!("{base}{loc}")
+            };
+            let sep = if loc.contains('?') { '&' } else { '?' };
+            let resp = c
+                .put(format!("{loc}{sep}digest={}", sha256(blob)))
+                .body(blob.to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 201);
+        }
+        put_manifest(&c, base.as_str(), "same/app", "v1", &manifest).await;
+        let resp = c
+            .get(format!("{base}/v2/same/app/manifests/v1"))
+            .header("Accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        // Wait for the pull event before the delete, so both keep the requests' order.
+        let rx = if base.contains(&dist_addr) {
+            &rx_dist
+        } else {
+            &rx_ours
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !rx.delivered().iter().any(|e| e["action"] == "pull") {
+            assert!(Instant::now() < deadline, "no pull event from {base}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let resp = c
+            .delete(format!("{base}/v2/same/app/manifests/{digest}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+    // Distribution also sends events for blobs; the manifests' are the ones both send.
+    let theirs = manifest_events(&rx_dist, &digest).await;
+    let ours = manifest_events(&rx_ours, &digest).await;
+    let _ = dist.kill();
+    let _ = dist.wait();
+    let actions = |v: &[Value]| -> Vec<String> {
+        v.iter()
+            .map(|e| e["action"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(actions(&theirs), ["push", "pull", "delete"], "{theirs:#?}");
+    assert_eq!(
+        actions(&ours),
+        actions(&theirs),
+        "ours {ours:#?}\ntheirs {theirs:#?}"
+    );
+    for (o, t) in ours.iter().zip(&theirs) {
+        let (mut ok, mut tk) = Default::default();
+        key_paths(o, "", &mut ok);
+        key_paths(t, "", &mut tk);
+        let missing: Vec<_> = tk.difference(&ok).collect();
+        assert!(
+            missing.is_empty(),
+            "{} event lacks {missing:?}\nours {o:#}\ntheirs {t:#}",
+            o["action"]
+        );
+        for f in ["mediaType", "size", "digest", "length", "repository", "tag"] {
+            if t["target"].get(f).is_some() {
+                assert_eq!(o["target"][f], t["target"][f], "{} target.{f}", o["action"]);
+            }
+        }
+        assert_eq!(o["request"]["method"], t["request"]["method"]);
+    }
+    let content_type = |rx: &Receiver| rx.requests()[0]["headers"]["content-type"].clone();
+    assert_eq!(content_type(&rx_ours), content_type(&rx_dist));
+    r.stop().await;
+}
