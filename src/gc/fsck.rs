@@ -71,6 +71,9 @@ pub enum Kind {
     TagPushTime,
     /// A `BLOB_USES` row missing, extra, or with the wrong count (a quota would count wrong).
     BlobUses,
+    /// A webhook outbox whose `OUTBOX_STATE` disagrees with its rows (the bound would be
+    /// applied wrong, or new events would overwrite waiting ones).
+    OutboxState,
 }
 
 #[derive(Clone, Debug)]
@@ -123,6 +126,12 @@ enum Fix {
     RemoveTagTime {
         repo: String,
         tag: String,
+    },
+    /// Set an outbox's waiting count and, if needed, its next sequence past its last row.
+    OutboxState {
+        id: String,
+        queued: u64,
+        next_at_least: u64,
     },
     /// Set (or, with 0, remove) a `BLOB_USES` row.
     SetUses {
@@ -257,6 +266,10 @@ struct Snapshot {
     tag_times: BTreeSet<(String, String)>,
     /// `blob_uses` rows.
     uses: BTreeMap<(String, String), u64>,
+    /// Per webhook endpoint: (rows in `outbox`, last sequence + 1).
+    outbox: BTreeMap<String, (u64, u64)>,
+    /// `outbox_state` rows: endpoint → (next sequence, queued, dropped).
+    outbox_state: BTreeMap<String, (u64, u64, u64)>,
     repos: BTreeMap<String, u64>,
     referrers: BTreeSet<(String, String, String)>,
     /// (repository, child, index) rows of `ABSENT_CHILDREN`.
@@ -320,6 +333,17 @@ macro_rules! load_snapshot {
         for e in tx.open_table(REPOS)?.iter()? {
             let (k, v) = e?;
             s.repos.insert(k.value().to_string(), v.value());
+        }
+        for e in tx.open_table(OUTBOX)?.iter()? {
+            let (k, _) = e?;
+            let (id, seq) = k.value();
+            let o = s.outbox.entry(id.to_string()).or_default();
+            o.0 += 1;
+            o.1 = o.1.max(seq + 1);
+        }
+        for e in tx.open_table(OUTBOX_STATE)?.iter()? {
+            let (k, v) = e?;
+            s.outbox_state.insert(k.value().to_string(), v.value());
         }
         for e in tx.open_table(BLOB_USES)?.iter()? {
             let (k, v) = e?;
@@ -496,6 +520,27 @@ fn audit(s: &Snapshot, files: &Files) -> Vec<Problem> {
                     repo: r.to_string(),
                     digest: d.to_string(),
                     actual,
+                }),
+            ));
+        }
+    }
+    let ids: BTreeSet<&String> = s.outbox.keys().chain(s.outbox_state.keys()).collect();
+    for id in ids {
+        let (rows, end) = s.outbox.get(id).copied().unwrap_or((0, 0));
+        let (next, queued, _) = s.outbox_state.get(id).copied().unwrap_or((0, 0, 0));
+        if rows != queued || next < end {
+            out.push(problem(
+                Kind::OutboxState,
+                Remedy::Repair,
+                format!(
+                    "webhook outbox {id}: {rows} events wait but its state says {queued} (next \
+                     sequence {next}, last row {})",
+                    end.saturating_sub(1)
+                ),
+                Some(Fix::OutboxState {
+                    id: id.clone(),
+                    queued: rows,
+                    next_at_least: end,
                 }),
             ));
         }
@@ -1133,6 +1178,15 @@ fn apply(tx: &WriteTransaction, fix: &Fix) -> Result<bool, RegistryError> {
             }
             tx.open_table(TAG_PUSHED)?.remove(key)?;
         }
+        Fix::OutboxState {
+            id,
+            queued,
+            next_at_least,
+        } => {
+            let mut t = tx.open_table(OUTBOX_STATE)?;
+            let (next, _, dropped) = t.get(id.as_str())?.map(|v| v.value()).unwrap_or_default();
+            t.insert(id.as_str(), (next.max(*next_at_least), *queued, dropped))?;
+        }
         Fix::SetUses {
             repo,
             digest,
@@ -1224,6 +1278,22 @@ mod tests {
         assert!(p
             .iter()
             .all(|p| (p.kind, p.remedy) == (Kind::TagPushTime, Remedy::Repair)));
+    }
+
+    #[test]
+    fn an_outbox_state_that_disagrees_with_its_rows_is_repairable() {
+        let (mut s, f) = consistent();
+        s.outbox.insert("hook".into(), (2, 8));
+        s.outbox_state.insert("hook".into(), (8, 2, 5));
+        assert!(audit(&s, &f).is_empty());
+        s.outbox_state.insert("hook".into(), (8, 3, 5));
+        s.outbox_state.insert("gone".into(), (4, 1, 0));
+        s.outbox.insert("lost".into(), (1, 3));
+        let p = audit(&s, &f);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p
+            .iter()
+            .all(|p| (p.kind, p.remedy) == (Kind::OutboxState, Remedy::Repair)));
     }
 
     #[test]
