@@ -325,6 +325,19 @@ async fn push_delete_and_pull_events_arrive_signed_in_distributions_envelope() {
             && text.contains("7 delivered"),
         "{text}"
     );
+    let json: Value = serde_json::from_str(
+        &r.admin(dockyard::admin::Command::Events { json: true })
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json[0]["endpoint"], "test");
+    assert_eq!(json[0]["queued"], 0);
+    assert_eq!(json[0]["delivered"], 7);
+    assert_eq!(
+        json[0]["events"],
+        serde_json::json!(["push", "delete", "pull", "gc"])
+    );
     r.stop().await;
 }
 
@@ -419,17 +432,16 @@ async fn events_queued_when_the_server_is_killed_arrive_after_the_restart() {
     let dead = write_config(
         dir.path(),
         "dead.toml",
-        &webhook_toml(dir.path(), &url, "").replace("\"test\"", "\"dead\""),
+        &webhook_toml(dir.path(), &url, "max_queued = 1").replace("\"test\"", "\"dead\""),
     );
     let server = Process::spawn_with_config(&root, &dead);
-    push_image(
-        &c,
-        server.url("").as_str(),
-        "kill/app",
-        "late",
-        &[&random_bytes(64)],
-    )
-    .await;
+    for t in ["late", "later"] {
+        let base = server.url("");
+        push_image(&c, base.as_str(), "kill/app", t, &[&random_bytes(64)]).await;
+    }
+    // The second push overflowed the outbox of one: logged at error level.
+    let line = server.wait_for_line("webhook outbox full");
+    assert!(line.contains("ERROR") && line.contains("dead"), "{line}");
     server.stop();
     let server = Process::spawn_with_config(&root, &other);
     server.wait_for_line("no longer in the config");

@@ -193,7 +193,13 @@ pub struct Hub {
     /// Distribution's `source.addr`: the address the API listens on, set when serving.
     source_addr: OnceLock<String>,
     wake: Vec<Notify>,
+    /// Per endpoint: when drops were last logged, and drops since then not yet logged.
+    drops: Vec<std::sync::Mutex<(Option<std::time::Instant>, u64)>>,
 }
+
+/// A full outbox is logged at most this often per endpoint (with the count since the last
+/// line), so a dead endpoint does not write a line per push.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Hub {
     pub fn new(hooks: &Webhooks) -> Hub {
@@ -201,6 +207,7 @@ impl Hub {
             instance_id: uuid::Uuid::new_v4().to_string(),
             source_addr: OnceLock::new(),
             wake: hooks.0.iter().map(|_| Notify::new()).collect(),
+            drops: hooks.0.iter().map(|_| Default::default()).collect(),
         }
     }
 
@@ -230,18 +237,34 @@ impl Hub {
             metrics.webhook_queued(&h.id, q.queued);
             if q.dropped > 0 {
                 metrics.webhook_dropped(&h.id, q.dropped);
-                tracing::error!(
-                    endpoint = %h.id,
-                    dropped = q.dropped,
-                    max_queued = h.max_queued,
-                    "webhook outbox full: dropped the oldest events, which this endpoint will \
-                     never receive (is it down? see `dockyard events`)"
-                );
+                self.log_drops(i, h, q.dropped);
             }
             if let Some(n) = self.wake.get(i) {
                 n.notify_one();
             }
         }
+    }
+
+    fn log_drops(&self, i: usize, h: &Webhook, dropped: u64) {
+        let Some(slot) = self.drops.get(i) else {
+            return;
+        };
+        let mut g = slot.lock().unwrap_or_else(|e| e.into_inner());
+        g.1 += dropped;
+        let now = std::time::Instant::now();
+        if g.0
+            .is_some_and(|last| now.duration_since(last) < DROP_LOG_EVERY)
+        {
+            return;
+        }
+        tracing::error!(
+            endpoint = %h.id,
+            dropped = g.1,
+            max_queued = h.max_queued,
+            "webhook outbox full: dropped the oldest events, which this endpoint will never \
+             receive (is it down? see `dockyard events`)"
+        );
+        *g = (Some(now), 0);
     }
 
     /// Appends an event about `subject` for every endpoint that wants it, in `tx`.
