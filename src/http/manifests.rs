@@ -40,7 +40,15 @@ pub async fn get(
 ) -> Result<Response, RegistryError> {
     let key = format!("manifest\0{name}\0{reference}\0{head}");
     let repo = name.clone();
-    let tag_of = reference.clone();
+    // A pull event, when an endpoint takes them: its tag (if pulled by tag). Built before
+    // `reference` moves into the read, and only then, to keep the hot path as it was.
+    let pull_tag = match (&who, head) {
+        (Some(_), false) if state.config.webhooks.any(Action::Pull) => Some(match &reference {
+            Reference::Tag(t) => Some(t.to_string()),
+            Reference::Digest(_) => None,
+        }),
+        _ => None,
+    };
     let found = state
         .db
         .read_remembered(
@@ -53,20 +61,21 @@ pub async fn get(
             move |tx| db::manifests::get(tx, &name, &reference, !head),
         )
         .await?;
-    if !head && found.is_some() {
-        note_pull(state, repo.clone());
-    }
     let Some((digest, rec, body)) = found else {
         return Err(RegistryError::code(ErrorCode::ManifestUnknown));
     };
-    if let (false, Some(who)) = (head, who) {
-        if state.config.webhooks.any(Action::Pull) {
-            let tag = match &tag_of {
-                Reference::Tag(t) => Some(t.to_string()),
-                Reference::Digest(_) => None,
-            };
-            record_pull(state, repo, digest.to_string(), rec.clone(), tag, who);
+    if !head {
+        if let (Some(tag), Some(who)) = (pull_tag, who) {
+            record_pull(
+                state,
+                repo.clone(),
+                digest.to_string(),
+                rec.clone(),
+                tag,
+                who,
+            );
         }
+        note_pull(state, repo);
     }
     let b = reply::builder(StatusCode::OK)
         .header(header::CONTENT_TYPE, rec.media_type)
