@@ -334,6 +334,7 @@ fn record_gc_event(core: &Core, report: &GcReport) {
         ("stray_files", report.stray_files),
         ("stray_bytes", report.stray_bytes),
         ("expired_tags", report.expired_tags.len() as u64),
+        ("evicted_repositories", report.evicted.len() as u64),
         ("elapsed_ms", report.elapsed.as_millis() as u64),
     ]
     .into_iter()
