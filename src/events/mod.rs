@@ -2,10 +2,10 @@
 //! once and in order per endpoint.
 //!
 //! The path of an event, top to bottom:
-//! 1. The change (a manifest PUT, a DELETE, a GC pass's summary) appends an `EventRecord` to
-//!    each interested endpoint's outbox (`db::events::append`) **inside its own write
-//!    transaction**: the event commits exactly when the change does, so a crash can lose
-//!    neither without the other. A full outbox drops its oldest events, counted.
+//! 1. The change (a manifest PUT, a DELETE, a GC pass's own deletes and its summary) appends
+//!    an `EventRecord` to each interested endpoint's outbox (`db::events::append`) **inside
+//!    its own write transaction**: the event commits exactly when the change does, so a crash
+//!    can lose neither without the other. A full outbox drops its oldest events, counted.
 //! 2. After the commit, [`Hub::committed`] wakes the endpoints' delivery tasks and updates the
 //!    metrics (never inside the transaction body, which the group commit may run twice).
 //! 3. One delivery task per endpoint (`deliver`) reads the oldest events, POSTs them as
