@@ -423,6 +423,24 @@ async fn events_queued_when_the_server_is_killed_arrive_after_the_restart() {
     let server = Process::spawn_with_config(&root, &config);
     let events = rx.wait_for(5).await;
     assert_eq!(first_tags(&events, "push"), tags);
+    // An event's `request.id` is its request's id in the access log (`request{id=N}`).
+    push_image(
+        &c,
+        server.url("").as_str(),
+        "kill/app",
+        "k5",
+        &[&random_bytes(64)],
+    )
+    .await;
+    let line = server.wait_for_line("PUT /v2/kill/app/manifests/k5 201");
+    let logged = line
+        .split("request{id=")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .unwrap_or_else(|| panic!("no request id in {line:?}"));
+    let events = rx.wait_for(6).await;
+    let k5 = events.iter().find(|e| e["target"]["tag"] == "k5").unwrap();
+    assert_eq!(k5["request"]["id"], logged, "{line}\n{k5:#}");
     drop(server);
 
     // A restart without the endpoint drops what it still had queued, saying so.
