@@ -7,8 +7,6 @@
 //!    expires are deleted one by one with `db::manifests::delete_tag`, each re-checked in the
 //!    write transaction (a tag pushed again since the pass chose it is kept), so counts move
 //!    as for any tag delete and the manifests left untagged follow the untagged rule below.
-//!    Each delete appends the API's tag delete event in its transaction (`events`, actor
-//!    `events::GC_ACTOR`); so does each manifest delete in step 1.
 //! 1. Untagged manifests (unless `[gc] untagged = "keep"`): a manifest with reference count
 //!    zero (no tag, no index listing it) and no live subject, unreferenced for longer than
 //!    `untagged` (and `push_window`), is deleted by `db::manifests::delete`, which releases
@@ -22,6 +20,9 @@
 //!    rows first, then files.
 //! 4. Leftovers of crashes: files in `blobs/` without a row, older than `grace` (never one a
 //!    manifest names), and files in `uploads/` without a session, older than the lease.
+//!
+//! Each tag (step 0) and manifest (step 1) the pass deletes gets the API's delete event,
+//! appended in the deleting transaction (`events`, actor `events::GC_ACTOR`).
 //!
 //! Beside the pass: `blob_locks` (where pushes and the GC meet), `fsck` (the audit and its
 //! repair) and `usage` (`dockyard du`).
