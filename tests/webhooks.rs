@@ -2,7 +2,8 @@
 //! loopback): Distribution's envelope with a valid signature for push, delete and pull; a
 //! receiver down then up gets everything in order; events queued when the server is killed
 //! arrive after the restart; a hanging receiver does not hold pushes back; a full outbox drops
-//! its oldest events and counts them; `dockyard events` shows the outbox.
+//! its oldest events and counts them; `dockyard events` shows the outbox; the GC pass's own
+//! deletes (retention, untagged manifests) send delete events, its dry run none.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
