@@ -201,6 +201,20 @@ impl Sink {
         durability: Durability,
     ) -> Result<Sink, RegistryError> {
         let start_len = self.len;
+        if let Some(w) = &self.writer {
+            // A kept writer's file may have been removed since the last request (the GC
+            // expired the session, or it was cancelled): like `open`, refuse to go on rather
+            // than write into a file that no longer has a name. (fstat: inode metadata in
+            // memory, no disk wait.)
+            use std::os::unix::fs::MetadataExt;
+            if w.file.metadata().map_or(true, |m| m.nlink() == 0) {
+                drain(body).await;
+                return Err(RegistryError::new(
+                    ErrorCode::BlobUploadUnknown,
+                    "the upload session expired",
+                ));
+            }
+        }
         let mut disk = Some(match self.writer {
             Some(writer) => Disk::Open {
                 writer,
@@ -499,6 +513,54 @@ mod tests {
         };
         assert_eq!(err.code, ErrorCode::BlobUploadUnknown);
         assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Parked writers are bounded: past `KEPT_WRITERS`, a session's file is closed (and its
+    /// next request reopens it); closing a kept writer gives its place back.
+    #[tokio::test]
+    async fn at_most_kept_writers_stay_open_between_requests() {
+        let dir = tempfile_dir();
+        let mut sinks = Vec::new();
+        for i in 0..KEPT_WRITERS + 3 {
+            let sink = Sink::new()
+                .append(
+                    &dir.join(format!("u{i}")),
+                    body(b"x"),
+                    100,
+                    Durability::Lazy,
+                )
+                .await
+                .unwrap();
+            assert!(sink.writer.is_some(), "an append leaves its writer open");
+            let (sink, newly) = sink.park();
+            assert_eq!(newly, i < KEPT_WRITERS, "upload {i}");
+            assert_eq!(sink.writer.is_some(), i < KEPT_WRITERS, "upload {i}");
+            sinks.push(sink);
+        }
+        // A kept writer carries on: the next chunk goes to the same open file.
+        let first = sinks.remove(0);
+        let first = first
+            .append(&dir.join("u0"), body(b"yz"), 100, Durability::Sync)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(dir.join("u0")).unwrap(), b"xyz");
+        let (mut first, newly) = first.park();
+        assert!(!newly, "still holds its place");
+        assert!(first.close_idle_writer(std::time::Duration::from_secs(3600)));
+        assert!(!first.close_idle_writer(std::time::Duration::ZERO));
+        // That place is free again.
+        let last = dir.join(format!("u{}", KEPT_WRITERS + 2));
+        let (late, newly) = sinks
+            .pop()
+            .unwrap()
+            .append(&last, body(b"y"), 100, Durability::Lazy)
+            .await
+            .unwrap()
+            .park();
+        assert!(newly && late.writer.is_some());
+        drop((sinks, late));
+        assert_eq!(KEPT.load(std::sync::atomic::Ordering::Acquire), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
