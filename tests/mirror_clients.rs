@@ -13,87 +13,39 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::util::upstream::Distribution;
 use crate::util::*;
 
 /// The name a site's clients use for its private upstream registry: unresolvable on purpose.
 const CORP: &str = "registry.corp.invalid";
 
-/// CNCF Distribution 2.8 (Debian's `docker-registry`) on a free loopback port, with its own
-/// filesystem store; killed on drop.
-struct Upstream {
-    child: Child,
-    url: String,
-}
-
-impl Upstream {
-    fn start(dir: &Path) -> Upstream {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.join("upstream.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: {addr}\n",
-                dir.join("upstream-data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start docker-registry");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
+/// Pushes the two-platform image of an OCI layout written by `oci_layout` to the upstream's
+/// `repo:tag`, children by digest first, and returns the digest the upstream serves.
+async fn seed(upstream: &Distribution, work: &Path, repo: &str, tag: &str) -> String {
+    let base = upstream.url("");
+    let layout = work.join(format!("layout-{}", repo.replace('/', "-")));
+    let want = oci_layout(&layout, tag, &["amd64", "arm64"]);
+    let blob = |d: &str| std::fs::read(layout.join("blobs/sha256").join(&d[7..])).unwrap();
+    let c = client();
+    let index_bytes = blob(&want);
+    let index: serde_json::Value = serde_json::from_slice(&index_bytes).unwrap();
+    for child in index["manifests"].as_array().unwrap() {
+        let digest = child["digest"].as_str().unwrap();
+        let manifest_bytes = blob(digest);
+        let m: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
+        let mut blobs = vec![m["config"]["digest"].as_str().unwrap().to_string()];
+        for l in m["layers"].as_array().unwrap() {
+            blobs.push(l["digest"].as_str().unwrap().to_string());
         }
-        Upstream {
-            child,
-            url: format!("http://{addr}"),
+        for d in blobs {
+            push_blob(&c, base.as_str(), repo, &blob(&d)).await;
         }
+        put(&c, &base, repo, digest, OCI_MANIFEST, manifest_bytes).await;
     }
-
-    /// Pushes the two-platform image of an OCI layout written by `oci_layout` to
-    /// `repo:tag`, children by digest first, and returns the digest the upstream serves.
-    async fn seed(&self, work: &Path, repo: &str, tag: &str) -> String {
-        let layout = work.join(format!("layout-{}", repo.replace('/', "-")));
-        let want = oci_layout(&layout, tag, &["amd64", "arm64"]);
-        let blob = |d: &str| std::fs::read(layout.join("blobs/sha256").join(&d[7..])).unwrap();
-        let c = client();
-        let index_bytes = blob(&want);
-        let index: serde_json::Value = serde_json::from_slice(&index_bytes).unwrap();
-        for child in index["manifests"].as_array().unwrap() {
-            let digest = child["digest"].as_str().unwrap();
-            let manifest_bytes = blob(digest);
-            let m: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
-            let mut blobs = vec![m["config"]["digest"].as_str().unwrap().to_string()];
-            for l in m["layers"].as_array().unwrap() {
-                blobs.push(l["digest"].as_str().unwrap().to_string());
-            }
-            for d in blobs {
-                push_blob(&c, self.url.as_str(), repo, &blob(&d)).await;
-            }
-            put(&c, &self.url, repo, digest, OCI_MANIFEST, manifest_bytes).await;
-        }
-        put(&c, &self.url, repo, tag, OCI_INDEX, index_bytes).await;
-        let served = digest_at(&self.url, repo, tag).await;
-        assert_eq!(served, want, "the upstream serves the layout's index");
-        served
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    put(&c, &base, repo, tag, OCI_INDEX, index_bytes).await;
+    let served = digest_at(&base, repo, tag).await;
+    assert_eq!(served, want, "the upstream serves the layout's index");
+    served
 }
 
 async fn put(
@@ -147,7 +99,7 @@ async fn digest_at(base: &str, repo: &str, reference: &str) -> String {
 /// for dockerd's unprefixed names and containerd's `ns=docker.io`) and `corp` (selected by
 /// `ns=registry.corp.invalid`, or by its path prefix). Logs at info, so a failure shows what
 /// the clients asked for.
-fn start_mirror(dir: &Path, upstream: &Upstream) -> Process {
+fn start_mirror(dir: &Path, upstream: &Distribution) -> Process {
     let root = dir.join("mirror-root");
     let config = write_config(
         dir,
@@ -164,7 +116,7 @@ prefix = "corp"
 upstream = "{up}"
 namespaces = ["{CORP}"]
 "#,
-            up = upstream.url
+            up = upstream.url("")
         ),
     );
     Process::spawn_with_config(&root, &config)
@@ -184,11 +136,11 @@ async fn ctr_pulls_through_a_hosts_toml_mirror_with_ns() {
     };
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let upstream = Upstream::start(w);
-    let corp_digest = upstream.seed(w, "team/app", "v1").await;
+    let upstream = Distribution::start(&w.join("upstream"));
+    let corp_digest = seed(&upstream, w, "team/app", "v1").await;
     // A repository name no other test uses: the containerd namespace is shared.
     let hub_repo = format!("library/mirrored-{}", hex::encode(random_bytes(4)));
-    let hub_digest = upstream.seed(w, &hub_repo, "3").await;
+    let hub_digest = seed(&upstream, w, &hub_repo, "3").await;
     let mirror = start_mirror(w, &upstream);
 
     // containerd's per-host configuration: each upstream host's hosts.toml names Dockyard as
@@ -377,8 +329,8 @@ async fn dockerd_with_registry_mirror_pulls_docker_hub_names_from_the_default_mi
     };
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let upstream = Upstream::start(w);
-    let want = upstream.seed(w, "library/mirrored", "3").await;
+    let upstream = Distribution::start(&w.join("upstream"));
+    let want = seed(&upstream, w, "library/mirrored", "3").await;
     let mirror = start_mirror(w, &upstream);
     let mut dockerd = MirroredDockerd::start(w, &containerd, &mirror.url(""));
 
@@ -432,8 +384,8 @@ async fn podman_pulls_through_a_registries_conf_mirror() {
     }
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let upstream = Upstream::start(w);
-    let want = upstream.seed(w, "team/app", "v1").await;
+    let upstream = Distribution::start(&w.join("upstream"));
+    let want = seed(&upstream, w, "team/app", "v1").await;
     let mirror = start_mirror(w, &upstream);
     let podman_dir = w.join("podman");
     let p = Podman::new(&podman_dir);
