@@ -324,7 +324,19 @@ pub async fn run(
 ) -> Result<Figures> {
     let w = tempfile::Builder::new().prefix("bench-mirror-").tempdir()?;
     let upstream = distribution(dist, w.path(), "upstream", None)?;
-    let mirror = dockyard(bin, w.path(), upstream.addr)?;
+    // A Dockyard that cannot mirror (an older build, a bad config) fails its cells only:
+    // the direct and proxy figures are still measured.
+    let mirror = dockyard(bin, w.path(), upstream.addr).map_err(|e| e.to_string());
+    let mirror_addr = mirror.as_ref().map(|m| m.addr).map_err(|e| e.clone());
+    let via_mirror = |repo: String| {
+        let addr = mirror_addr.clone();
+        async move {
+            match addr {
+                Ok(a) => as_secs(pull(a, &format!("up/{repo}")).await),
+                Err(e) => Err(format!("the mirror did not start: {e}").into()),
+            }
+        }
+    };
     let proxy = distribution(dist, w.path(), "proxy", Some(upstream.addr))?;
 
     // One image per cold repetition (cold only once per image), one for the herd.
@@ -355,30 +367,34 @@ pub async fn run(
     };
     for (i, repo) in names[..reps].iter().enumerate() {
         // Alternate who goes first, as the other workloads do.
-        let via = format!("up/{repo}");
         if i % 2 == 0 {
             f.cold_direct.push(as_secs(pull(upstream.addr, repo).await));
-            f.cold_mirror.push(as_secs(pull(mirror.addr, &via).await));
+            f.cold_mirror.push(via_mirror(repo.clone()).await);
             f.cold_proxy.push(as_secs(pull(proxy.addr, repo).await));
         } else {
             f.cold_proxy.push(as_secs(pull(proxy.addr, repo).await));
-            f.cold_mirror.push(as_secs(pull(mirror.addr, &via).await));
+            f.cold_mirror.push(via_mirror(repo.clone()).await);
             f.cold_direct.push(as_secs(pull(upstream.addr, repo).await));
         }
     }
     let warm = &names[0];
     for i in 0..reps.max(3) {
-        let via = format!("up/{warm}");
         if i % 2 == 0 {
-            f.warm_mirror.push(as_secs(pull(mirror.addr, &via).await));
+            f.warm_mirror.push(via_mirror(warm.clone()).await);
             f.warm_proxy.push(as_secs(pull(proxy.addr, warm).await));
         } else {
             f.warm_proxy.push(as_secs(pull(proxy.addr, warm).await));
-            f.warm_mirror.push(as_secs(pull(mirror.addr, &via).await));
+            f.warm_mirror.push(via_mirror(warm.clone()).await);
         }
     }
     let h = &names[reps];
-    f.herd[0] = herd(&mirror, &format!("up/{h}"), clients, &upstream).await;
+    f.herd[0] = match &mirror {
+        Ok(m) => herd(m, &format!("up/{h}"), clients, &upstream).await,
+        Err(e) => Herd {
+            wall: Err(format!("the mirror did not start: {e}").into()),
+            ..empty_herd()
+        },
+    };
     f.herd[1] = herd(&proxy, h, clients, &upstream).await;
     Ok(f)
 }
