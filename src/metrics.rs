@@ -30,6 +30,11 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
 }
@@ -52,6 +57,10 @@ pub struct Metrics {
     uploads: U64Gauge,
     blobs: U64Gauge,
     blob_bytes: U64Gauge,
+    mirror_upstream: Family<KindLabels, Counter>,
+    mirror_upstream_bytes: Counter,
+    mirror_lookups: Family<KindLabels, Counter>,
+    mirror_stale: Counter,
 }
 
 /// Values read from the database at scrape time.
@@ -129,7 +138,35 @@ impl Default for Metrics {
             "blob_bytes_stored",
             "Bytes of blobs in the store",
         );
+        let mirror_upstream = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "mirror_upstream_requests",
+            "Requests a mirror sent upstream, by kind (manifest, head, blob, token)",
+            mirror_upstream.clone(),
+        );
+        let mirror_upstream_bytes = counter(
+            &mut registry,
+            "mirror_upstream_received",
+            "Blob bytes a mirror fetched from upstream",
+            Some(Unit::Bytes),
+        );
+        let mirror_lookups = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "mirror_lookups",
+            "Mirrored manifest and blob requests, by kind (hit: answered from the cache; miss: fetched upstream)",
+            mirror_lookups.clone(),
+        );
+        let mirror_stale = counter(
+            &mut registry,
+            "mirror_stale_serves",
+            "Cached tags served because the upstream could not be reached to re-check them",
+            None,
+        );
         Metrics {
+            mirror_upstream,
+            mirror_upstream_bytes,
+            mirror_lookups,
+            mirror_stale,
             registry,
             requests,
             latency,
@@ -180,6 +217,29 @@ impl Metrics {
     pub fn gc_run(&self, bytes_freed: u64) {
         self.gc_runs.inc();
         self.gc_bytes_freed.inc_by(bytes_freed);
+    }
+
+    /// A request a mirror sent upstream (`kind`: manifest, head, blob, token).
+    pub fn mirror_upstream(&self, kind: &'static str) {
+        self.mirror_upstream
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    pub fn mirror_upstream_bytes(&self, n: u64) {
+        self.mirror_upstream_bytes.inc_by(n);
+    }
+
+    /// A mirrored request answered from the cache (`hit`) or fetched upstream (`miss`).
+    pub fn mirror_lookup(&self, hit: bool) {
+        let kind = if hit { "hit" } else { "miss" };
+        self.mirror_lookups
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    pub fn mirror_stale(&self) {
+        self.mirror_stale.inc();
     }
 
     /// The exposition text, with `stored` as gauges.

@@ -20,6 +20,7 @@ mod interop_cli;
 mod layout;
 mod memory;
 mod migrate;
+mod mirror;
 mod mirror_clients;
 mod ops;
 mod policy;

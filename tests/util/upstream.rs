@@ -144,6 +144,67 @@ impl Distribution {
     }
 }
 
+impl Distribution {
+    /// Pushes a blob: POST, then PUT `?digest=` with the body (Distribution 2.8 has no
+    /// monolithic POST). Returns its digest.
+    pub async fn push_blob(&self, c: &reqwest::Client, repo: &str, bytes: &[u8]) -> String {
+        let d = super::sha256(bytes);
+        let resp = c
+            .post(self.url(&format!("/v2/{repo}/blobs/uploads/")))
+            .send()
+            .await
+            .expect("start upload");
+        assert_eq!(resp.status(), 202, "start upload at distribution");
+        let loc = resp.headers()["location"].to_str().unwrap().to_string();
+        let loc = if loc.starts_with("http") {
+            loc
+        } else {
+            self.url(&loc)
+        };
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let resp = c
+            .put(format!("{loc}{sep}digest={d}"))
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .expect("finish upload");
+        assert_eq!(resp.status(), 201, "finish upload at distribution");
+        d
+    }
+
+    /// Pushes a config, `layers` and an OCI image manifest over them as `repo:tag`; returns
+    /// the manifest's bytes and digest.
+    pub async fn push_image(
+        &self,
+        c: &reqwest::Client,
+        repo: &str,
+        tag: &str,
+        layers: &[&[u8]],
+    ) -> (Vec<u8>, String) {
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": []},
+            "nonce": hex::encode(super::random_bytes(8)),
+        }))
+        .expect("json");
+        self.push_blob(c, repo, &config).await;
+        for l in layers {
+            self.push_blob(c, repo, l).await;
+        }
+        let manifest = super::image_manifest(&config, layers);
+        let resp = c
+            .put(self.url(&format!("/v2/{repo}/manifests/{tag}")))
+            .header("Content-Type", super::OCI_MANIFEST)
+            .body(manifest.clone())
+            .send()
+            .await
+            .expect("put manifest");
+        assert_eq!(resp.status(), 201, "put manifest at distribution");
+        let d = super::sha256(&manifest);
+        (manifest, d)
+    }
+}
+
 impl Drop for Distribution {
     fn drop(&mut self) {
         self.stop();
