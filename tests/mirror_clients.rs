@@ -38,7 +38,7 @@ async fn seed(upstream: &Distribution, work: &Path, repo: &str, tag: &str) -> St
             blobs.push(l["digest"].as_str().unwrap().to_string());
         }
         for d in blobs {
-            push_blob(&c, base.as_str(), repo, &blob(&d)).await;
+            upload(&c, &base, repo, &d, blob(&d)).await;
         }
         put(&c, &base, repo, digest, OCI_MANIFEST, manifest_bytes).await;
     }
@@ -46,6 +46,27 @@ async fn seed(upstream: &Distribution, work: &Path, repo: &str, tag: &str) -> St
     let served = digest_at(&base, repo, tag).await;
     assert_eq!(served, want, "the upstream serves the layout's index");
     served
+}
+
+/// Distribution answers a `POST ?digest=` with a session (no monolithic upload): POST, then
+/// PUT the bytes with `?digest=`, as docker does.
+async fn upload(c: &reqwest::Client, base: &str, repo: &str, digest: &str, bytes: Vec<u8>) {
+    let resp = c
+        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "POST upload upstream");
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let resp = c
+        .put(format!("{location}{sep}digest={digest}"))
+        .header("Content-Type", "application/octet-stream")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "PUT blob upstream");
 }
 
 async fn put(
