@@ -789,6 +789,12 @@ async fn run(args: Args) -> Result<bool> {
         false,
     )
     .goal = Some(Goal::Under(64.0));
+    t.row(
+        "mem.mirror_herd_anon",
+        &format!("{herd}: peak anonymous RSS (RssAnon every 10 ms)"),
+        "MiB",
+        false,
+    );
 
     // 6 (idle). Measured before anything ran, after a short settle.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1419,6 +1425,7 @@ fn record_mirror(t: &mut Table, f: mirror::Figures) {
         let times = h.upstream_bytes.map(|b| b as f64 / f.image_bytes as f64);
         put(t, "mirror.herd_upstream", kind, vec![times], same);
         put(t, "mem.mirror_herd", kind, vec![h.peak_rss_mib], same);
+        put(t, "mem.mirror_herd_anon", kind, vec![h.peak_anon_mib], same);
     }
     let r = t.get("mirror.herd_upstream");
     r.limit = Some(1.0);

@@ -49,6 +49,10 @@ pub struct Herd {
     /// Blob bytes the upstream sent while the herd ran.
     pub upstream_bytes: Result<u64>,
     pub peak_rss_mib: Result<f64>,
+    /// The largest anonymous part of the resident set seen by sampling `RssAnon` every
+    /// 10 ms: the peak RSS also counts the file pages a server maps to send blobs, which
+    /// the kernel can drop at will.
+    pub peak_anon_mib: Result<f64>,
 }
 
 /// A registry process on a loopback port, killed on drop.
@@ -107,6 +111,18 @@ impl Proc {
             .parse()?;
         Ok(kib / 1024.0)
     }
+}
+
+/// `RssAnon` of a process, in MiB.
+fn rss_anon_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .ok_or("no RssAnon")?
+        .parse()?;
+    Ok(kib / 1024.0)
 }
 
 fn free_addr() -> Result<SocketAddr> {
@@ -277,6 +293,20 @@ fn as_secs(r: Result<Duration>) -> Result<f64> {
 async fn herd(through: &Proc, repo: &str, clients: usize, upstream: &Proc) -> Herd {
     let _ = through.reset_peak();
     let from = log_len(&upstream.log);
+    let pid = through.pid();
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let sampler = tokio::spawn(async move {
+        let mut peak: Result<f64> = Err("no sample".into());
+        loop {
+            if let Ok(v) = rss_anon_mib(pid) {
+                peak = Ok(peak.map_or(v, |p| p.max(v)));
+            }
+            if *stopped.borrow() {
+                return peak;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(10), stopped.changed()).await;
+        }
+    });
     let t = Instant::now();
     let repo: Arc<str> = repo.into();
     let tasks: Vec<_> = (0..clients)
@@ -297,6 +327,11 @@ async fn herd(through: &Proc, repo: &str, clients: usize, upstream: &Proc) -> He
         }
     }
     let wall = t.elapsed();
+    let _ = stop.send(true);
+    let peak_anon_mib = match sampler.await {
+        Ok(r) => r,
+        Err(e) => Err(e.to_string().into()),
+    };
     // The upstream writes an access line once it has sent a response: give the last ones a
     // moment to land (untimed).
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -310,6 +345,7 @@ async fn herd(through: &Proc, repo: &str, clients: usize, upstream: &Proc) -> He
         first_error,
         upstream_bytes: blob_bytes_sent(&upstream.log, from),
         peak_rss_mib: through.peak_rss_mib(),
+        peak_anon_mib,
     }
 }
 
@@ -406,5 +442,6 @@ fn empty_herd() -> Herd {
         first_error: None,
         upstream_bytes: Err("not run".into()),
         peak_rss_mib: Err("not run".into()),
+        peak_anon_mib: Err("not run".into()),
     }
 }
