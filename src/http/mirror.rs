@@ -11,8 +11,10 @@
 use warp::http::{header, Method, StatusCode};
 use warp::reply::Response;
 
+use super::auth::Caller;
 use super::path::Route;
 use super::{blobs, manifests, reply, Request, State};
+use crate::auth::users::Action;
 use crate::db;
 use crate::mirror::{self, BlobAnswer, Target};
 use crate::oci::{Digest, ErrorCode, Reference, RegistryError, RepoName};
@@ -33,9 +35,10 @@ fn reads(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD)
 }
 
-/// Finds the mirror of the request's name, if any, and rewrites the route to the stored
-/// name. A write into a mirror is refused here, before anything else.
-pub(super) async fn resolve(
+/// Finds the mirror a request's name explicitly belongs to (`?ns=`, or a prefix) and
+/// rewrites the route to the stored name, before authorization. A write into a mirror is
+/// refused here, before anything else.
+pub(super) fn resolve(
     state: &State,
     route: &mut Route,
     req: &Request,
@@ -44,27 +47,10 @@ pub(super) async fn resolve(
     if mirrors.is_empty() {
         return Ok(None);
     }
-    let fetchable = matches!(
-        route,
-        Route::Manifest(..) | Route::Blob(..) | Route::Tags(_)
-    );
     let Some(name) = name_mut(route) else {
         return Ok(None);
     };
-    let mut target = mirrors.resolve(name, req.query("ns"));
-    if target.is_none() && fetchable && reads(&req.method) {
-        if let Some(t) = mirrors.default_target(name) {
-            let n = name.to_string();
-            let local = state
-                .db
-                .read(move |tx| Ok(db::listing::repo_exists(tx, &n)?))
-                .await?;
-            if !local {
-                target = Some(t);
-            }
-        }
-    }
-    let Some(t) = target else {
+    let Some(t) = mirrors.resolve(name, req.query("ns")) else {
         return Ok(None);
     };
     *name = t.stored.clone();
@@ -77,6 +63,48 @@ pub(super) async fn resolve(
             ),
         ));
     }
+    Ok(Some(t))
+}
+
+/// The default mirror (dockerd's `registry-mirrors`, which sends unprefixed names), after
+/// the request was authorized for the name it spelled: a pull of a name not stored here
+/// comes from the default mirror when the caller's grants allow pulling the stored name.
+/// Otherwise the name stays local, so a site's own pushes (whose HEADs ask about names not
+/// stored yet) never depend on the upstream nor on grants over mirrored names. Only the
+/// requests a pull makes take this path: manifest GET/HEAD, blob GET, tag list.
+pub(super) async fn resolve_default(
+    state: &State,
+    route: &mut Route,
+    req: &Request,
+    caller: &Caller,
+) -> Result<Option<Target>, RegistryError> {
+    let pull = matches!(
+        (&req.method, &*route),
+        (&Method::GET | &Method::HEAD, Route::Manifest(..))
+            | (&Method::GET, Route::Blob(..))
+            | (&Method::GET, Route::Tags(_))
+    );
+    if !pull {
+        return Ok(None);
+    }
+    let Some(name) = name_mut(route) else {
+        return Ok(None);
+    };
+    let Some(t) = state.core.mirrors.default_target(name) else {
+        return Ok(None);
+    };
+    if !caller.granted(t.stored.as_str(), Action::Pull) {
+        return Ok(None);
+    }
+    let n = name.to_string();
+    let local = state
+        .db
+        .read(move |tx| Ok(db::listing::repo_exists(tx, &n)?))
+        .await?;
+    if local {
+        return Ok(None);
+    }
+    *name = t.stored.clone();
     Ok(Some(t))
 }
 

@@ -362,11 +362,14 @@ async fn dispatch(
     body: BodyStream,
 ) -> Result<Response, RegistryError> {
     // Before authorization: grants apply to the name a mirrored repository is stored under.
-    let mirror = mirror::resolve(state, &mut route, &req).await?;
+    let mut mirror = mirror::resolve(state, &mut route, &req)?;
     let caller = state
         .auth
         .authorize(state, &req, need(&req.method, &route))
         .await?;
+    if mirror.is_none() {
+        mirror = mirror::resolve_default(state, &mut route, &req, &caller).await?;
+    }
     if matches!(route, Route::UploadStart(_)) {
         restrict_mount(&mut req, &caller);
     }

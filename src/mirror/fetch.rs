@@ -36,6 +36,9 @@ pub type BlobBody =
 /// Bytes gathered from the upstream before they are appended (and the most a reader is
 /// held back while the digest is unchecked).
 const BATCH: usize = 1 << 20;
+/// Upstream body chunks received ahead of the disk (hyper's chunks are at most a read
+/// buffer, so this bounds a fetch's memory to a few MiB).
+const AHEAD: usize = 64;
 
 /// Fetches in progress.
 #[derive(Default)]
@@ -189,7 +192,23 @@ async fn run(core: &Core, t: &Target, digest: &Digest, f: &Flight) -> Result<u64
         p.size = size;
     });
     let path = core.store.path_for(Location::Upload(&f.upload_id));
-    let mut body = resp.bytes_stream();
+    // The network side runs ahead of the disk side by up to `AHEAD` chunks, so receiving
+    // the next batch overlaps writing and hashing this one.
+    let (tx, mut body) = tokio::sync::mpsc::channel(AHEAD);
+    let metrics = core.metrics.clone();
+    tokio::spawn(async move {
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            if let Ok(c) = &chunk {
+                metrics.mirror_upstream_bytes(c.len() as u64);
+            }
+            let failed = chunk.is_err();
+            // The fetch gave up (its receiver is gone): stop reading.
+            if tx.send(chunk).await.is_err() || failed {
+                return;
+            }
+        }
+    });
     let mut sink = Sink::new();
     let mut synced = false;
     let mut done = false;
@@ -197,7 +216,7 @@ async fn run(core: &Core, t: &Target, digest: &Digest, f: &Flight) -> Result<u64
         let mut batch = Vec::new();
         let mut n = 0usize;
         while n < BATCH {
-            match body.next().await {
+            match body.recv().await {
                 None => {
                     done = true;
                     break;
@@ -208,7 +227,6 @@ async fn run(core: &Core, t: &Target, digest: &Digest, f: &Flight) -> Result<u64
                     ))))
                 }
                 Some(Ok(c)) => {
-                    core.metrics.mirror_upstream_bytes(c.len() as u64);
                     n += c.len();
                     batch.push(c);
                 }

@@ -82,7 +82,12 @@ struct Pending {
     parsed: ParsedManifest,
     /// Whether its blobs' fetches were started.
     prefetched: std::sync::atomic::AtomicBool,
+    /// When it was fetched: one whose blobs never all land (an upstream that lost a blob)
+    /// is forgotten after `PENDING_LIFETIME`, and the next pull fetches it again.
+    fetched: Instant,
 }
+
+const PENDING_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A manifest to answer with.
 pub struct ManifestAnswer {
@@ -319,7 +324,14 @@ impl Pending {
 }
 
 fn pending(m: &Mirrors, t: &Target, reference: &Reference) -> Option<Arc<Pending>> {
-    let set = m.pending.lock().expect("mirror lock");
+    let mut set = m.pending.lock().expect("mirror lock");
+    let before = set.by_digest.len();
+    set.by_digest
+        .retain(|_, p| p.fetched.elapsed() < PENDING_LIFETIME);
+    if set.by_digest.len() != before {
+        let PendingSet { by_digest, tags } = &mut *set;
+        tags.retain(|(r, _), d| by_digest.contains_key(&(r.clone(), d.to_string())));
+    }
     let digest = match reference {
         Reference::Digest(d) => d.clone(),
         Reference::Tag(tag) => set
@@ -485,6 +497,7 @@ async fn fetch_manifest(
         body,
         parsed,
         prefetched: Default::default(),
+        fetched: Instant::now(),
     });
     if !store_manifest(core, &p, &tags).await? {
         let mut set = core.mirrors.pending.lock().expect("mirror lock");
