@@ -831,3 +831,88 @@ async fn upstream_credentials_and_tokens_never_reach_the_log() {
     }
     server.stop();
 }
+
+/// An HTTPS upstream with a private CA (`ca_file`) and HTTP Basic auth: the mirror trusts the
+/// CA it was given (and only with it), answers the Basic challenge, and needs no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn https_upstream_with_a_private_ca_and_basic_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let tls = dockyard::config::TlsFiles {
+        cert: cert.clone(),
+        key,
+    };
+    let up = TestRegistry::start_configured(|c| {
+        c.tls = Some(tls);
+        c.auth.mode = dockyard::config::AuthMode::Basic;
+        c.auth.bcrypt_cost = 4;
+    })
+    .await;
+    up.add_user("mirror", "basic-pw").await;
+    up.grant("mirror", "**", "pull,push").await;
+    install_crypto_provider();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        "authorization",
+        basic("mirror", "basic-pw").parse().unwrap(),
+    );
+    let pusher = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap()])
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    let base = format!("https://{}", up.addr);
+    let layer = random_bytes(100_000);
+    let (manifest, digest) = push_image(&pusher, base.as_str(), "team/tls", "v1", &[&layer]).await;
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "basic-pw").unwrap();
+    let creds = format!(
+        "username = \"mirror\"\npassword_file = \"{}\"",
+        pw.display()
+    );
+    let r = start_mirror(&mirror_table(
+        "up",
+        &base,
+        &format!("{creds}\nca_file = \"{}\"", cert.display()),
+    ))
+    .await;
+    let c = client();
+    let (status, _, body) = get(&c, &r.url("/v2/up/team/tls/manifests/v1")).await;
+    assert_eq!(
+        (status, &body),
+        (200, &manifest),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (status, _, body) = get(
+        &c,
+        &r.url(&format!("/v2/up/team/tls/blobs/{}", sha256(&layer))),
+    )
+    .await;
+    assert_eq!((status, body == layer), (200, true));
+    wait_stored(&r, "up/team/tls", &digest).await;
+    let metrics = c
+        .get(r.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("kind=\"token\""), "{metrics}");
+    assert!(
+        metrics.contains("dockyard_mirror_lookups_total{kind=\"miss\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dockyard_mirror_upstream_received_bytes_total"),
+        "{metrics}"
+    );
+    // Without the CA, the same upstream is refused at the TLS handshake: a clear 502.
+    let untrusting = start_mirror(&mirror_table("up", &base, &creds)).await;
+    let (status, _, body) = get(&c, &untrusting.url("/v2/up/team/tls/manifests/v1")).await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+}
