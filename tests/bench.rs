@@ -110,6 +110,40 @@ fn the_benchmark_runs_every_workload_at_tiny_size() {
             assert!(row["limit"].as_f64().is_some_and(|v| v > 0.0), "{row}");
         }
     }
+    // Workload 9 mirrors a Distribution upstream: without docker-registry it does not run.
+    if with_distribution {
+        for key in [
+            "mirror.cold",
+            "mirror.cold_proxy",
+            "mirror.warm",
+            "mirror.herd",
+            "mirror.herd_upstream",
+            "mem.mirror_herd",
+        ] {
+            let row = rows
+                .iter()
+                .find(|r| r["key"] == key)
+                .unwrap_or_else(|| panic!("no row {key} in the report"));
+            for c in ["dockyard", "distribution"] {
+                assert!(
+                    row[c]["value"].as_f64().is_some_and(|v| v > 0.0),
+                    "{key}: no {c} figure in {row}"
+                );
+                assert_eq!(row[c]["errors"], 0, "{key}: {c} had errors: {row}");
+            }
+        }
+        // Not a timing: 50 clients pulling one uncached image made the mirror fetch each
+        // blob from the upstream once (counted in the upstream's access log).
+        let herd = rows
+            .iter()
+            .find(|r| r["key"] == "mirror.herd_upstream")
+            .unwrap();
+        let times = herd["dockyard"]["value"].as_f64().unwrap();
+        assert!(
+            (0.99..1.01).contains(&times),
+            "the upstream sent the herd's image {times} times through the mirror: {herd}"
+        );
+    }
     for limit in ["limit.sha256", "limit.copy_fsync", "limit.loopback"] {
         let row = rows.iter().find(|r| r["key"] == limit).unwrap();
         assert!(row["limit"].as_f64().is_some_and(|v| v > 0.0), "{row}");

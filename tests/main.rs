@@ -21,6 +21,7 @@ mod layout;
 mod memory;
 mod migrate;
 mod mirror;
+mod mirror_clients;
 mod ops;
 mod policy;
 mod powercut;

@@ -12,6 +12,7 @@
 //! printed (and written as JSON with `--json`). `--tiny` is the test suite's smoke run.
 
 mod client;
+mod mirror;
 mod portability;
 mod servers;
 mod workloads;
@@ -51,7 +52,7 @@ struct Args {
     #[arg(long)]
     baseline_bin: Option<PathBuf>,
     /// Run only these workloads (comma-separated: push, images, small, catalog, startup,
-    /// portability); `push` includes the pull of workload 2.
+    /// portability, mirror); `push` includes the pull of workload 2.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// How many small images workload 3 pushes [default: 200, 50 with --quick].
@@ -84,6 +85,11 @@ struct Sizes {
     port_repos: usize,
     port_layer: usize,
     port_big_layer: usize,
+    /// Workload 9: the three layers of the mirrored image, how many cold and warm pulls
+    /// each side gets, and how many clients pull at once in the herd.
+    mirror_layers: [usize; 3],
+    mirror_reps: usize,
+    mirror_clients: usize,
 }
 
 const MIB: usize = 1 << 20;
@@ -109,6 +115,9 @@ impl Sizes {
             port_repos: 1_000,
             port_layer: 16 * 1024,
             port_big_layer: 256 * MIB,
+            mirror_layers: [100 * MIB, 64 * MIB, 36 * MIB],
+            mirror_reps: 2,
+            mirror_clients: 50,
         }
     }
 
@@ -123,6 +132,8 @@ impl Sizes {
             repos: 1_000,
             port_repos: 200,
             port_big_layer: 64 * MIB,
+            mirror_layers: [32 * MIB, 20 * MIB, 12 * MIB],
+            mirror_reps: 1,
             ..Sizes::full()
         }
     }
@@ -147,6 +158,9 @@ impl Sizes {
             port_repos: 5,
             port_layer: 1024,
             port_big_layer: MIB,
+            mirror_layers: [MIB, 512 * 1024, 256 * 1024],
+            mirror_reps: 1,
+            mirror_clients: 50,
         }
     }
 
@@ -175,6 +189,8 @@ enum Goal {
     Under(f64),
     /// Zero errors and at least this ratio.
     RatioNoErrors(f64),
+    /// Dockyard at most this fraction slower than the reference column (a time).
+    AtMostSlower(f64),
 }
 
 #[derive(Serialize, Default, Clone)]
@@ -246,6 +262,10 @@ impl Row {
                 },
             ),
             Goal::Under(v) => (format!("< {v} {}", self.unit), d.map(|d| d < v && clean)),
+            Goal::AtMostSlower(x) => (
+                format!("<= {:.0}% slower", x * 100.0),
+                self.ratio.map(|r| r >= 1.0 / (1.0 + x) && clean),
+            ),
         };
         self.target = Some(text);
         self.target_met = met;
@@ -730,6 +750,51 @@ async fn run(args: Args) -> Result<bool> {
         "s",
         false,
     );
+    let mirror_image = s.size_label(s.mirror_layers.iter().sum());
+    t.row(
+        "mirror.cold",
+        &format!(
+            "9. cold pull of a 3-layer {mirror_image} image via the mirror (Distribution col.: straight from the upstream)"
+        ),
+        "s",
+        false,
+    )
+    .goal = Some(Goal::AtMostSlower(0.10));
+    t.row(
+        "mirror.cold_proxy",
+        "9. the same cold pull, mirror vs Distribution's proxy",
+        "s",
+        false,
+    );
+    t.row(
+        "mirror.warm",
+        "9. warm pull of it, mirror vs Distribution's proxy",
+        "MB/s",
+        true,
+    )
+    .goal = Some(Goal::Ratio(1.5));
+    let herd = format!("9. {} concurrent cold pulls of one image", s.mirror_clients);
+    t.row("mirror.herd", &format!("{herd}: wall time"), "s", false);
+    t.row(
+        "mirror.herd_upstream",
+        &format!("{herd}: upstream sent"),
+        "x image",
+        false,
+    )
+    .goal = Some(Goal::Under(1.01));
+    t.row(
+        "mem.mirror_herd",
+        &format!("{herd}: peak RSS"),
+        "MiB",
+        false,
+    )
+    .goal = Some(Goal::Under(64.0));
+    t.row(
+        "mem.mirror_herd_anon",
+        &format!("{herd}: peak anonymous RSS (RssAnon every 10 ms)"),
+        "MiB",
+        false,
+    );
 
     // 6 (idle). Measured before anything ran, after a short settle.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1135,6 +1200,37 @@ async fn run(args: Args) -> Result<bool> {
         }
     }
 
+    if want("mirror") {
+        // 9. The pull-through mirror, on registries of its own (none of the table's servers).
+        let layers = b.sizes.mirror_layers;
+        println!(
+            "-- 9. pull-through mirror: a {} image via Dockyard's mirror, Distribution's proxy and straight from the upstream",
+            b.sizes.size_label(layers.iter().sum())
+        );
+        match &dist_bin {
+            None => eprintln!(
+                "  !!! docker-registry is not installed: no upstream to mirror, workload 9 not run"
+            ),
+            Some(dist) => {
+                match mirror::run(
+                    &bin,
+                    dist,
+                    layers,
+                    b.sizes.mirror_reps,
+                    b.sizes.mirror_clients,
+                )
+                .await
+                {
+                    Ok(f) => record_mirror(&mut b.table, f),
+                    Err(e) => {
+                        b.table
+                            .record("mirror.cold", Kind::Dockyard, None, 1, Some(e.to_string()))
+                    }
+                }
+            }
+        }
+    }
+
     if want("startup") {
         // 7. Start-up with everything stored so far.
         println!("-- 7. restarting each registry {} times", b.sizes.startups);
@@ -1281,6 +1377,59 @@ async fn run(args: Args) -> Result<bool> {
     eprintln!("-- removing the temporary roots ({})", disk.join(", "));
     drop(b);
     Ok(errors == 0)
+}
+
+/// Workload 9's figures into its rows. Times become MB/s for the warm pull (bytes of the
+/// image per second), times of the upstream's bytes for the herd.
+fn record_mirror(t: &mut Table, f: mirror::Figures) {
+    fn put(t: &mut Table, key: &str, kind: Kind, rs: Vec<Result<f64>>, map: impl Fn(f64) -> f64) {
+        for r in rs {
+            match r {
+                Ok(v) => t.record(key, kind, Some(map(v)), 0, None),
+                Err(e) => t.record(key, kind, None, 1, Some(e.to_string())),
+            }
+        }
+    }
+    let mb = f.image_bytes as f64 / 1e6;
+    let same = |v: f64| v;
+    let rate = |v: f64| mb / v;
+    let cold_mirror: Vec<Result<f64>> = f
+        .cold_mirror
+        .iter()
+        .map(|r| r.as_ref().map(|v| *v).map_err(|e| e.to_string().into()))
+        .collect();
+    put(t, "mirror.cold", Kind::Dockyard, f.cold_mirror, same);
+    put(t, "mirror.cold", Kind::Distribution, f.cold_direct, same);
+    put(t, "mirror.cold_proxy", Kind::Dockyard, cold_mirror, same);
+    put(
+        t,
+        "mirror.cold_proxy",
+        Kind::Distribution,
+        f.cold_proxy,
+        same,
+    );
+    put(t, "mirror.warm", Kind::Dockyard, f.warm_mirror, rate);
+    put(t, "mirror.warm", Kind::Distribution, f.warm_proxy, rate);
+    let [hm, hp] = f.herd;
+    for (kind, h) in [(Kind::Dockyard, hm), (Kind::Distribution, hp)] {
+        match h.wall {
+            Ok(v) => t.record("mirror.herd", kind, Some(v), h.errors, h.first_error),
+            Err(e) => t.record(
+                "mirror.herd",
+                kind,
+                None,
+                h.errors.max(1),
+                Some(h.first_error.unwrap_or_else(|| e.to_string())),
+            ),
+        }
+        let times = h.upstream_bytes.map(|b| b as f64 / f.image_bytes as f64);
+        put(t, "mirror.herd_upstream", kind, vec![times], same);
+        put(t, "mem.mirror_herd", kind, vec![h.peak_rss_mib], same);
+        put(t, "mem.mirror_herd_anon", kind, vec![h.peak_anon_mib], same);
+    }
+    let r = t.get("mirror.herd_upstream");
+    r.limit = Some(1.0);
+    r.limit_what = Some(format!("the image once, {mb:.0} MB"));
 }
 
 async fn first_page(addr: std::net::SocketAddr) -> Result<f64> {

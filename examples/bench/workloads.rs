@@ -338,7 +338,7 @@ async fn put_manifest(c: &mut Conn, repo: &str, reference: &str, body: Bytes) ->
     Ok(())
 }
 
-async fn push_image(c: &mut Conn, img: &Image) -> Result<()> {
+pub async fn push_image(c: &mut Conn, img: &Image) -> Result<()> {
     for (d, b) in &img.blobs {
         push_small(c, &img.repo, d, b.clone()).await?;
     }
