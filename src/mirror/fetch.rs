@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use reqwest::Method;
 use tokio::sync::watch;
@@ -36,9 +36,17 @@ pub type BlobBody =
 /// Bytes gathered from the upstream before they are appended (and the most a reader is
 /// held back while the digest is unchecked).
 const BATCH: usize = 1 << 20;
-/// Upstream body chunks received ahead of the disk (hyper's chunks are at most a read
-/// buffer, so this bounds a fetch's memory to a few MiB).
-const AHEAD: usize = 64;
+/// Upstream body bytes received ahead of the disk (counted in KiB permits, see `cost`).
+const AHEAD: usize = (2 * BATCH) >> 10;
+/// Bytes each read of a blob being fetched sends at most; each reader reuses its buffer
+/// once hyper has sent the previous read, so a reader holds about two of these.
+const READ: usize = 128 << 10;
+
+/// The budget permits a chunk of `len` bytes takes: one per KiB begun, at most all of them
+/// (so a chunk larger than the budget still passes, alone).
+fn cost(len: usize) -> u32 {
+    len.div_ceil(1024).clamp(1, AHEAD) as u32
+}
 
 /// Fetches in progress.
 #[derive(Default)]
@@ -58,6 +66,9 @@ struct Progress {
     size: Option<u64>,
     /// Bytes of the upload file readers may send.
     visible: u64,
+    /// The whole body hashed to the digest and was released (`visible` is its length); it
+    /// may still be on its way to disk and into the database.
+    verified: bool,
     state: State,
 }
 
@@ -86,6 +97,7 @@ pub fn start(core: &Core, t: &Target, digest: &Digest) -> Arc<Flight> {
         started: false,
         size: None,
         visible: 0,
+        verified: false,
         state: State::Running,
     });
     let flight = Arc::new(Flight {
@@ -104,6 +116,7 @@ pub fn start(core: &Core, t: &Target, digest: &Digest) -> Arc<Flight> {
                     p.started = true;
                     p.size = Some(size);
                     p.visible = size;
+                    p.verified = true;
                     p.state = State::Done;
                 });
             }
@@ -192,26 +205,41 @@ async fn run(core: &Core, t: &Target, digest: &Digest, f: &Flight) -> Result<u64
         p.size = size;
     });
     let path = core.store.path_for(Location::Upload(&f.upload_id));
-    // The network side runs ahead of the disk side by up to `AHEAD` chunks, so receiving
-    // the next batch overlaps writing and hashing this one.
-    let (tx, mut body) = tokio::sync::mpsc::channel(AHEAD);
+    // The network side runs ahead of the disk side by up to `AHEAD` bytes, so receiving
+    // the next batch overlaps writing and hashing this one, and a fetch holds a few MiB of
+    // body at most however its chunks are cut.
+    let budget = Arc::new(tokio::sync::Semaphore::new(AHEAD));
+    let (tx, mut body) = tokio::sync::mpsc::unbounded_channel();
     let metrics = core.metrics.clone();
+    let reader_budget = budget.clone();
     tokio::spawn(async move {
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             if let Ok(c) = &chunk {
                 metrics.mirror_upstream_bytes(c.len() as u64);
+                match reader_budget.acquire_many(cost(c.len())).await {
+                    Ok(p) => p.forget(),
+                    Err(_) => return,
+                }
             }
             let failed = chunk.is_err();
             // The fetch gave up (its receiver is gone): stop reading.
-            if tx.send(chunk).await.is_err() || failed {
+            if tx.send(chunk).is_err() || failed {
                 return;
             }
         }
     });
+    // Dropped (closing the budget) however this function ends, so the reader task stops.
+    struct Close(Arc<tokio::sync::Semaphore>);
+    impl Drop for Close {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let _close = Close(budget.clone());
     let mut sink = Sink::new();
-    let mut synced = false;
     let mut done = false;
+    let mut created = false;
     while !done {
         let mut batch = Vec::new();
         let mut n = 0usize;
@@ -232,38 +260,24 @@ async fn run(core: &Core, t: &Target, digest: &Digest, f: &Flight) -> Result<u64
                 }
             }
         }
-        if n == 0 {
+        // An empty body still needs its (empty) file: the first append creates it.
+        if n == 0 && created {
             continue;
         }
+        created = true;
         let before = sink.len;
+        let permits: usize = batch.iter().map(|c| cost(c.len()) as usize).sum();
         let chunks: crate::store::BodyStream =
             futures_util::stream::iter(batch.into_iter().map(Ok)).boxed();
-        let durability = if done {
-            Durability::Sync
-        } else {
-            Durability::Lazy
-        };
-        synced = done;
+        // Never fsynced here: the whole file is fsynced once, after its bytes are released.
         sink = sink
-            .append(&path, chunks, max, durability)
+            .append(&path, chunks, max, Durability::Lazy)
             .await
             .map_err(Failure::Other)?;
+        budget.add_permits(permits);
         // Everything before this batch may be read; this batch waits for the next one (or
         // for the digest check).
         f.progress.send_modify(|p| p.visible = before);
-    }
-    if !synced {
-        // The body ended on a batch boundary (or was empty): fsync what the appends wrote
-        // (an empty append creates the file of an empty blob).
-        sink = sink
-            .append(
-                &path,
-                futures_util::stream::empty().boxed(),
-                max,
-                Durability::Sync,
-            )
-            .await
-            .map_err(Failure::Other)?;
     }
     let len = sink.len;
     if size.is_some_and(|s| s != len) {
@@ -278,6 +292,7 @@ async fn run(core: &Core, t: &Target, digest: &Digest, f: &Flight) -> Result<u64
     let actual = if digest.algorithm() == sink.hasher.algorithm() {
         sink.digest()
     } else {
+        drop(sink);
         let (p, alg) = (path.clone(), digest.algorithm());
         tokio::task::spawn_blocking(move || Sink::rehash(&p, alg))
             .await
@@ -291,9 +306,18 @@ async fn run(core: &Core, t: &Target, digest: &Digest, f: &Flight) -> Result<u64
             format!("the upstream's bytes for {digest} have digest {actual}: refused"),
         )));
     }
+    // The bytes are the blob: release them all now, so no client waits for the fsync. A
+    // failure from here on records nothing (the next pull fetches again), but what was sent
+    // was the right blob.
+    f.progress.send_modify(|p| {
+        p.visible = len;
+        p.verified = true;
+    });
     let (store, db, locks) = (core.store.clone(), core.db.clone(), core.blob_locks.clone());
     let (n, d, id) = (t.stored.clone(), digest.clone(), f.upload_id.clone());
     tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
+        // fsync acts on the file, whichever descriptor asks: the append's writer is gone.
+        std::fs::File::open(&path)?.sync_data()?;
         // As an upload's end: promote and record under the stripe, stamped as seen.
         let mut guard = locks.lock(&d);
         store.promote(&id, &d)?;
@@ -354,6 +378,7 @@ pub async fn tail(
         upload: core.store.path_for(Location::Upload(&flight.upload_id)),
         blob: core.store.path_for(Location::Blob(digest)),
         ended: false,
+        buf: BytesMut::new(),
     };
     let body = futures_util::stream::unfold(reader, |mut r| async move {
         if r.ended {
@@ -378,13 +403,21 @@ struct Reader {
     upload: std::path::PathBuf,
     blob: std::path::PathBuf,
     ended: bool,
+    /// The read buffer, handed to hyper one read at a time and reclaimed once it is sent.
+    buf: BytesMut,
 }
 
 impl Reader {
     async fn next(&mut self) -> io::Result<Option<Bytes>> {
         loop {
             let p = self.rx.borrow_and_update().clone();
-            if let State::Failed(_, m) = &p.state {
+            let failed = match &p.state {
+                State::Failed(_, m) => Some(m.clone()),
+                _ => None,
+            };
+            // Bytes released after the digest check are the blob's, even if storing it then
+            // failed: a reader that can still read them finishes.
+            if let (Some(m), false) = (&failed, p.verified) {
                 return Err(io::Error::other(format!("blob fetch failed: {m}")));
             }
             if self.pos < p.visible {
@@ -403,8 +436,11 @@ impl Reader {
                         .map_err(io::Error::other)??;
                     match opened {
                         Some(f) => self.file = Some(Arc::new(f)),
-                        // Renamed between our look and the publication of `Done`.
                         None => {
+                            if let Some(m) = failed {
+                                return Err(io::Error::other(format!("blob fetch failed: {m}")));
+                            }
+                            // Renamed between our look and the publication of `Done`.
                             if self.rx.changed().await.is_err() {
                                 return Err(io::Error::other("blob fetch vanished"));
                             }
@@ -413,20 +449,31 @@ impl Reader {
                     }
                 }
                 let file = self.file.clone().expect("opened above");
-                let (pos, n) = (self.pos, (p.visible - self.pos).min(BATCH as u64) as usize);
-                let bytes = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+                let (pos, n) = (self.pos, (p.visible - self.pos).min(READ as u64) as usize);
+                // Reuses the allocation when hyper has dropped the previous read (the usual
+                // case: it writes a frame out before asking for the next).
+                let mut buf = std::mem::take(&mut self.buf);
+                buf.clear();
+                buf.reserve(READ);
+                buf.resize(n, 0);
+                let (mut buf, read) = tokio::task::spawn_blocking(move || {
                     use std::os::unix::fs::FileExt;
-                    let mut buf = vec![0u8; n];
-                    file.read_exact_at(&mut buf, pos)?;
-                    Ok(buf)
+                    let r = file.read_exact_at(&mut buf[..], pos);
+                    (buf, r)
                 })
                 .await
-                .map_err(io::Error::other)??;
+                .map_err(io::Error::other)?;
+                read?;
                 self.pos += n as u64;
-                return Ok(Some(Bytes::from(bytes)));
+                let out = buf.split().freeze();
+                self.buf = buf;
+                return Ok(Some(out));
             }
-            if matches!(p.state, State::Done) {
+            if p.verified {
                 return Ok(None);
+            }
+            if let Some(m) = failed {
+                return Err(io::Error::other(format!("blob fetch failed: {m}")));
             }
             if self.rx.changed().await.is_err() {
                 return Err(io::Error::other("blob fetch vanished"));
