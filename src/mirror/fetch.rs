@@ -3,14 +3,18 @@
 //! client that asks meanwhile.
 //!
 //! The fetch appends the upstream's body to `uploads/<id>` one batch (about 1 MiB) at a time
-//! with `Sink::append` (written and hashed on the blocking pool), and publishes how many
-//! bytes readers may see: all but the last batch, until the whole blob is fsynced and its
-//! digest checked. Then it renames the file into place and records the blob under its
-//! stripe (as an upload's end does), and publishes the full length. Readers read the file
-//! by offset (an open file survives the rename); one that opens it after the rename opens
-//! the blob instead. A digest mismatch, a short body or an upstream failure removes the
-//! upload file, records nothing, and cuts every reader's response short (they declared the
-//! length, so the client sees the failure).
+//! with `Sink::append` (written and hashed on the blocking pool; at most `AHEAD` bytes of
+//! body wait in memory for the disk), and publishes how many bytes readers may see: all but
+//! the last batch until the digest of the whole body is checked, then all of it. Only then
+//! is the file fsynced, renamed into place and the blob recorded under its stripe (as an
+//! upload's end does): no client waits for the fsync, and a client never gets a whole blob
+//! with the wrong digest. If the fsync or the record fails after the release, nothing is
+//! stored (the next pull fetches again); readers finish, since what they got was verified.
+//! Readers read the file by offset (an open file survives the rename) in `READ`-sized reads
+//! from one reused buffer; one that opens it after the rename opens the blob instead. A
+//! digest mismatch, a short body or an upstream failure removes the upload file, records
+//! nothing, and cuts every reader's response short (they declared the length, so the client
+//! sees the failure).
 
 use std::collections::HashMap;
 use std::io;
