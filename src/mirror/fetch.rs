@@ -3,7 +3,7 @@
 //! client that asks meanwhile.
 //!
 //! The fetch appends the upstream's body to `uploads/<id>` one batch (about 1 MiB) at a time
-//! with `Sink::append` (written and hashed on the blocking pool; at most `AHEAD` bytes of
+//! with `Sink::append` (written and hashed on the blocking pool; about 2 MiB (`AHEAD`) of
 //! body wait in memory for the disk), and publishes how many bytes readers may see: all but
 //! the last batch until the digest of the whole body is checked, then all of it. Only then
 //! is the file fsynced, renamed into place and the blob recorded under its stripe (as an
@@ -11,16 +11,16 @@
 //! with the wrong digest. If the fsync or the record fails after the release, nothing is
 //! stored (the next pull fetches again); readers finish, since what they got was verified.
 //! Readers read the file by offset (an open file survives the rename) in `READ`-sized reads
-//! from one reused buffer; one that opens it after the rename opens the blob instead. A
-//! digest mismatch, a short body or an upstream failure removes the upload file, records
-//! nothing, and cuts every reader's response short (they declared the length, so the client
-//! sees the failure).
+//! into `IN_FLIGHT` reused buffers each; one that opens it after the rename opens the blob
+//! instead. A digest mismatch, a short body or an upstream failure removes the upload file,
+//! records nothing, and cuts every reader's response short (they declared the length, so
+//! the client sees the failure).
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::Method;
 use tokio::sync::watch;
@@ -42,9 +42,12 @@ pub type BlobBody =
 const BATCH: usize = 1 << 20;
 /// Upstream body bytes received ahead of the disk (counted in KiB permits, see `cost`).
 const AHEAD: usize = (2 * BATCH) >> 10;
-/// Bytes each read of a blob being fetched sends at most; each reader reuses its buffer
-/// once hyper has sent the previous read, so a reader holds about two of these.
-const READ: usize = 128 << 10;
+/// Bytes each read of a blob being fetched sends at most.
+const READ: usize = 64 << 10;
+/// Read buffers one reader owns, reused: a buffer comes back when hyper has written it out,
+/// and the reader waits for one when all are queued in hyper (which would otherwise take up
+/// to its `max_buf_size` per connection). A herd of readers holds at most this many each.
+const IN_FLIGHT: usize = 3;
 
 /// The budget permits a chunk of `len` bytes takes: one per KiB begun, at most all of them
 /// (so a chunk larger than the budget still passes, alone).
@@ -375,6 +378,10 @@ pub async fn tail(
                 )
             }));
     }
+    let (back, free) = tokio::sync::mpsc::channel(IN_FLIGHT);
+    for _ in 0..IN_FLIGHT {
+        back.try_send(Vec::new()).expect("room for every buffer");
+    }
     let reader = Reader {
         rx,
         file: None,
@@ -382,7 +389,8 @@ pub async fn tail(
         upload: core.store.path_for(Location::Upload(&flight.upload_id)),
         blob: core.store.path_for(Location::Blob(digest)),
         ended: false,
-        buf: BytesMut::new(),
+        free,
+        back,
     };
     let body = futures_util::stream::unfold(reader, |mut r| async move {
         if r.ended {
@@ -407,8 +415,28 @@ struct Reader {
     upload: std::path::PathBuf,
     blob: std::path::PathBuf,
     ended: bool,
-    /// The read buffer, handed to hyper one read at a time and reclaimed once it is sent.
-    buf: BytesMut,
+    /// The reader's buffers not lent to hyper, and where a lent one goes back.
+    free: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    back: tokio::sync::mpsc::Sender<Vec<u8>>,
+}
+
+/// A read buffer lent to hyper as a body frame; dropping it (sent) gives it back.
+struct Lent {
+    buf: Vec<u8>,
+    back: tokio::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        // Fails only once the reader is gone, and then the buffer is simply freed.
+        let _ = self.back.try_send(std::mem::take(&mut self.buf));
+    }
 }
 
 impl Reader {
@@ -454,23 +482,22 @@ impl Reader {
                 }
                 let file = self.file.clone().expect("opened above");
                 let (pos, n) = (self.pos, (p.visible - self.pos).min(READ as u64) as usize);
-                // Reuses the allocation when hyper has dropped the previous read (the usual
-                // case: it writes a frame out before asking for the next).
-                let mut buf = std::mem::take(&mut self.buf);
-                buf.clear();
-                buf.reserve(READ);
+                let Some(mut buf) = self.free.recv().await else {
+                    return Err(io::Error::other("read buffers lost"));
+                };
+                // Keeps its capacity: only the first read into a buffer allocates.
                 buf.resize(n, 0);
-                let (mut buf, read) = tokio::task::spawn_blocking(move || {
+                let (buf, read) = tokio::task::spawn_blocking(move || {
                     use std::os::unix::fs::FileExt;
-                    let r = file.read_exact_at(&mut buf[..], pos);
+                    let r = file.read_exact_at(&mut buf, pos);
                     (buf, r)
                 })
                 .await
                 .map_err(io::Error::other)?;
+                let back = self.back.clone();
+                let out = Bytes::from_owner(Lent { buf, back });
                 read?;
                 self.pos += n as u64;
-                let out = buf.split().freeze();
-                self.buf = buf;
                 return Ok(Some(out));
             }
             if p.verified {
