@@ -47,7 +47,7 @@ const READ: usize = 64 << 10;
 /// Read buffers one reader owns, reused: a buffer comes back when hyper has written it out,
 /// and the reader waits for one when all are queued in hyper (which would otherwise take up
 /// to its `max_buf_size` per connection). A herd of readers holds at most this many each.
-const IN_FLIGHT: usize = 3;
+const IN_FLIGHT: usize = 2;
 
 /// The budget permits a chunk of `len` bytes takes: one per KiB begun, at most all of them
 /// (so a chunk larger than the budget still passes, alone).
