@@ -234,7 +234,6 @@ async fn gc_keeps_a_blob_a_manifest_names_even_when_its_row_is_lost() {
     assert_eq!(std::fs::read(blob_path(&root, &lost)).unwrap(), l2);
 
     let p = Process::spawn_with_config(&root, &config);
-    wait_for_admin_socket(&root);
     let (ok, out, err) = cli(&["gc"], &config);
     assert!(ok, "gc through the server: {err}");
     assert!(out.starts_with("gc: freed 0 blobs"), "{out}");

@@ -47,7 +47,6 @@ async fn session(mode: &str, format: &str) -> (String, Vec<String>) {
     );
     let p = Process::spawn_with_config_env(&root, &config, &[("RUST_LOG", "debug")]);
     let base = p.url("");
-    wait_for_admin_socket(&root);
     cli(&root, &["user", "add", "alice", "--password-stdin"], FIRST).await;
     cli(&root, &["acl", "grant", "alice", "**", "pull,push"], "").await;
     let mut tokens = Vec::new();

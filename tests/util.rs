@@ -51,7 +51,10 @@ impl TestRegistry {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let registry = dockyard::Registry::open(config).expect("open registry");
+        let mut registry = dockyard::Registry::open(config).expect("open registry");
+        // As `dockyard serve` does: the control channel exists before anyone is told the
+        // address, so a test may use the CLI at once.
+        registry.bind_admin().expect("bind the admin socket");
         let core = registry.core().clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let serve = registry.serve(listener, async {
@@ -450,16 +453,6 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Waits (up to 10 s) for the control socket of the server on `root`: the listening line
-/// can come before it exists, and a CLI run before it opens the files and finds them locked.
-pub fn wait_for_admin_socket(root: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !dockyard::admin::socket_path(root).exists() {
-        assert!(Instant::now() < deadline, "no admin socket under {root:?}");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
