@@ -456,6 +456,16 @@ impl Drop for Process {
     }
 }
 
+/// Asserts that the control socket of the server on `root` exists. A server binds it before
+/// it prints the listening line (which `Process::spawn*` waits for), so there is nothing to
+/// wait for any more; kept for the tests that still call it, where it checks that order.
+pub fn wait_for_admin_socket(root: &Path) {
+    assert!(
+        dockyard::admin::socket_path(root).exists(),
+        "no admin socket under {root:?} after the listening line"
+    );
+}
+
 /// Runs `dockyard ARGS…` to completion: (success, stdout, stderr).
 pub fn dockyard<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dockyard"))
