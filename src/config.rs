@@ -41,6 +41,10 @@ pub struct Config {
     pub webhooks: crate::events::Webhooks,
     /// The `[ui]` section.
     pub ui: UiConfig,
+    /// The `[[mirror]]` tables: upstream registries served under a name prefix.
+    pub mirrors: Vec<crate::mirror::config::Mirror>,
+    /// The `[mirror_cache]` section.
+    pub mirror_cache: crate::mirror::config::CacheConfig,
 }
 
 /// The web UI at `/ui/` (see `http::ui`).
@@ -214,6 +218,8 @@ impl Default for Config {
             gc: GcConfig::default(),
             ui: UiConfig::default(),
             policies: crate::policy::Policies::default(),
+            mirrors: Vec::new(),
+            mirror_cache: Default::default(),
             webhooks: crate::events::Webhooks::default(),
         }
     }
@@ -253,6 +259,10 @@ struct File {
     webhook: Vec<WebhookSection>,
     #[serde(default)]
     ui: UiSection,
+    #[serde(default)]
+    mirror: Vec<crate::mirror::config::MirrorSection>,
+    #[serde(default)]
+    mirror_cache: crate::mirror::config::CacheSection,
 }
 
 #[derive(Deserialize)]
@@ -501,13 +511,13 @@ impl GcSection {
 /// A size written as a number of bytes or as a string such as `"4MiB"` or `"1GB"`.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum ByteSize {
+pub(crate) enum ByteSize {
     Bytes(u64),
     Text(String),
 }
 
 impl ByteSize {
-    fn bytes(&self) -> Result<u64, String> {
+    pub(crate) fn bytes(&self) -> Result<u64, String> {
         match self {
             ByteSize::Bytes(n) => Ok(*n),
             ByteSize::Text(s) => parse_size(s),
@@ -714,6 +724,8 @@ impl Config {
         if let Some(l) = file.ui.session_lifetime {
             c.ui.session_lifetime = duration("ui.session_lifetime", &l)?;
         }
+        c.mirrors = crate::mirror::config::parse(file.mirror)?;
+        c.mirror_cache = file.mirror_cache.parse()?;
         Ok(c)
     }
 }

@@ -7,6 +7,8 @@
 //!    expires are deleted one by one with `db::manifests::delete_tag`, each re-checked in the
 //!    write transaction (a tag pushed again since the pass chose it is kept), so counts move
 //!    as for any tag delete and the manifests left untagged follow the untagged rule below.
+//! 0b. Mirror cache (`[mirror_cache] max_size`, see `evict`): above the bound, the least
+//!    recently pulled cached repositories are deleted whole; their blobs follow in step 2.
 //! 1. Untagged manifests (unless `[gc] untagged = "keep"`): a manifest with reference count
 //!    zero (no tag, no index listing it) and no live subject, unreferenced for longer than
 //!    `untagged` (and `push_window`), is deleted by `db::manifests::delete`, which releases
@@ -27,6 +29,7 @@
 //! repair) and `usage` (`dockyard du`).
 
 pub mod blob_locks;
+pub mod evict;
 pub mod fsck;
 pub mod usage;
 
@@ -110,6 +113,9 @@ pub struct GcReport {
     pub kept_named: u64,
     /// Tags deleted (or, dry, that would be) by retention: `repo:tag digest (rule)`.
     pub expired_tags: Vec<String>,
+    /// Cached (mirrored) repositories evicted (or, dry, that would be) to fit
+    /// `[mirror_cache] max_size`.
+    pub evicted: Vec<String>,
     pub elapsed: Duration,
     /// The pass was asked to stop before it finished.
     pub stopped: bool,
@@ -183,6 +189,20 @@ impl fmt::Display for GcReport {
             human_bytes(self.bytes()),
             self.elapsed,
         )?;
+        if !self.evicted.is_empty() {
+            write!(
+                f,
+                "; {} {} cached repositor{} ({})",
+                if self.dry_run {
+                    "would evict"
+                } else {
+                    "evicted"
+                },
+                self.evicted.len(),
+                if self.evicted.len() == 1 { "y" } else { "ies" },
+                self.evicted.join(", ")
+            )?;
+        }
         // Why nothing (or less than expected) was freed: what is unreferenced but still
         // protected, and from when a pass will take it.
         let kept = self.kept_young + self.kept_seen;
@@ -316,6 +336,7 @@ fn record_gc_event(core: &Core, report: &GcReport) {
         ("stray_files", report.stray_files),
         ("stray_bytes", report.stray_bytes),
         ("expired_tags", report.expired_tags.len() as u64),
+        ("evicted_repositories", report.evicted.len() as u64),
         ("elapsed_ms", report.elapsed.as_millis() as u64),
     ]
     .into_iter()
@@ -409,6 +430,11 @@ impl Pass<'_> {
             .any(|p| p.has_retention())
         {
             self.retention()?;
+        }
+        if let Some(max) = self.core.config.mirror_cache.max_size {
+            if !self.stopped() {
+                self.report.evicted = evict::run(self.core, max, self.opts.dry_run)?;
+            }
         }
         if let Untagged::After(age) = self.core.config.gc.untagged {
             self.manifests(age.max(self.core.config.gc.push_window))?;

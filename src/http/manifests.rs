@@ -87,7 +87,7 @@ pub async fn get(
 
 /// Records that `repo` was pulled, at most once a minute per repository and off the request's
 /// path: the write commits without fsync, in the background (see `db::pulls`).
-fn note_pull(state: &State, repo: RepoName) {
+pub(super) fn note_pull(state: &State, repo: RepoName) {
     if !state.pulls.due(repo.as_str()) {
         return;
     }
