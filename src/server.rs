@@ -59,6 +59,12 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// The access log's request id (`request{id=N}`, counted from 1 at each start), put into
+/// every request's extensions: a webhook event's `request.id` is this, so a receiver can find
+/// the request's access line (with the event's `source.instanceID`, it is unique).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestId(pub u64);
+
 /// Set on a response by the routes: which endpoint answered, for metrics and the access log.
 #[derive(Clone, Copy, Debug)]
 pub struct RouteLabel(pub &'static str);
@@ -574,9 +580,11 @@ where
             metrics,
             timeout: body_timeout,
             stall: None,
+            progress: None,
         });
         req.extensions_mut().insert(ClientAddr(self.peer));
         let span = tracing::info_span!("request", id);
+        req.extensions_mut().insert(RequestId(id));
         let resp = match self.inner.call(req).instrument(span.clone()).await {
             Ok(r) => r,
             Err(never) => match never {},
@@ -641,8 +649,12 @@ pub struct CountingBody {
     inner: Incoming,
     metrics: Arc<Metrics>,
     timeout: Duration,
-    /// Armed while the body is waited for; re-armed by every frame.
+    /// Armed the first time the body is waited for, and moved on only when it fires: a
+    /// frame just notes the time (`progress`), so a streaming upload does not pay a timer
+    /// (an allocation and two timer-wheel updates) per frame.
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the last frame came, if one came since the timer was armed or moved.
+    progress: Option<tokio::time::Instant>,
 }
 
 /// The error of a request body whose client stopped sending.
@@ -664,7 +676,9 @@ impl http_body::Body for CountingBody {
                 if let Some(d) = frame.data_ref() {
                     this.metrics.add_received(d.len() as u64);
                 }
-                this.stall = None;
+                if this.stall.is_some() {
+                    this.progress = Some(tokio::time::Instant::now());
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
@@ -674,9 +688,15 @@ impl http_body::Body for CountingBody {
                 let stall = this
                     .stall
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match stall.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled(timeout).into()))),
-                    Poll::Pending => Poll::Pending,
+                loop {
+                    if stall.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // Fired: a stall only if no frame came in the last `timeout`.
+                    match this.progress.take() {
+                        Some(last) => stall.as_mut().reset(last + timeout),
+                        None => return Poll::Ready(Some(Err(BodyStalled(timeout).into()))),
+                    }
                 }
             }
         }

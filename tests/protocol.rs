@@ -618,6 +618,61 @@ async fn chunked_upload_with_content_range_then_put_without_body() {
     r.stop().await;
 }
 
+/// Descriptors of this process open on the upload file of session `id` (the test server
+/// runs in this process).
+fn open_upload_fds(id: &str) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| {
+            let t = target.to_string_lossy();
+            t.contains("uploads") && t.contains(id)
+        })
+        .count()
+}
+
+/// A chunked upload's file is opened once and kept open between its PATCHes (one
+/// descriptor, not one per chunk), closed once the session has been idle for the body
+/// timeout, and the session then goes on from where it was: the next chunk reopens the
+/// file and the finished blob has the right bytes.
+#[tokio::test]
+async fn a_chunked_upload_keeps_its_file_open_between_patches_until_idle() {
+    let r = TestRegistry::start_configured(|c| {
+        c.limits.body_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let c = client();
+    let bytes = random_bytes(3 * 100_000);
+    let d = sha256(&bytes);
+    let (mut location, id) = open_upload(&c, &r, "kept").await;
+    assert_eq!(open_upload_fds(&id), 0);
+    for (i, chunk) in bytes.chunks(100_000).enumerate() {
+        let resp = patch(&c, &r, &location, chunk, Some(i as u64 * 100_000)).await;
+        assert_eq!(resp.status(), 202);
+        location = hdr(&resp, "location");
+        if i < 2 {
+            assert_eq!(open_upload_fds(&id), 1, "after chunk {i}");
+        }
+        if i == 1 {
+            // Idle past the body timeout: the kept file is closed.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while open_upload_fds(&id) > 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the idle upload's file was never closed"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(upload_range(&c, &r, &location).await, "0-199999");
+        }
+    }
+    let resp = finish(&c, &r, &location, &d.replace(':', "%3A"), b"").await;
+    assert_eq!(resp.status(), 201);
+    assert_blob(&c, &r, "kept", &d, &bytes).await;
+    assert_eq!(open_upload_fds(&id), 0);
+    r.stop().await;
+}
+
 #[tokio::test]
 async fn streamed_patches_without_content_range_append() {
     let r = TestRegistry::start().await;

@@ -198,14 +198,27 @@ fn cursor(state: &State, id: &str) -> Arc<tokio::sync::Mutex<Option<Sink>>> {
 
 /// Takes the session's lock, checking the session before (so unknown ids never enter the
 /// cursor map) and again after: a request that waited behind a finishing PUT or a cancel must
-/// not act on, and recreate the file of, a session that is gone.
+/// not act on, and recreate the file of, a session that is gone. The check before is needed
+/// only to create the session's entry: a session already in the map (every chunk after the
+/// first) is checked once, under its lock, which is the check that matters.
 async fn lock_session(
     state: &State,
     name: &RepoName,
     id: &str,
 ) -> Result<tokio::sync::OwnedMutexGuard<Option<Sink>>, RegistryError> {
-    session(state, name, id).await?;
-    let slot = cursor(state, id).lock_owned().await;
+    let known = state
+        .cursors
+        .lock()
+        .expect("cursor map lock")
+        .get(id)
+        .cloned();
+    let slot = match known {
+        Some(cursor) => cursor.lock_owned().await,
+        None => {
+            session(state, name, id).await?;
+            cursor(state, id).lock_owned().await
+        }
+    };
     session(state, name, id).await?;
     Ok(slot)
 }
@@ -225,6 +238,32 @@ async fn current(state: &State, id: &str, slot: &mut Option<Sink>) -> Result<Sin
     .await
     .map_err(|e| RegistryError::internal(e.to_string()))?
     .map_err(Into::into)
+}
+
+/// Closes the session's kept upload file once no request has used it for the body timeout:
+/// a client that abandons a chunked upload holds no file descriptor for long (its session
+/// stays resumable: the next request reopens the file).
+fn close_when_idle(state: &State, slot: &tokio::sync::OwnedMutexGuard<Option<Sink>>) {
+    let idle = state.config.limits.body_timeout;
+    let session = Arc::downgrade(tokio::sync::OwnedMutexGuard::mutex(slot));
+    tokio::spawn(async move {
+        let mut wait = idle;
+        loop {
+            tokio::time::sleep(wait).await;
+            let Some(session) = session.upgrade() else {
+                return;
+            };
+            // A session busy with a request now is used, not idle: look again later.
+            let open = match session.try_lock() {
+                Ok(mut s) => s.as_mut().is_some_and(|s| s.close_idle_writer(idle)),
+                Err(_) => true,
+            };
+            if !open {
+                return;
+            }
+            wait = idle / 2;
+        }
+    });
 }
 
 /// The first and last byte offsets a `Content-Range` names: `0-1023`, `bytes 0-1023/*`,
@@ -311,10 +350,7 @@ async fn append(
     body: BodyStream,
     durability: Durability,
 ) -> Result<(Sink, Sink), RegistryError> {
-    let before = Sink {
-        len: sink.len,
-        hasher: sink.hasher.clone(),
-    };
+    let before = sink.snapshot();
     let (body, declared) = check_range(req, sink.len, body)?;
     let path = state.store.path_for(Location::Upload(id));
     let result = sink
@@ -350,7 +386,11 @@ pub async fn patch(
     match append(state, &id, sink, req, body, Durability::Lazy).await {
         Ok((_, after)) => {
             let len = after.len;
+            let (after, newly_kept) = after.park();
             *slot = Some(after);
+            if newly_kept {
+                close_when_idle(state, &slot);
+            }
             Ok(progress(StatusCode::ACCEPTED, &name, &id, len))
         }
         Err(e) if e.status() == 416 => {

@@ -6,6 +6,20 @@
 //! number of slow uploads can starve the pool that reads, the database and the admin socket
 //! need.
 //!
+//! Two halves, kept apart on purpose: the *session* (`Sink`: how many bytes the upload
+//! holds and the hash of all of them, which the digest check at the end relies on) and the
+//! *writer* (where the bytes go: today the upload file, opened once and kept open between
+//! the `PATCH`es of a session, `Writer`). Only the writer knows about files; a sink that
+//! writes elsewhere (an object store) replaces the `Writer` and `Disk` jobs and keeps the
+//! session, the batching and the hashing as they are.
+//!
+//! Between requests the writer stays with the session (in `Cursors`), so a chunked upload
+//! pays for opening its file once, not per chunk. Kept writers are bounded: at most
+//! `KEPT_WRITERS` in the process (past that a session reopens its file per request, as
+//! before), and one idle for the body timeout is closed (`Sink::close_idle_writer`). A
+//! closed or lost writer costs nothing but a reopen: the session's state is the file plus
+//! the hash in memory (rebuilt from the file after a restart).
+//!
 //! Durability: the bytes of a blob are fsynced once, when the upload is finished and before
 //! the file is renamed into the blob store (`Sink::append` with `Durability::Sync`). While
 //! the bytes stream in, writeback of what was written is started every `WRITEBACK` bytes, so
@@ -37,10 +51,49 @@ pub type Cursors = std::sync::Mutex<
     std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<Option<Sink>>>>,
 >;
 
-/// How far an upload has got: its length and the hash of everything so far.
+/// How far an upload has got: its length and the hash of everything so far, and the writer
+/// its bytes went to, while it is kept open.
 pub struct Sink {
     pub len: u64,
     pub hasher: Hasher,
+    writer: Option<Writer>,
+}
+
+/// Where an upload's bytes are written: its file, open for appending, and how far the
+/// kernel has been asked to write it back.
+struct Writer {
+    file: File,
+    /// Up to where writeback has been started.
+    kicked: u64,
+    /// Held while this writer is kept between requests (counted in `KEPT`).
+    kept: Option<Kept>,
+    /// When the last request left it.
+    parked: std::time::Instant,
+}
+
+/// Writers kept open between requests, at most, in the process: each holds a file
+/// descriptor, and an abandoned session must not hold one for long.
+const KEPT_WRITERS: usize = 64;
+static KEPT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One of the `KEPT_WRITERS` places, given back when the writer is closed.
+struct Kept;
+
+impl Kept {
+    fn take() -> Option<Kept> {
+        use std::sync::atomic::Ordering;
+        KEPT.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < KEPT_WRITERS).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Kept)
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        KEPT.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Read size when rehashing a file.
@@ -66,7 +119,49 @@ impl Sink {
         Sink {
             len: 0,
             hasher: Hasher::new(Algorithm::Sha256),
+            writer: None,
         }
+    }
+
+    /// The session's state without its writer: what to go back to if a request fails.
+    pub fn snapshot(&self) -> Sink {
+        Sink {
+            len: self.len,
+            hasher: self.hasher.clone(),
+            writer: None,
+        }
+    }
+
+    /// Readies the sink to wait for the session's next request: its writer stays open if
+    /// one of the `KEPT_WRITERS` places is free, and is closed otherwise. Also says whether
+    /// the writer has just begun to be kept, in which case the caller arranges for
+    /// `close_idle_writer` to be called (once per kept writer, not per request).
+    pub fn park(mut self) -> (Sink, bool) {
+        let mut newly = false;
+        if let Some(mut w) = self.writer.take() {
+            if w.kept.is_none() {
+                w.kept = Kept::take();
+                newly = w.kept.is_some();
+            }
+            if w.kept.is_some() {
+                w.parked = std::time::Instant::now();
+                self.writer = Some(w);
+            }
+        }
+        (self, newly)
+    }
+
+    /// Closes the writer if no request has used it for `idle`; the next request reopens
+    /// the file. Returns whether a writer is still open.
+    pub fn close_idle_writer(&mut self, idle: std::time::Duration) -> bool {
+        if self
+            .writer
+            .as_ref()
+            .is_some_and(|w| w.parked.elapsed() >= idle)
+        {
+            self.writer = None;
+        }
+        self.writer.is_some()
     }
 
     /// Rebuilds the state of an upload file by reading it back, for a session whose in-memory
@@ -84,7 +179,11 @@ impl Sink {
             hasher.update(&buf[..n]);
             len += n as u64;
         }
-        Ok(Sink { len, hasher })
+        Ok(Sink {
+            len,
+            hasher,
+            writer: None,
+        })
     }
 
     /// Appends `body` to the file at `path`, hashing as it goes; with `Durability::Sync` the
@@ -102,11 +201,32 @@ impl Sink {
         durability: Durability,
     ) -> Result<Sink, RegistryError> {
         let start_len = self.len;
-        let mut disk = Some(Disk::Closed {
-            path: path.to_path_buf(),
-            create: self.len == 0,
-            hasher: self.hasher,
-            len: self.len,
+        if let Some(w) = &self.writer {
+            // A kept writer's file may have been removed since the last request (the GC
+            // expired the session, or it was cancelled): like `open`, refuse to go on rather
+            // than write into a file that no longer has a name. (fstat: inode metadata in
+            // memory, no disk wait.)
+            use std::os::unix::fs::MetadataExt;
+            if w.file.metadata().map_or(true, |m| m.nlink() == 0) {
+                drain(body).await;
+                return Err(RegistryError::new(
+                    ErrorCode::BlobUploadUnknown,
+                    "the upload session expired",
+                ));
+            }
+        }
+        let mut disk = Some(match self.writer {
+            Some(writer) => Disk::Open {
+                writer,
+                hasher: self.hasher,
+                len: self.len,
+            },
+            None => Disk::Closed {
+                path: path.to_path_buf(),
+                create: self.len == 0,
+                hasher: self.hasher,
+                len: self.len,
+            },
         });
         let mut in_flight: Option<DiskJob> = None;
         let mut batch: Vec<Bytes> = Vec::new();
@@ -179,9 +299,20 @@ impl Sink {
                 Err(f)
             }
             None => match disk {
-                Some(Disk::Open { hasher, len, .. }) | Some(Disk::Closed { hasher, len, .. }) => {
-                    Ok(Sink { len, hasher })
-                }
+                Some(Disk::Open {
+                    hasher,
+                    len,
+                    writer,
+                }) => Ok(Sink {
+                    len,
+                    hasher,
+                    writer: Some(writer),
+                }),
+                Some(Disk::Closed { hasher, len, .. }) => Ok(Sink {
+                    len,
+                    hasher,
+                    writer: None,
+                }),
                 None => Err(RegistryError::internal("upload state lost")),
             },
         }
@@ -205,12 +336,10 @@ enum Disk {
         len: u64,
     },
     Open {
-        file: File,
+        writer: Writer,
         hasher: Hasher,
         /// Bytes in the file, this request's included.
         len: u64,
-        /// Up to where writeback has been started.
-        kicked: u64,
     },
 }
 
@@ -224,13 +353,12 @@ impl Disk {
     ) -> Result<Disk, RegistryError> {
         let task_failed =
             |e: tokio::task::JoinError| RegistryError::internal(format!("upload task: {e}"));
-        let (file, hasher, len, kicked) = match self {
+        let (writer, hasher, len) = match self {
             Disk::Open {
-                file,
+                writer,
                 hasher,
                 len,
-                kicked,
-            } => (file, hasher, len, kicked),
+            } => (writer, hasher, len),
             Disk::Closed {
                 path,
                 create,
@@ -240,27 +368,32 @@ impl Disk {
                 let file = tokio::task::spawn_blocking(move || open(&path, create))
                     .await
                     .map_err(task_failed)??;
-                (file, hasher, len, len)
+                let writer = Writer {
+                    file,
+                    kicked: len,
+                    kept: None,
+                    parked: std::time::Instant::now(),
+                };
+                (writer, hasher, len)
             }
         };
         let added: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         // Both jobs see every chunk (reference-counted views, not copies).
         let for_hash = chunks.clone();
-        let writing = tokio::task::spawn_blocking(move || -> io::Result<(File, u64)> {
-            let mut file = file;
-            let mut kicked = kicked;
+        let writing = tokio::task::spawn_blocking(move || -> io::Result<Writer> {
+            let mut w = writer;
             for chunk in &chunks {
-                file.write_all(chunk)?;
+                w.file.write_all(chunk)?;
             }
             let end = len + added;
-            if end - kicked >= WRITEBACK {
-                start_writeback(&file, kicked, end - kicked);
-                kicked = end;
+            if end - w.kicked >= WRITEBACK {
+                start_writeback(&w.file, w.kicked, end - w.kicked);
+                w.kicked = end;
             }
             if finish == Some(Durability::Sync) {
-                file.sync_data()?;
+                w.file.sync_data()?;
             }
-            Ok((file, kicked))
+            Ok(w)
         });
         let hashing = async {
             if added == 0 {
@@ -276,13 +409,12 @@ impl Disk {
             .await
         };
         let (written, hashed) = futures_util::future::join(writing, hashing).await;
-        let (file, kicked) = written.map_err(task_failed)??;
+        let writer = written.map_err(task_failed)??;
         let hasher = hashed.map_err(task_failed)?;
         Ok(Disk::Open {
-            file,
+            writer,
             hasher,
             len: len + added,
-            kicked,
         })
     }
 }
@@ -381,6 +513,54 @@ mod tests {
         };
         assert_eq!(err.code, ErrorCode::BlobUploadUnknown);
         assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Parked writers are bounded: past `KEPT_WRITERS`, a session's file is closed (and its
+    /// next request reopens it); closing a kept writer gives its place back.
+    #[tokio::test]
+    async fn at_most_kept_writers_stay_open_between_requests() {
+        let dir = tempfile_dir();
+        let mut sinks = Vec::new();
+        for i in 0..KEPT_WRITERS + 3 {
+            let sink = Sink::new()
+                .append(
+                    &dir.join(format!("u{i}")),
+                    body(b"x"),
+                    100,
+                    Durability::Lazy,
+                )
+                .await
+                .unwrap();
+            assert!(sink.writer.is_some(), "an append leaves its writer open");
+            let (sink, newly) = sink.park();
+            assert_eq!(newly, i < KEPT_WRITERS, "upload {i}");
+            assert_eq!(sink.writer.is_some(), i < KEPT_WRITERS, "upload {i}");
+            sinks.push(sink);
+        }
+        // A kept writer carries on: the next chunk goes to the same open file.
+        let first = sinks.remove(0);
+        let first = first
+            .append(&dir.join("u0"), body(b"yz"), 100, Durability::Sync)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(dir.join("u0")).unwrap(), b"xyz");
+        let (mut first, newly) = first.park();
+        assert!(!newly, "still holds its place");
+        assert!(first.close_idle_writer(std::time::Duration::from_secs(3600)));
+        assert!(!first.close_idle_writer(std::time::Duration::ZERO));
+        // That place is free again.
+        let last = dir.join(format!("u{}", KEPT_WRITERS + 2));
+        let (late, newly) = sinks
+            .pop()
+            .unwrap()
+            .append(&last, body(b"y"), 100, Durability::Lazy)
+            .await
+            .unwrap()
+            .park();
+        assert!(newly && late.writer.is_some());
+        drop((sinks, late));
+        assert_eq!(KEPT.load(std::sync::atomic::Ordering::Acquire), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
