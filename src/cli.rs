@@ -653,7 +653,10 @@ async fn serve(config: Config) -> Result<(), crate::Error> {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
         })?;
     let addr = listener.local_addr()?;
-    let registry = Registry::open(config)?;
+    let mut registry = Registry::open(config)?;
+    // Bound before the banner says "listening", so a CLI command run right then reaches it.
+    // On failure `serve` tries once more and logs why; the API serves regardless.
+    let _ = registry.bind_admin();
     banner(registry.config(), addr);
     if let Some(tls) = registry.tls() {
         tokio::spawn(reload_on_sighup(tls));

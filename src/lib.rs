@@ -71,6 +71,14 @@ pub enum Error {
     Db(#[from] db::DbError),
     #[error("config: {0}")]
     Config(#[from] config::ConfigError),
+    /// Another process (or this one) has the database open: a server, perhaps one still
+    /// starting or one whose `admin.sock` was removed, or another offline command.
+    #[error(
+        "{} is held by another dockyard process (a server, still starting or without its \
+         admin.sock, or another command); retry once it is up, or stop it first",
+        .0.display()
+    )]
+    Held(std::path::PathBuf),
     /// A command refused or failed; the message is for the person at the terminal.
     #[error("{0}")]
     Command(String),
@@ -115,7 +123,12 @@ impl Core {
     /// holds the database.
     pub fn open(config: Config) -> Result<Core, Error> {
         let store = Store::open(&config.root)?;
-        let db = Db::open(&store.path_for(Location::Database))?;
+        let db = match Db::open(&store.path_for(Location::Database)) {
+            Err(db::DbError::Redb(redb::Error::DatabaseAlreadyOpen)) => {
+                return Err(Error::Held(config.root.clone()))
+            }
+            opened => opened?,
+        };
         store.sync_root()?;
         let blob_locks = Arc::new(blob_locks::BlobLocks::new(config.gc.lease()));
         let mirrors = Arc::new(mirror::Mirrors::new(&config.mirrors).map_err(Error::Command)?);
@@ -140,6 +153,8 @@ impl Core {
 pub struct Registry {
     core: Core,
     tls: Option<Arc<server::Tls>>,
+    /// The control channel, once [`Registry::bind_admin`] bound it.
+    admin: Option<admin::Listener>,
 }
 
 impl Registry {
@@ -160,11 +175,26 @@ impl Registry {
                 core.store.root().display()
             );
         }
-        Ok(Registry { core, tls })
+        Ok(Registry {
+            core,
+            tls,
+            admin: None,
+        })
     }
 
     pub fn config(&self) -> &Config {
         &self.core.config
+    }
+
+    /// Binds the control channel (`<root>/admin.sock`) now, so that it exists before the
+    /// caller announces the server: a CLI command run at once reaches it (and waits for
+    /// [`Registry::serve`] to answer) instead of finding the database locked. `serve` binds
+    /// it itself when this was not called.
+    pub fn bind_admin(&mut self) -> std::io::Result<()> {
+        if self.admin.is_none() {
+            self.admin = Some(admin::bind(self.core.store.root())?);
+        }
+        Ok(())
     }
 
     /// The loaded certificate, to [`reload`](server::Tls::reload) on SIGHUP.
@@ -204,10 +234,16 @@ impl Registry {
     /// `shutdown` completes; then stops accepting, lets requests in flight finish up to
     /// `[server] shutdown_timeout`, and stops the GC between two batches.
     pub async fn serve(
-        self,
+        mut self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
+        // Before anything accepts: the control channel is there by the time the API answers.
+        // The API serves even if the control channel cannot (say, a root path too long for a
+        // Unix socket); the CLI then reports that it cannot reach the server.
+        if let Err(e) = self.bind_admin() {
+            tracing::error!(error = %e, "no control channel: CLI commands cannot reach this server");
+        }
         let metrics_listener = match self.core.config.metrics_listen {
             Some(addr) if self.core.config.metrics_enabled => {
                 let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -235,9 +271,13 @@ impl Registry {
         }
         let hooks = start_webhooks(&self.core, &stop_rx).await?;
         let gc_timer = tokio::spawn(gc_timer(self.core.clone(), stopped(stop_rx.clone())));
-        // The API serves even if the control channel cannot (say, a root path too long for a
-        // Unix socket); the CLI then reports that it cannot reach the server.
-        let admin = tokio::spawn(admin::serve(self.core.clone(), stopped(stop_rx.clone())));
+        let admin = self.admin.take().map(|bound| {
+            tokio::spawn(admin::serve(
+                self.core.clone(),
+                bound,
+                stopped(stop_rx.clone()),
+            ))
+        });
         let state = Arc::new(http::State::new(self.core));
         let metrics_server = metrics_listener.map(|l| {
             let svc = warp::service(http::metrics_only(state.clone()));
@@ -280,10 +320,12 @@ impl Registry {
         if let Err(e) = gc_timer.await {
             tracing::error!(error = %e, "gc timer task failed");
         }
-        match admin.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "admin socket failed"),
-            Err(e) => tracing::error!(error = %e, "admin socket task failed"),
-            Ok(Ok(())) => {}
+        if let Some(task) = admin {
+            match task.await {
+                Ok(Err(e)) => tracing::error!(error = %e, "admin socket failed"),
+                Err(e) => tracing::error!(error = %e, "admin socket task failed"),
+                Ok(Ok(())) => {}
+            }
         }
         Ok(())
     }

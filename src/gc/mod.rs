@@ -17,7 +17,9 @@
 //!    seen (HEAD/GET, mount, upload) within `max(grace, push_window)`, nor since this pass
 //!    took its snapshot, loses its row and every repository link in a committed transaction,
 //!    then its file. Its stripe (`blob_locks`) is held from the re-check, inside the write
-//!    transaction, through the unlink; a stripe busy at that moment defers the blob.
+//!    transaction, through the unlink; a stripe busy at that moment defers the blob. The
+//!    shard directories of a batch's unlinks are fsynced (`Store::sync_dirs`) once its
+//!    stripes are released, so a power cut cannot bring deleted files back.
 //! 3. Upload sessions untouched (row start, file mtime) for longer than `upload_expiry`:
 //!    rows first, then files.
 //! 4. Leftovers of crashes: files in `blobs/` without a row, older than `grace` (never one a
@@ -34,7 +36,7 @@ pub mod evict;
 pub mod fsck;
 pub mod usage;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -744,16 +746,22 @@ impl Pass<'_> {
                 for (d, size) in removed {
                     by_stripe.entry(stripe_of(&d)).or_default().push((d, size));
                 }
+                let mut unlinked = BTreeSet::new();
                 for (stripe, guard) in guards.into_stripes() {
                     for (d, size) in by_stripe.remove(&stripe).unwrap_or_default() {
                         self.hook(Stage::BlobRowRemoved, &d);
                         let digest = parse_digest(&d)?;
-                        remove_file(&core.store.path_for(Location::Blob(&digest)))?;
+                        let path = core.store.path_for(Location::Blob(&digest));
+                        remove_file(&path)?;
+                        unlinked.extend(path.parent().map(Path::to_path_buf));
                         self.report.blobs += 1;
                         self.report.blob_bytes += size;
                     }
                     drop(guard);
                 }
+                // The batch's unlinks made durable, stripes released: a power cut now cannot
+                // bring the files back as leftovers.
+                core.store.sync_dirs(&unlinked)?;
                 done += batch.len();
                 self.ticker.tick(|| format!("gc: blobs {done}/{total}"));
                 if self.stopped() {
@@ -821,14 +829,17 @@ impl Pass<'_> {
                 })
                 .collect()
         };
+        let mut unlinked = BTreeSet::new();
         for (path, size) in gone {
             if !self.opts.dry_run {
                 remove_file(&path)?;
+                unlinked.extend(path.parent().map(Path::to_path_buf));
             }
             // The session is gone either way: its row went first.
             self.report.uploads += 1;
             self.report.upload_bytes += size;
         }
+        core.store.sync_dirs(&unlinked)?;
         Ok(())
     }
 
@@ -852,6 +863,7 @@ impl Pass<'_> {
         }
         // Never delete bytes a manifest names, even if their row is lost: fsck restores it.
         let named = named_blobs(core)?;
+        let mut unlinked = BTreeSet::new();
         for (digest, path) in strays {
             let d = digest.to_string();
             if named.contains(&d) {
@@ -873,10 +885,14 @@ impl Pass<'_> {
                 continue;
             }
             if self.opts.dry_run || remove_file(&path)? {
+                if !self.opts.dry_run {
+                    unlinked.extend(path.parent().map(Path::to_path_buf));
+                }
                 self.report.stray_files += 1;
                 self.report.stray_bytes += meta.len();
             }
         }
+        core.store.sync_dirs(&unlinked)?;
         Ok(())
     }
 
@@ -885,6 +901,7 @@ impl Pass<'_> {
     fn stray_uploads(&mut self) -> Result<(), Error> {
         let core = self.core;
         let age = core.config.gc.lease();
+        let mut unlinked = BTreeSet::new();
         for (id, path) in upload_files(core.store.root())? {
             let Ok(meta) = fs::metadata(&path) else {
                 continue;
@@ -899,10 +916,14 @@ impl Pass<'_> {
                 continue;
             }
             if self.opts.dry_run || remove_file(&path)? {
+                if !self.opts.dry_run {
+                    unlinked.extend(path.parent().map(Path::to_path_buf));
+                }
                 self.report.stray_files += 1;
                 self.report.stray_bytes += meta.len();
             }
         }
+        core.store.sync_dirs(&unlinked)?;
         Ok(())
     }
 }

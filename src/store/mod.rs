@@ -297,6 +297,30 @@ impl Store {
         Ok(())
     }
 
+    /// Makes unlinks (and renames) already done in the given directories durable: one fsync
+    /// per directory, through the same batching as promotes (a promote's round that starts
+    /// after the unlink covers it too), several directories at once. The GC calls it after
+    /// the unlinks of a batch: without it a power cut brings deleted files back (as files
+    /// without rows, which the next pass removes again).
+    pub fn sync_dirs(&self, dirs: &std::collections::BTreeSet<PathBuf>) -> io::Result<()> {
+        // Concurrent directory fsyncs share journal commits; a serial loop would not.
+        const WORKERS: usize = 8;
+        let dirs: Vec<&PathBuf> = dirs.iter().collect();
+        if dirs.len() <= 1 {
+            return dirs.iter().try_for_each(|d| self.dirs.sync(d));
+        }
+        let per = dirs.len().div_ceil(WORKERS);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = dirs
+                .chunks(per)
+                .map(|share| scope.spawn(move || share.iter().try_for_each(|d| self.dirs.sync(d))))
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().expect("directory fsync thread"))
+        })
+    }
+
     /// Removes every blob file whose digest is not in `keep`: what a new copy of the database
     /// no longer references. Only for a root no server is writing to (a backup). Returns the
     /// files and bytes removed.
