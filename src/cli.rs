@@ -317,8 +317,21 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
         }
         Command::Config(ConfigCommand::Check { config }) => {
             let c = Config::load(&config)?;
+            let blobs = match &c.backend {
+                crate::config::Backend::Filesystem => "filesystem".to_string(),
+                crate::config::Backend::S3(s3) => {
+                    // The secret file must be readable: a server would fail at start.
+                    crate::store::s3::Bucket::connect(s3).map_err(crate::Error::Command)?;
+                    format!(
+                        "s3 bucket {} at {}{}",
+                        s3.bucket,
+                        s3.endpoint.as_deref().unwrap_or("AWS"),
+                        if s3.redirect { ", redirect" } else { "" }
+                    )
+                }
+            };
             println!(
-                "{}: ok (listen {}, root {}, tls {})",
+                "{}: ok (listen {}, root {}, blobs {blobs}, tls {})",
                 config.display(),
                 c.listen,
                 c.root.display(),

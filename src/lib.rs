@@ -106,7 +106,7 @@ impl Core {
     /// Opens the root named by `config`, creating it on first use. Fails if another process
     /// holds the database.
     pub fn open(config: Config) -> Result<Core, Error> {
-        let store = Store::open(&config.root)?;
+        let store = Store::open_with(&config.root, &config.backend)?;
         let db = Db::open(&store.path_for(Location::Database))?;
         store.sync_root()?;
         let blob_locks = Arc::new(blob_locks::BlobLocks::new(config.gc.lease()));

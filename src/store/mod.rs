@@ -13,6 +13,7 @@
 
 mod dir_sync;
 pub mod read;
+pub mod s3;
 pub mod upload;
 
 use std::fs;
@@ -29,6 +30,18 @@ pub struct Store {
     root: PathBuf,
     /// Shard-directory fsyncs of concurrent promotes, batched.
     dirs: Arc<dir_sync::DirSync>,
+    /// With `[storage] backend = "s3"`: where blobs live instead of `<root>/blobs/`. Uploads
+    /// still spool in `<root>/uploads/`.
+    bucket: Option<s3::Bucket>,
+}
+
+/// A blob's bytes, wherever they are.
+pub enum BlobBytes {
+    /// The open file under `<root>/blobs/` (filesystem backend).
+    File(fs::File),
+    /// An object in the bucket, read (or redirected to) once the caller is back on the async
+    /// side.
+    Object(s3::Bucket),
 }
 
 /// How [`Store::place_into`] got a blob into the other root.
@@ -51,12 +64,30 @@ impl Store {
     /// Creates the directory skeleton if it is missing, private to its owner (0700): the
     /// database holds the token signing key and password hashes, the blobs private images.
     pub fn open(root: &Path) -> io::Result<Store> {
+        Store::open_with(root, &crate::config::Backend::Filesystem)
+    }
+
+    /// [`Store::open`] with blobs on `backend`; for S3 the client is built (no request is
+    /// made: see [`s3::Bucket::check`]).
+    pub fn open_with(root: &Path, backend: &crate::config::Backend) -> io::Result<Store> {
         create_dir_durable(&root.join("blobs"))?;
         create_dir_durable(&root.join("uploads"))?;
+        let bucket = match backend {
+            crate::config::Backend::Filesystem => None,
+            crate::config::Backend::S3(c) => {
+                Some(s3::Bucket::connect(c).map_err(io::Error::other)?)
+            }
+        };
         Ok(Store {
             root: root.to_path_buf(),
             dirs: Arc::default(),
+            bucket,
         })
+    }
+
+    /// The bucket blobs live in, with the S3 backend.
+    pub fn bucket(&self) -> Option<&s3::Bucket> {
+        self.bucket.as_ref()
     }
 
     pub fn root(&self) -> &Path {
