@@ -218,6 +218,14 @@ impl Registry {
         let limits = self.core.config.limits;
         let metrics = self.core.metrics.clone();
         self.check_auth(&listener).await;
+        if let Some(bucket) = self.core.store.bucket().cloned() {
+            // A wrong endpoint, bucket or key fails the start, not the first pull.
+            let b = bucket.clone();
+            store::s3::io(async move { b.check().await })
+                .await
+                .map_err(|e| Error::Command(format!("storage.s3: {e}")))?;
+            tracing::info!(bucket = ?bucket, redirect = bucket.config().redirect, "blobs in S3");
+        }
         let gc_stop = self.core.stopping.clone();
         let gc_timer = tokio::spawn(gc_timer(self.core.clone(), stopped(stop_rx.clone())));
         // The API serves even if the control channel cannot (say, a root path too long for a

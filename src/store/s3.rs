@@ -174,6 +174,10 @@ impl Bucket {
         start: u64,
         len: u64,
     ) -> io::Result<BoxStream<'static, io::Result<Bytes>>> {
+        if len == 0 {
+            // An empty range is not a valid Range header; an empty blob has no bytes to get.
+            return Ok(futures_util::stream::empty().boxed());
+        }
         let options = GetOptions {
             range: Some(GetRange::Bounded(start..start + len)),
             ..Default::default()
@@ -404,4 +408,50 @@ pub async fn io<T: Send + 'static>(f: impl std::future::Future<Output = T> + Sen
 /// worker thread).
 pub fn wait<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> T {
     runtime().block_on(f)
+}
+
+/// A blob's bytes from the bucket, for a response body: a task on the S3 runtime pulls the
+/// object's stream and hands chunks over a short channel, so at most a few chunks are held
+/// and a client that goes away ends the GET (the task's send fails).
+pub struct ObjectChunks {
+    rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
+}
+
+impl ObjectChunks {
+    /// Opens the bytes `start..start+len` of the blob (a missing object fails here, before
+    /// any status is sent) and starts pumping them.
+    pub async fn open(bucket: &Bucket, digest: &Digest, start: u64, len: u64) -> io::Result<Self> {
+        let (b, d) = (bucket.clone(), digest.clone());
+        let mut stream = io(async move { b.read(&d, start, len).await }).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        runtime().spawn(async move {
+            while let Some(chunk) = stream.next().await {
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(ObjectChunks { rx })
+    }
+}
+
+impl futures_util::Stream for ObjectChunks {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// The blob a journal's multipart upload was writing (from its key), if it can be read.
+pub fn journal_digest(journal: &Path) -> Option<Digest> {
+    let text = std::fs::read_to_string(journal).ok()?;
+    let key = text.lines().next()?;
+    let mut parts = key.rsplit('/');
+    let (hex, alg) = (parts.next()?, parts.next()?);
+    format!("{alg}:{hex}").parse().ok()
 }
