@@ -317,6 +317,30 @@ impl Bucket {
         Ok(parts.into_iter().map(|(_, p)| p).collect())
     }
 
+    /// Whether the multipart upload a journal's text (`key\nid\n`) names still takes parts:
+    /// sends it a one-byte part. For tests and diagnosis of a stale upload, never on a
+    /// request's path.
+    pub async fn multipart_alive(&self, journal_text: &str) -> io::Result<bool> {
+        let mut lines = journal_text.lines();
+        let (Some(key), Some(id)) = (lines.next(), lines.next()) else {
+            return Ok(false);
+        };
+        match self
+            .s3
+            .put_part(
+                &Key::from(key),
+                &id.to_string(),
+                0,
+                Bytes::from_static(b"x").into(),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(to_io(e)),
+        }
+    }
+
     /// Aborts the multipart upload a journal file names (left by a crash in
     /// [`Bucket::put_file`]) and removes the journal.
     pub async fn abort_journaled(&self, journal: &Path) -> io::Result<()> {
