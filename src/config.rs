@@ -752,7 +752,26 @@ impl Config {
         if let Some(l) = file.ui.session_lifetime {
             c.ui.session_lifetime = duration("ui.session_lifetime", &l)?;
         }
+        c.check_snapshot_grace()?;
         Ok(c)
+    }
+
+    /// With the S3 backend, `[gc] grace` must exceed `[storage.s3] snapshot_interval`: a
+    /// takeover restores a snapshot up to one interval old, and no blob one of its manifests
+    /// names may have been deleted meanwhile (see `portability::snapshots`). Checked when a
+    /// config file is read (`config check`, `serve`) and again by `Registry::open`.
+    pub fn check_snapshot_grace(&self) -> Result<(), String> {
+        match &self.backend {
+            Backend::S3(s3) if self.gc.grace <= s3.snapshot_interval => Err(format!(
+                "gc.grace ({}) must be longer than storage.s3.snapshot_interval ({}): after a \
+                 takeover, `restore --from-bucket` brings back a snapshot up to one interval \
+                 old, and the GC must not have deleted a blob it names; raise gc.grace or \
+                 shorten the interval",
+                humantime::format_duration(self.gc.grace),
+                humantime::format_duration(s3.snapshot_interval)
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -863,6 +882,27 @@ mod tests {
         let e =
             Config::from_toml("[[policy]]\npattern = \"**\"\nimmutable = [\"v*\"]\n").unwrap_err();
         assert!(e.contains("immutable"), "{e}");
+    }
+
+    #[test]
+    fn gc_grace_must_exceed_the_snapshot_interval() {
+        let s3 = "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\n\
+                  access_key_id = \"k\"\nsecret_access_key_file = \"/s\"\n";
+        let ok = Config::from_toml(&format!("{s3}snapshot_interval = \"10m\"\n[gc]\ngrace = \"11m\"\n"));
+        assert!(ok.is_ok(), "{ok:?}");
+        for (interval, grace) in [("10m", "10m"), ("2h", "1h"), ("1s", "0s")] {
+            let e = Config::from_toml(&format!(
+                "{s3}snapshot_interval = \"{interval}\"\n[gc]\ngrace = \"{grace}\"\n"
+            ))
+            .unwrap_err();
+            assert!(
+                e.contains("gc.grace") && e.contains("snapshot_interval"),
+                "{interval} {grace}: {e}"
+            );
+        }
+        // The defaults (grace 1h, interval 15m) pass; the filesystem backend takes no snapshots.
+        assert!(Config::from_toml(s3).is_ok());
+        assert!(Config::from_toml("[gc]\ngrace = \"0s\"\n").is_ok());
     }
 
     #[test]
