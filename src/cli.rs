@@ -51,6 +51,18 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Move the blobs of a root from <root>/blobs/ into the S3 bucket of [storage.s3],
+    /// verifying each object; set `[storage] backend = "s3"` first, and stop the server.
+    MigrateStorage {
+        #[command(flatten)]
+        instance: Instance,
+        /// The backend to move to (only `s3`).
+        #[arg(long)]
+        to: String,
+        /// Remove the local blob files once every blob is in the bucket and verified.
+        #[arg(long)]
+        delete_local: bool,
+    },
     /// Bytes per repository, bytes shared between repositories, and what GC would reclaim.
     Du {
         #[command(flatten)]
@@ -391,6 +403,11 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
             }
             execute(instance, admin::Command::Rm { target })
         }
+        Command::MigrateStorage {
+            instance,
+            to,
+            delete_local,
+        } => migrate_storage(instance, &to, delete_local),
         Command::Backup { dest, instance } => {
             let dest = std::path::absolute(&dest)?;
             execute(instance, admin::Command::Backup { dest })
@@ -441,6 +458,42 @@ fn restore_from_bucket(force: bool, instance: Instance) -> Result<(), crate::Err
             report.missing[0]
         )));
     }
+    Ok(())
+}
+
+/// `migrate-storage`: on the files, so the server must be stopped.
+fn migrate_storage(instance: Instance, to: &str, delete_local: bool) -> Result<(), crate::Error> {
+    use crate::portability::{migrate_storage, served};
+    let fail = |m: String| crate::Error::Command(m);
+    if to != "s3" {
+        return Err(fail(format!(
+            "migrate-storage --to {to:?}: only \"s3\" is supported"
+        )));
+    }
+    let config = instance.config()?;
+    if served(&config.root) {
+        return Err(fail(format!(
+            "a server is running on {}: stop it before migrate-storage",
+            config.root.display()
+        )));
+    }
+    let core = crate::Core::open(config)?;
+    let progress = admin::terminal_progress();
+    let report = migrate_storage::run(&core, delete_local, progress.as_ref());
+    admin::clear_progress(progress.is_some());
+    let report = report?;
+    println!("{report}");
+    for f in &report.failed {
+        eprintln!("failed: {f}");
+    }
+    if !report.failed.is_empty() {
+        return Err(fail(format!(
+            "{} blobs are not in the bucket; fix them (see above) and run migrate-storage \
+             again before starting the server",
+            report.failed.len()
+        )));
+    }
+    println!("every blob is in the bucket: start the server with this config");
     Ok(())
 }
 

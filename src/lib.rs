@@ -219,6 +219,22 @@ impl Registry {
         let limits = self.core.config.limits;
         let metrics = self.core.metrics.clone();
         self.check_auth(&listener).await;
+        if let Some(bucket) = self.core.store.bucket().cloned() {
+            // A wrong endpoint, bucket or key fails the start, not the first pull.
+            let b = bucket.clone();
+            store::s3::io(async move { b.check().await })
+                .await
+                .map_err(|e| Error::Command(format!("storage.s3: {e}")))?;
+            tracing::info!(bucket = ?bucket, redirect = bucket.config().redirect, "blobs in S3");
+            let local = gc::blob_files(self.core.store.root()).map_or(0, |f| f.len());
+            if local > 0 {
+                tracing::warn!(
+                    files = local,
+                    "blob files under blobs/ are not served with backend \"s3\": stop the \
+                     server and run `dockyard migrate-storage --to s3`"
+                );
+            }
+        }
         let gc_stop = self.core.stopping.clone();
         let gc_timer = tokio::spawn(gc_timer(self.core.clone(), stopped(stop_rx.clone())));
         // With the S3 backend: the database into the bucket, at start, every interval, and

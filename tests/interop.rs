@@ -40,6 +40,12 @@ fn config_blob(arch: &str) -> Vec<u8> {
 /// Pushes a three-layer image (one layer larger than a chunk) and pulls it back.
 async fn round_trip_image(monolithic: bool) {
     let r = TestRegistry::start().await;
+    oci_client_round_trip(&r, monolithic).await;
+    r.stop().await;
+}
+
+/// [`round_trip_image`] against any registry (the S3 backend's tests reuse it).
+pub async fn oci_client_round_trip(r: &TestRegistry, monolithic: bool) {
     let client = oci_client(monolithic);
     let layers: Vec<ImageLayer> = [3 << 20, 100_000, 1]
         .iter()
@@ -97,7 +103,6 @@ async fn round_trip_image(monolithic: bool) {
         serde_json::to_value(&manifest).unwrap(),
         "the pulled manifest is the pushed one"
     );
-    r.stop().await;
 }
 
 #[tokio::test]

@@ -668,7 +668,8 @@ impl Pass<'_> {
                     for (d, size) in by_stripe.remove(&stripe).unwrap_or_default() {
                         self.hook(Stage::BlobRowRemoved, &d);
                         let digest = parse_digest(&d)?;
-                        remove_file(&core.store.path_for(Location::Blob(&digest)))?;
+                        // A file under `blobs/`, or (S3) the object: row before bytes.
+                        core.store.remove_blob(&digest)?;
                         self.report.blobs += 1;
                         self.report.blob_bytes += size;
                     }
@@ -752,17 +753,18 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// Files in `blobs/` whose digest has no row, older than the grace period.
+    /// Files in `blobs/` (objects in the bucket, with S3) whose digest has no row, older than
+    /// the grace period.
     fn stray_blobs(&mut self) -> Result<(), Error> {
         let core = self.core;
         let grace = core.config.gc.grace;
-        let files = blob_files(core.store.root())?;
-        let strays: Vec<(Digest, PathBuf)> = core.db.read_blocking(|tx| {
+        let files = core.store.list_blobs()?;
+        let strays: Vec<(Digest, u64, Duration)> = core.db.read_blocking(|tx| {
             let blobs = tx.open_table(BLOBS)?;
             let mut out = Vec::new();
-            for (digest, path) in files {
+            for (digest, size, age) in files {
                 if blobs.get(digest.to_string().as_str())?.is_none() {
-                    out.push((digest, path));
+                    out.push((digest, size, age));
                 }
             }
             Ok(out)
@@ -772,16 +774,13 @@ impl Pass<'_> {
         }
         // Never delete bytes a manifest names, even if their row is lost: fsck restores it.
         let named = named_blobs(core)?;
-        for (digest, path) in strays {
+        for (digest, size, age) in strays {
             let d = digest.to_string();
             if named.contains(&d) {
                 self.report.kept_named += 1;
                 continue;
             }
-            let Ok(meta) = fs::metadata(&path) else {
-                continue;
-            };
-            if file_age(&meta) < grace {
+            if age < grace {
                 continue;
             }
             // Under the stripe a push is either before its promote or past its record.
@@ -792,11 +791,38 @@ impl Pass<'_> {
             if has_row {
                 continue;
             }
-            if self.opts.dry_run || remove_file(&path)? {
+            if self.opts.dry_run || core.store.remove_blob(&digest)? {
                 self.report.stray_files += 1;
-                self.report.stray_bytes += meta.len();
+                self.report.stray_bytes += size;
             }
         }
+        Ok(())
+    }
+
+    /// A journal of a multipart upload into the bucket (`store::s3`) older than the lease: a
+    /// promote that crashed, unless one is still running, which holds the blob's stripe
+    /// until its journal is gone. Aborts the multipart upload (its parts are stored bytes
+    /// no object names) and removes the journal.
+    fn stale_multipart(&mut self, journal: &Path) -> Result<(), Error> {
+        let core = self.core;
+        let Some(bucket) = core.store.bucket() else {
+            // Written under the S3 backend, now on the filesystem one: nothing to abort here.
+            if self.opts.dry_run || remove_file(journal)? {
+                self.report.stray_files += 1;
+            }
+            return Ok(());
+        };
+        let digest = crate::store::s3::journal_digest(journal);
+        let _guard = digest.as_ref().map(|d| core.blob_locks.lock(d));
+        if !journal.exists() {
+            return Ok(());
+        }
+        if !self.opts.dry_run {
+            let (b, j) = (bucket.clone(), journal.to_path_buf());
+            crate::store::s3::wait(async move { b.abort_journaled(&j).await })?;
+            tracing::info!(journal = %journal.display(), "gc: aborted a stale multipart upload");
+        }
+        self.report.stray_files += 1;
         Ok(())
     }
 
@@ -810,6 +836,10 @@ impl Pass<'_> {
                 continue;
             };
             if file_age(&meta) < age {
+                continue;
+            }
+            if id.ends_with(crate::store::s3::JOURNAL_SUFFIX) {
+                self.stale_multipart(&path)?;
                 continue;
             }
             let has_row = core

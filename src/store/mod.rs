@@ -112,8 +112,16 @@ impl Store {
     /// rename durable (the shard directory's fsync is shared with concurrent promotes, see
     /// `dir_sync`). If the blob is already there the upload file is simply dropped: the
     /// content is identical by construction.
+    ///
+    /// With the S3 backend the file is copied into the blob's object instead (a multipart
+    /// upload for anything bigger than a part, see `s3::Bucket::put_file`) and removed once
+    /// the object is complete; the caller commits the row after this returns: object before
+    /// row. Blocking: call it from the blocking pool.
     pub fn promote(&self, upload_id: &str, digest: &Digest) -> io::Result<()> {
         let from = self.path_for(Location::Upload(upload_id));
+        if let Some(bucket) = &self.bucket {
+            return self.put_object(bucket, upload_id, digest, &from);
+        }
         let to = self.path_for(Location::Blob(digest));
         if to.exists() {
             fs::remove_file(&from)?;
@@ -138,6 +146,10 @@ impl Store {
         let mut dirs = std::collections::BTreeSet::new();
         for (upload_id, digest) in uploads {
             let from = self.path_for(Location::Upload(upload_id));
+            if let Some(bucket) = &self.bucket {
+                self.put_object(bucket, upload_id, digest, &from)?;
+                continue;
+            }
             let to = self.path_for(Location::Blob(digest));
             if to.exists() {
                 fs::remove_file(&from)?;
@@ -153,6 +165,29 @@ impl Store {
             fs::File::open(dir)?.sync_all()?;
         }
         Ok(())
+    }
+
+    /// The S3 side of a promote: the upload file into the bucket, then the file removed.
+    fn put_object(
+        &self,
+        bucket: &s3::Bucket,
+        upload_id: &str,
+        digest: &Digest,
+        from: &Path,
+    ) -> io::Result<()> {
+        let size = fs::metadata(from)?.len();
+        let journal = self.journal_for(upload_id);
+        let (b, f, d) = (bucket.clone(), from.to_path_buf(), digest.clone());
+        s3::wait(async move { b.put_file(&f, &journal, &d, size).await })?;
+        fs::remove_file(from)
+    }
+
+    /// Where the id of the multipart upload that copies upload `upload_id` into the bucket
+    /// is written while it runs (see `s3`).
+    pub fn journal_for(&self, upload_id: &str) -> PathBuf {
+        self.root
+            .join("uploads")
+            .join(format!("{upload_id}{}", s3::JOURNAL_SUFFIX))
     }
 
     /// Makes the skeleton durable once the database file exists in it: the root's entries
@@ -185,6 +220,123 @@ impl Store {
     /// Opens a blob's file for reading (blocking: call it from the blocking pool).
     pub fn open_blob(&self, digest: &Digest) -> io::Result<fs::File> {
         fs::File::open(self.path_for(Location::Blob(digest)))
+    }
+
+    /// What a GET of the blob reads: the open file, or (S3) the bucket, which the caller reads
+    /// or redirects to on the async side. Blocking: call it from the blocking pool.
+    pub fn blob_bytes(&self, digest: &Digest) -> io::Result<BlobBytes> {
+        match &self.bucket {
+            Some(b) => Ok(BlobBytes::Object(b.clone())),
+            None => self.open_blob(digest).map(BlobBytes::File),
+        }
+    }
+
+    /// Up to `max` bytes from the start of a blob (a config blob for the UI), from either
+    /// backend. Blocking.
+    pub fn read_head(&self, digest: &Digest, max: u64) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        match &self.bucket {
+            Some(b) => {
+                let (b, d) = (b.clone(), digest.clone());
+                s3::wait(async move {
+                    let size = b.size(&d).await?.ok_or(io::ErrorKind::NotFound)?;
+                    let mut stream = b.read(&d, 0, size.min(max)).await?;
+                    let mut out = Vec::new();
+                    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+                        out.extend_from_slice(&chunk?);
+                    }
+                    Ok(out)
+                })
+            }
+            None => {
+                let mut out = Vec::new();
+                self.open_blob(digest)?.take(max).read_to_end(&mut out)?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// Whether the blob's bytes are stored (a HEAD request to the bucket with S3). Blocking.
+    pub fn has_blob(&self, digest: &Digest) -> io::Result<bool> {
+        match &self.bucket {
+            Some(b) => {
+                let (b, d) = (b.clone(), digest.clone());
+                Ok(s3::wait(async move { b.size(&d).await })?.is_some())
+            }
+            None => Ok(self.path_for(Location::Blob(digest)).is_file()),
+        }
+    }
+
+    /// The digest a blob's stored bytes hash to (streamed, never held whole). Blocking.
+    pub fn rehash_blob(&self, digest: &Digest) -> io::Result<Digest> {
+        match &self.bucket {
+            Some(b) => {
+                let (b, d) = (b.clone(), digest.clone());
+                s3::wait(async move {
+                    let size = b.size(&d).await?.ok_or(io::ErrorKind::NotFound)?;
+                    let mut hasher = crate::oci::Hasher::new(d.algorithm());
+                    let mut stream = b.read(&d, 0, size).await?;
+                    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+                        hasher.update(&chunk?);
+                    }
+                    Ok(hasher.finish())
+                })
+            }
+            None => Ok(
+                Sink::rehash(&self.path_for(Location::Blob(digest)), digest.algorithm())?.digest(),
+            ),
+        }
+    }
+
+    /// Removes a blob's bytes; `false` when they were already gone. Blocking.
+    pub fn remove_blob(&self, digest: &Digest) -> io::Result<bool> {
+        match &self.bucket {
+            Some(b) => {
+                let (b, d) = (b.clone(), digest.clone());
+                s3::wait(async move { b.delete(&d).await })?;
+                Ok(true)
+            }
+            None => match fs::remove_file(self.path_for(Location::Blob(digest))) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Every stored blob: digest, size and age. The files under `blobs/`, or (S3) the objects
+    /// under the prefix's `blobs/`. Blocking.
+    pub fn list_blobs(&self) -> io::Result<Vec<(Digest, u64, std::time::Duration)>> {
+        let now = std::time::SystemTime::now();
+        match &self.bucket {
+            Some(b) => {
+                let b = b.clone();
+                let objects = s3::wait(async move { b.list_blobs().await })?;
+                let now = now
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs() as i64;
+                Ok(objects
+                    .into_iter()
+                    .map(|(d, size, modified)| {
+                        let age = (now - modified).max(0) as u64;
+                        (d, size, std::time::Duration::from_secs(age))
+                    })
+                    .collect())
+            }
+            None => Ok(crate::gc::blob_files(&self.root)?
+                .into_iter()
+                .filter_map(|(d, path)| {
+                    let meta = fs::metadata(&path).ok()?;
+                    let age = meta
+                        .modified()
+                        .ok()
+                        .and_then(|m| now.duration_since(m).ok())
+                        .unwrap_or_default();
+                    Some((d, meta.len(), age))
+                })
+                .collect()),
+        }
     }
 
     /// Puts the file of `digest` (`size` bytes) into another root `dest`: nothing when `dest`

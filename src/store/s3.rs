@@ -174,6 +174,10 @@ impl Bucket {
         start: u64,
         len: u64,
     ) -> io::Result<BoxStream<'static, io::Result<Bytes>>> {
+        if len == 0 {
+            // An empty range is not a valid Range header; an empty blob has no bytes to get.
+            return Ok(futures_util::stream::empty().boxed());
+        }
         let options = GetOptions {
             range: Some(GetRange::Bounded(start..start + len)),
             ..Default::default()
@@ -313,6 +317,30 @@ impl Bucket {
         Ok(parts.into_iter().map(|(_, p)| p).collect())
     }
 
+    /// Whether the multipart upload a journal's text (`key\nid\n`) names still takes parts:
+    /// sends it a one-byte part. For tests and diagnosis of a stale upload, never on a
+    /// request's path.
+    pub async fn multipart_alive(&self, journal_text: &str) -> io::Result<bool> {
+        let mut lines = journal_text.lines();
+        let (Some(key), Some(id)) = (lines.next(), lines.next()) else {
+            return Ok(false);
+        };
+        match self
+            .s3
+            .put_part(
+                &Key::from(key),
+                &id.to_string(),
+                0,
+                Bytes::from_static(b"x").into(),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(to_io(e)),
+        }
+    }
+
     /// Aborts the multipart upload a journal file names (left by a crash in
     /// [`Bucket::put_file`]) and removes the journal.
     pub async fn abort_journaled(&self, journal: &Path) -> io::Result<()> {
@@ -404,4 +432,50 @@ pub async fn io<T: Send + 'static>(f: impl std::future::Future<Output = T> + Sen
 /// worker thread).
 pub fn wait<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> T {
     runtime().block_on(f)
+}
+
+/// A blob's bytes from the bucket, for a response body: a task on the S3 runtime pulls the
+/// object's stream and hands chunks over a short channel, so at most a few chunks are held
+/// and a client that goes away ends the GET (the task's send fails).
+pub struct ObjectChunks {
+    rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
+}
+
+impl ObjectChunks {
+    /// Opens the bytes `start..start+len` of the blob (a missing object fails here, before
+    /// any status is sent) and starts pumping them.
+    pub async fn open(bucket: &Bucket, digest: &Digest, start: u64, len: u64) -> io::Result<Self> {
+        let (b, d) = (bucket.clone(), digest.clone());
+        let mut stream = io(async move { b.read(&d, start, len).await }).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        runtime().spawn(async move {
+            while let Some(chunk) = stream.next().await {
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(ObjectChunks { rx })
+    }
+}
+
+impl futures_util::Stream for ObjectChunks {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// The blob a journal's multipart upload was writing (from its key), if it can be read.
+pub fn journal_digest(journal: &Path) -> Option<Digest> {
+    let text = std::fs::read_to_string(journal).ok()?;
+    let key = text.lines().next()?;
+    let mut parts = key.rsplit('/');
+    let (hex, alg) = (parts.next()?, parts.next()?);
+    format!("{alg}:{hex}").parse().ok()
 }
