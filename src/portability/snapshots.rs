@@ -301,7 +301,13 @@ pub async fn timer(core: Core, shutdown: impl std::future::Future<Output = ()>) 
     let (Backend::S3(s3c), Some(_)) = (&core.config.backend, core.store.bucket()) else {
         return;
     };
-    let every = s3c.snapshot_interval;
+    let Some(every) = s3c.snapshot_interval else {
+        tracing::warn!(
+            "storage.s3.snapshot_interval is \"off\": the database is on this machine only, \
+             and `restore --from-bucket` cannot take over from it"
+        );
+        return;
+    };
     let mut taken_at: Option<u64> = None;
     tokio::pin!(shutdown);
     let mut first = true;
