@@ -111,9 +111,17 @@ pub enum Command {
         instance: Instance,
     },
     /// Restore a backup (or any stopped root) into this root, which must be empty, or
-    /// stopped and replaced with --force. Every blob is re-hashed on the way.
+    /// stopped and replaced with --force. Every blob is re-hashed on the way. With
+    /// --from-bucket: recreate the root from the latest database snapshot in the S3 bucket
+    /// of --config (a takeover on a new machine; loses what was committed after it).
     Restore {
-        src: PathBuf,
+        /// The backup directory (or stopped root) to copy from.
+        #[arg(required_unless_present = "from_bucket", conflicts_with = "from_bucket")]
+        src: Option<PathBuf>,
+        /// Take the database from the latest snapshot the server wrote into the bucket of
+        /// `[storage.s3]` (blobs stay in the bucket).
+        #[arg(long)]
+        from_bucket: bool,
         /// Replace the contents of a non-empty root (no server may be running on it).
         #[arg(long)]
         force: bool,
@@ -406,9 +414,13 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
         }
         Command::Restore {
             src,
+            from_bucket,
             force,
             instance,
-        } => restore(&src, force, instance),
+        } => match src {
+            Some(src) if !from_bucket => restore(&src, force, instance),
+            _ => restore_from_bucket(force, instance),
+        },
         Command::Export {
             images,
             to,
@@ -430,6 +442,23 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
             execute(instance, admin::Command::Import { dir, repo })
         }
     }
+}
+
+/// `restore --from-bucket`: the root must be stopped; the config names the bucket.
+fn restore_from_bucket(force: bool, instance: Instance) -> Result<(), crate::Error> {
+    use crate::portability::snapshots;
+    let config = instance.config()?;
+    let report = snapshots::restore_from_bucket(&config, force)?;
+    println!("{report}");
+    if !report.missing.is_empty() {
+        return Err(crate::Error::Command(format!(
+            "{} blobs the snapshot records are not in the bucket (first: {}): their images \
+             will not pull; `dockyard fsck` lists them",
+            report.missing.len(),
+            report.missing[0]
+        )));
+    }
+    Ok(())
 }
 
 /// `migrate-storage`: on the files, so the server must be stopped.

@@ -76,8 +76,9 @@ pub struct S3Config {
     pub redirect: bool,
     /// How long a presigned URL of a redirect is valid.
     pub redirect_lifetime: Duration,
-    /// How often the server writes a snapshot of the database into the bucket.
-    pub snapshot_interval: Duration,
+    /// How often the server writes a snapshot of the database into the bucket
+    /// (`portability::snapshots`); `None` ("off"): never, and no takeover is possible.
+    pub snapshot_interval: Option<Duration>,
 }
 
 impl S3Config {
@@ -92,7 +93,7 @@ impl S3Config {
             path_style: true,
             redirect: true,
             redirect_lifetime: Duration::from_secs(5 * 60),
-            snapshot_interval: Duration::from_secs(15 * 60),
+            snapshot_interval: Some(Duration::from_secs(15 * 60)),
         }
     }
 }
@@ -468,9 +469,14 @@ impl S3Section {
             }
         }
         if let Some(i) = self.snapshot_interval {
-            c.snapshot_interval = duration("storage.s3.snapshot_interval", &i)?;
-            if c.snapshot_interval.is_zero() {
-                return Err("storage.s3.snapshot_interval: must be more than zero".into());
+            c.snapshot_interval = match i.as_str() {
+                "off" => None,
+                _ => Some(duration("storage.s3.snapshot_interval", &i)?),
+            };
+            if c.snapshot_interval.is_some_and(|i| i.is_zero()) {
+                return Err(
+                    "storage.s3.snapshot_interval: must be more than zero (or \"off\")".into(),
+                );
             }
         }
         Ok(c)
@@ -752,7 +758,29 @@ impl Config {
         if let Some(l) = file.ui.session_lifetime {
             c.ui.session_lifetime = duration("ui.session_lifetime", &l)?;
         }
+        c.check_snapshot_grace()?;
         Ok(c)
+    }
+
+    /// With the S3 backend, `[gc] grace` must exceed `[storage.s3] snapshot_interval`: a
+    /// takeover restores a snapshot up to one interval old, and no blob one of its manifests
+    /// names may have been deleted meanwhile (see `portability::snapshots`). Checked when a
+    /// config file is read (`config check`, `serve`) and again by `Registry::open`.
+    pub fn check_snapshot_grace(&self) -> Result<(), String> {
+        match &self.backend {
+            Backend::S3(S3Config {
+                snapshot_interval: Some(interval),
+                ..
+            }) if self.gc.grace <= *interval => Err(format!(
+                "gc.grace ({}) must be longer than storage.s3.snapshot_interval ({}): after a \
+                 takeover, `restore --from-bucket` brings back a snapshot up to one interval \
+                 old, and the GC must not have deleted a blob it names; raise gc.grace or \
+                 shorten the interval (or set it to \"off\": no snapshots, no takeover)",
+                humantime::format_duration(self.gc.grace),
+                humantime::format_duration(*interval)
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -866,6 +894,30 @@ mod tests {
     }
 
     #[test]
+    fn gc_grace_must_exceed_the_snapshot_interval() {
+        let s3 = "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\n\
+                  access_key_id = \"k\"\nsecret_access_key_file = \"/s\"\n";
+        let ok = Config::from_toml(&format!("{s3}snapshot_interval = \"10m\"\n[gc]\ngrace = \"11m\"\n"));
+        assert!(ok.is_ok(), "{ok:?}");
+        for (interval, grace) in [("10m", "10m"), ("2h", "1h"), ("1s", "0s")] {
+            let e = Config::from_toml(&format!(
+                "{s3}snapshot_interval = \"{interval}\"\n[gc]\ngrace = \"{grace}\"\n"
+            ))
+            .unwrap_err();
+            assert!(
+                e.contains("gc.grace") && e.contains("snapshot_interval"),
+                "{interval} {grace}: {e}"
+            );
+        }
+        // The defaults (grace 1h, interval 15m) pass; the filesystem backend takes no snapshots,
+        // nor does "off".
+        assert!(Config::from_toml(s3).is_ok());
+        let off = Config::from_toml(&format!("{s3}snapshot_interval = \"off\"\n[gc]\ngrace = \"0s\"\n"));
+        assert!(off.is_ok(), "{off:?}");
+        assert!(Config::from_toml("[gc]\ngrace = \"0s\"\n").is_ok());
+    }
+
+    #[test]
     fn storage_s3_section() {
         let c = Config::from_toml(
             "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"http://127.0.0.1:3900/\"\n\
@@ -880,7 +932,7 @@ mod tests {
         assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
         assert_eq!(s3.prefix, "reg/one");
         assert!(s3.path_style && !s3.redirect);
-        assert_eq!(s3.snapshot_interval, Duration::from_secs(300));
+        assert_eq!(s3.snapshot_interval, Some(Duration::from_secs(300)));
         for (toml, named) in [
             ("[storage]\nbackend = \"s3\"\n", "bucket"),
             ("[storage]\nbackend = \"nfs\"\n", "backend"),

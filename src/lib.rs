@@ -135,6 +135,7 @@ impl Registry {
     /// Opens the root named by `config` (see [`Core::open`]) and loads the TLS certificate if
     /// one is configured, so that a bad certificate fails here rather than at the first client.
     pub fn open(config: Config) -> Result<Registry, Error> {
+        config.check_snapshot_grace().map_err(Error::Command)?;
         let tls = match &config.tls {
             Some(files) => Some(Arc::new(server::Tls::load(&files.cert, &files.key)?)),
             None => None,
@@ -236,6 +237,13 @@ impl Registry {
         }
         let gc_stop = self.core.stopping.clone();
         let gc_timer = tokio::spawn(gc_timer(self.core.clone(), stopped(stop_rx.clone())));
+        // With the S3 backend: the database into the bucket, at start, every interval, and
+        // once more after the last request has been answered.
+        let (served_tx, served_rx) = tokio::sync::watch::channel(false);
+        let snapshots = tokio::spawn(portability::snapshots::timer(
+            self.core.clone(),
+            stopped(served_rx),
+        ));
         // The API serves even if the control channel cannot (say, a root path too long for a
         // Unix socket); the CLI then reports that it cannot reach the server.
         let admin = tokio::spawn(admin::serve(self.core.clone(), stopped(stop_rx.clone())));
@@ -272,11 +280,15 @@ impl Registry {
         }
         let _ = stop_tx.send(true);
         gc_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = served_tx.send(true);
         if let Some(m) = metrics_server {
             let _ = m.await;
         }
         if let Err(e) = gc_timer.await {
             tracing::error!(error = %e, "gc timer task failed");
+        }
+        if let Err(e) = snapshots.await {
+            tracing::error!(error = %e, "snapshot timer task failed");
         }
         match admin.await {
             Ok(Err(e)) => tracing::error!(error = %e, "admin socket failed"),

@@ -28,6 +28,7 @@ mod protocol;
 mod refcount;
 mod restart;
 mod s3;
+mod s3_cluster;
 mod secrets;
 mod sparse;
 mod spec;

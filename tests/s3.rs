@@ -402,7 +402,12 @@ async fn sigkill_mid_upload_loses_nothing_acknowledged_and_gc_aborts_the_multipa
     let prefix = s3_prefix("kill-upload");
     let toml = format!(
         "{}\n[gc]\ninterval = \"off\"\ngrace = \"0s\"\npush_window = \"0s\"\n",
-        s3.storage_toml(dir.path(), &prefix, "redirect = false")
+        // Grace zero: snapshots off (a grace must outlast the snapshot interval).
+        s3.storage_toml(
+            dir.path(),
+            &prefix,
+            "redirect = false\nsnapshot_interval = \"off\""
+        )
     );
     let config = write_config(dir.path(), "registry.toml", &toml);
     let server = Process::spawn_with_config(&root, &config);
@@ -447,7 +452,7 @@ async fn sigkill_mid_upload_loses_nothing_acknowledged_and_gc_aborts_the_multipa
         &s3,
         &root,
         &prefix,
-        "redirect = false",
+        "redirect = false\nsnapshot_interval = \"off\"",
         "grace = \"0s\"\npush_window = \"0s\"",
     ))
     .await;
@@ -500,7 +505,7 @@ async fn a_gc_pass_cut_after_the_row_leaves_an_object_the_next_pass_deletes() {
         &s3,
         dir.path(),
         &s3_prefix("cut-gc"),
-        "",
+        "snapshot_interval = \"off\"",
         "grace = \"0s\"\npush_window = \"0s\"",
     );
     let r = TestRegistry::start_with(config).await;

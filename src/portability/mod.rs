@@ -11,6 +11,7 @@ pub mod distribution;
 pub mod ingest;
 pub mod layout;
 pub mod migrate_storage;
+pub mod snapshots;
 
 use std::path::{Path, PathBuf};
 
