@@ -745,6 +745,18 @@ impl Pass<'_> {
         for (path, size) in gone {
             if !self.opts.dry_run {
                 remove_file(&path)?;
+                if let Some(bucket) = core.store.bucket().cloned() {
+                    // An S3 session's bytes are a multipart upload: aborted with the session.
+                    let id = path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or_default()
+                        .to_string();
+                    let journal = core.store.journal_for(&id);
+                    crate::store::s3::wait(
+                        async move { bucket.discard_upload(&id, journal).await },
+                    );
+                }
             }
             // The session is gone either way: its row went first.
             self.report.uploads += 1;
@@ -841,8 +853,14 @@ impl Pass<'_> {
             if file_age(&meta) < age {
                 continue;
             }
-            if id.ends_with(crate::store::s3::JOURNAL_SUFFIX) {
-                self.stale_multipart(&path)?;
+            if let Some(session) = id.strip_suffix(crate::store::s3::JOURNAL_SUFFIX) {
+                // A live session's upload is its own (aborted when the session expires).
+                let live = core
+                    .db
+                    .read_blocking(|tx| Ok(tx.open_table(UPLOADS)?.get(session)?.is_some()))?;
+                if !live {
+                    self.stale_multipart(&path)?;
+                }
                 continue;
             }
             let has_row = core

@@ -14,6 +14,7 @@
 mod dir_sync;
 pub mod read;
 pub mod s3;
+mod s3_sink;
 pub mod upload;
 
 use std::fs;

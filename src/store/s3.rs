@@ -50,6 +50,8 @@ pub struct Bucket {
     /// Every key starts with this (may be empty).
     prefix: String,
     config: Arc<S3Config>,
+    /// Upload sessions streaming into the bucket (`s3_sink`).
+    pub(super) spools: Arc<super::s3_sink::Spools>,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -119,12 +121,27 @@ impl Bucket {
             s3: Arc::new(s3),
             prefix: config.prefix.clone(),
             config: Arc::new(config.clone()),
+            spools: Arc::default(),
         })
     }
 
     /// The handle, for code that needs plain object operations (the database snapshots).
     pub fn object_store(&self) -> Arc<dyn ObjectStore> {
         self.s3.clone()
+    }
+
+    pub(super) fn s3(&self) -> Arc<AmazonS3> {
+        self.s3.clone()
+    }
+
+    /// Starts the in-memory side of an upload session (see `s3_sink`).
+    pub fn begin_upload(&self, id: &str) {
+        self.spools.begin(id);
+    }
+
+    /// Whether this process holds the state of upload session `id`.
+    pub fn has_upload(&self, id: &str) -> bool {
+        self.spools.contains(id)
     }
 
     pub fn config(&self) -> &S3Config {
@@ -426,7 +443,7 @@ async fn read_part(file: std::fs::File, max: usize) -> io::Result<(std::fs::File
 }
 
 /// Names a multipart upload in progress, durably, before any part is sent.
-async fn write_journal(journal: &Path, key: &Key, id: &str) -> io::Result<()> {
+pub(super) async fn write_journal(journal: &Path, key: &Key, id: &str) -> io::Result<()> {
     let (journal, text) = (journal.to_path_buf(), format!("{key}\n{id}\n"));
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
