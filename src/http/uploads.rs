@@ -9,6 +9,9 @@
 //! the commit leaves a file without a row, which the GC removes; never a row without a file.
 //! The promote and the record happen under the blob's lock (`blob_locks`), which also stamps
 //! the blob as seen, so the GC cannot delete it between this and the manifest PUT.
+//!
+//! With the S3 backend the body streams into a multipart upload of the bucket instead
+//! (`store::s3_sink`), and the finishing PUT completes the object before the same commit.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

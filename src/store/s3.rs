@@ -4,16 +4,17 @@
 //! ```text
 //! <bucket>/<prefix>/
 //! ├── blobs/sha256/abcdef…        one object per blob, named by its digest
+//! ├── uploads/<session>           the temporary object of an upload in progress
 //! └── (snapshots/…)               the database snapshots (`[storage.s3] snapshot_interval`)
 //! ```
 //!
-//! Uploads still stream into `<root>/uploads/<uuid>`, hashed as they arrive, exactly as on the
-//! filesystem backend; the finished, verified file is then copied into the bucket by a
-//! multipart upload (`Bucket::put_file`), and only once the object is complete does the
-//! caller commit the blob's row (object before row). A multipart upload in progress is named
-//! by a journal file `<root>/uploads/<uuid>.multipart` (the S3 upload id and key), written
-//! and fsynced right after the upload is created and removed once it is completed or
-//! aborted, so a crash leaves a file the GC finds and aborts (`Bucket::abort_journaled`).
+//! Request bodies stream into the bucket through `s3_sink` (a multipart upload per session).
+//! Files (an import's staged blobs, `migrate-storage`) are copied by `Bucket::put_file`. Only
+//! once the object is complete does the caller commit the blob's row (object before row). A
+//! multipart upload in progress is named by a journal file `<root>/uploads/<id>.multipart`
+//! (its key and S3 upload id), written and fsynced right after the upload is created and
+//! removed once it is completed or aborted, so a crash leaves a file the GC finds and aborts
+//! (`Bucket::abort_journaled`).
 //!
 //! This module knows S3; the rest of `store` decides when to call it.
 
