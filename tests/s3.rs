@@ -615,3 +615,87 @@ fn m1_blobs(manifest: &[u8]) -> Vec<String> {
         .map(|d| d["digest"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// A PATCH whose body is shorter than its Content-Range is refused whole (416) and the
+/// session stays where it was; a finishing PUT with the wrong digest cancels the upload, as
+/// Distribution does (the S3 sink cannot take bytes back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misdescribed_chunk_is_refused_whole_and_a_wrong_digest_cancels() {
+    let Some(s3) = require_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let r = start_s3(&s3, dir.path(), "refused", "").await;
+    let c = client();
+    let first = random_bytes(9 << 20);
+    let location = {
+        let resp = c
+            .post(r.url("/v2/app/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        resp.headers()["location"].to_str().unwrap().to_string()
+    };
+    let resp = c
+        .patch(r.url(&location))
+        .body(first.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let offset = first.len();
+    // Declares 2000 bytes, sends 1000 (no Content-Length check: chunked body).
+    let short = futures_util::stream::iter([Ok::<_, std::io::Error>(random_bytes(1000))]);
+    let resp = c
+        .patch(r.url(&location))
+        .header("content-range", format!("{offset}-{}", offset + 1999))
+        .body(reqwest::Body::wrap_stream(short))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 416);
+    let resp = c.get(r.url(&location)).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(
+        resp.headers()["range"].to_str().unwrap(),
+        format!("0-{}", offset - 1),
+        "the session is where it was"
+    );
+    let rest = random_bytes(5000);
+    let resp = c
+        .patch(r.url(&location))
+        .header(
+            "content-range",
+            format!("{offset}-{}", offset + rest.len() - 1),
+        )
+        .body(rest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let whole = [first, rest].concat();
+    let digest = sha256(&whole);
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let wrong = sha256(b"not these bytes");
+    let resp = c
+        .put(r.url(&format!("{location}{sep}digest={wrong}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = c
+        .put(r.url(&format!("{location}{sep}digest={digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "the upload was cancelled");
+    assert!(objects(&r).await.is_empty());
+    let report = gc(&r, GcOptions::default()).await;
+    assert_eq!(report.stray_files, 0, "{report}");
+    assert!(
+        std::fs::read_dir(dir.path().join("uploads"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no journal left"
+    );
+    r.stop().await;
+}

@@ -239,7 +239,8 @@ async fn current(state: &State, id: &str, slot: &mut Option<Sink>) -> Result<Sin
     }
     if let Some(bucket) = state.store.bucket() {
         // Nothing to rebuild from: the bytes are parts in the bucket and a tail in memory.
-        return if bucket.has_upload(id) {
+        // Only a session that holds nothing yet starts from an empty hash.
+        return if bucket.upload_len(id) == Some(0) {
             Ok(Sink::new())
         } else {
             Err(RegistryError::new(
@@ -425,7 +426,16 @@ pub async fn patch(
     ensure_space(state)?;
     let sink = current(state, &id, &mut slot).await?;
     let len = sink.len;
-    match append(state, &id, sink, req, body, Durability::Lazy).await {
+    // The S3 sink keeps no file to rebuild the hash from: a refused chunk puts it back.
+    let keep = state.store.bucket().is_some().then(|| Sink {
+        len: sink.len,
+        hasher: sink.hasher.clone(),
+    });
+    let result = append(state, &id, sink, req, body, Durability::Lazy).await;
+    if result.is_err() {
+        *slot = keep;
+    }
+    match result {
         Ok((_, after)) => {
             let len = after.len;
             *slot = Some(after);
@@ -461,7 +471,17 @@ pub async fn finish(
         ensure_space(state)?;
     }
     let sink = current(state, &id, &mut slot).await?;
-    let (before, after) = append(state, &id, sink, req, body, Durability::Sync).await?;
+    let keep = state.store.bucket().is_some().then(|| Sink {
+        len: sink.len,
+        hasher: sink.hasher.clone(),
+    });
+    let (before, after) = match append(state, &id, sink, req, body, Durability::Sync).await {
+        Ok(v) => v,
+        Err(e) => {
+            *slot = keep;
+            return Err(e);
+        }
+    };
     let result = commit_blob(state, &name, &id, after, &expected, true).await;
     if result.is_err() && state.store.bucket().is_some() {
         // The S3 sink cannot take the final chunk back: the upload is cancelled, as

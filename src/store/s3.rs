@@ -140,9 +140,9 @@ impl Bucket {
         self.spools.begin(id);
     }
 
-    /// Whether this process holds the state of upload session `id`.
-    pub fn has_upload(&self, id: &str) -> bool {
-        self.spools.contains(id)
+    /// How many bytes upload session `id` holds, if this process holds its state.
+    pub fn upload_len(&self, id: &str) -> Option<u64> {
+        self.spools.held(id)
     }
 
     pub fn config(&self) -> &S3Config {

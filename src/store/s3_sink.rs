@@ -66,8 +66,13 @@ impl Spools {
             .insert(id.to_string(), spool);
     }
 
-    pub fn contains(&self, id: &str) -> bool {
-        self.0.lock().expect("spool map lock").contains_key(id)
+    /// The bytes session `id` holds (every part is a whole `PART` until the last).
+    pub fn held(&self, id: &str) -> Option<u64> {
+        self.0
+            .lock()
+            .expect("spool map lock")
+            .get(id)
+            .map(|s| (s.parts.len() * PART + s.tail_len) as u64)
     }
 }
 
