@@ -20,6 +20,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::auth::access;
 use crate::auth::users::Secret;
+use crate::events::RequestInfo;
 use crate::gc::Progress;
 use crate::views;
 use crate::Core;
@@ -108,6 +109,12 @@ pub enum Command {
         #[serde(default)]
         json: bool,
     },
+    /// The webhook outbox per endpoint: waiting, dropped, delivered and failed, and the
+    /// oldest waiting events.
+    Events {
+        #[serde(default)]
+        json: bool,
+    },
     /// Deletes a tag (`NAME:TAG`) or a manifest with its tags (`NAME@DIGEST`), by the API's
     /// rules: a manifest an index lists is refused.
     Rm {
@@ -180,6 +187,7 @@ pub async fn execute_with(core: &Core, command: Command, progress: Option<Progre
             .into(),
         Command::Show { target, json } => show(core, &target, json).await.into(),
         Command::Rm { target } => rm(core, &target).await.into(),
+        Command::Events { json } => events(core, json).await.into(),
     }
 }
 
@@ -232,19 +240,159 @@ async fn show(core: &Core, target: &str, json: bool) -> Result<String, String> {
     }
 }
 
+/// `dockyard events`: every configured endpoint's outbox, then outboxes of endpoints no
+/// longer configured (dropped at the next start).
+async fn events(core: &Core, json: bool) -> Result<String, String> {
+    const SHOW: usize = 5;
+    let boxes = core
+        .db
+        .read(|tx| Ok(crate::db::events::outboxes(tx, SHOW)?))
+        .await
+        .map_err(|e| e.message)?;
+    let hooks = core.config.webhooks.clone();
+    #[derive(Serialize)]
+    struct Endpoint {
+        endpoint: String,
+        configured: bool,
+        events: Vec<&'static str>,
+        queued: u64,
+        dropped: u64,
+        delivered: u64,
+        failed: u64,
+        oldest: Vec<serde_json::Value>,
+    }
+    let mut out = Vec::new();
+    let find = |id: &str| {
+        boxes
+            .iter()
+            .find(|b| b.id == id)
+            .cloned()
+            .unwrap_or_default()
+    };
+    for h in hooks.0.iter() {
+        let b = find(&h.id);
+        let (delivered, failed) = core.metrics.webhook_counts(&h.id);
+        out.push((
+            Endpoint {
+                endpoint: h.id.clone(),
+                configured: true,
+                events: h.actions.iter().map(|a| a.as_str()).collect(),
+                queued: b.queued,
+                dropped: b.dropped,
+                delivered,
+                failed,
+                oldest: vec![],
+            },
+            b.oldest,
+        ));
+    }
+    for b in boxes
+        .iter()
+        .filter(|b| !hooks.0.iter().any(|h| h.id == b.id))
+    {
+        out.push((
+            Endpoint {
+                endpoint: b.id.clone(),
+                configured: false,
+                events: vec![],
+                queued: b.queued,
+                dropped: b.dropped,
+                delivered: 0,
+                failed: 0,
+                oldest: vec![],
+            },
+            b.oldest.clone(),
+        ));
+    }
+    let line = |seq: u64, e: &crate::db::schema::EventRecord| {
+        let t = &e.target;
+        let what = match (t.repository.as_str(), t.tag.as_str(), t.digest.as_str()) {
+            ("", _, _) => e.gc.as_ref().map(|g| format!("{g:?}")).unwrap_or_default(),
+            (r, "", d) => format!("{r}@{d}"),
+            (r, tag, "") => format!("{r}:{tag}"),
+            (r, tag, d) => format!("{r}:{tag} {d}"),
+        };
+        format!("  #{seq} {} {} {what}", e.timestamp, e.action)
+    };
+    if json {
+        let list: Vec<Endpoint> = out
+            .into_iter()
+            .map(|(mut e, oldest)| {
+                e.oldest = oldest
+                    .iter()
+                    .map(|(seq, ev)| serde_json::json!({ "seq": seq, "event": ev }))
+                    .collect();
+                e
+            })
+            .collect();
+        return to_json(&list);
+    }
+    if out.is_empty() {
+        return Ok("no webhooks configured and no events queued".to_string());
+    }
+    let mut text = Vec::new();
+    for (e, oldest) in &out {
+        if e.configured {
+            text.push(format!(
+                "endpoint {} ({}): {} queued, {} dropped; since this server started: {} \
+                 delivered, {} failed attempts",
+                e.endpoint,
+                e.events.join(", "),
+                e.queued,
+                e.dropped,
+                e.delivered,
+                e.failed
+            ));
+        } else {
+            text.push(format!(
+                "endpoint {} (no longer configured: dropped at the next start): {} queued, {} \
+                 dropped",
+                e.endpoint, e.queued, e.dropped
+            ));
+        }
+        for (seq, ev) in oldest {
+            text.push(line(*seq, ev));
+        }
+        if e.queued > oldest.len() as u64 {
+            text.push(format!("  … and {} more", e.queued - oldest.len() as u64));
+        }
+    }
+    Ok(text.join("\n"))
+}
+
 async fn rm(core: &Core, target: &str) -> Result<String, String> {
     use crate::oci::Reference;
     let (name, reference) = views::parse_target(target)
         .ok_or_else(|| format!("{target:?} is not NAME:TAG or NAME@DIGEST"))?;
     let r = reference.clone();
-    let removed = core
+    let (hub, hooks, policies) = (
+        core.events.clone(),
+        core.config.webhooks.clone(),
+        core.config.policies.clone(),
+    );
+    // The API's rules (immutable tags are refused) and its delete event, in one transaction.
+    let (removed, appended) = core
         .db
-        .write(move |tx| match &r {
-            Reference::Digest(d) => crate::db::manifests::delete(tx, &name, d),
-            Reference::Tag(t) => crate::db::manifests::delete_tag(tx, &name, t),
+        .write(move |tx| {
+            if !policies.is_empty() {
+                crate::db::policy::check_delete(tx, &name, &r, &policies)?;
+            }
+            let removed = match &r {
+                Reference::Digest(d) => crate::db::manifests::delete(tx, &name, d),
+                Reference::Tag(t) => crate::db::manifests::delete_tag(tx, &name, t),
+            }?;
+            let appended = match removed && !hooks.is_empty() {
+                true => {
+                    hub.record_delete(tx, &hooks, &name, &r, &RequestInfo::local("", "DELETE"))?
+                }
+                false => Default::default(),
+            };
+            Ok((removed, appended))
         })
         .await
         .map_err(|e| e.message)?;
+    core.events
+        .committed(&core.config.webhooks, &core.metrics, &appended);
     match (removed, reference) {
         (false, _) => Err(format!("{target}: no such tag or manifest")),
         (true, Reference::Tag(_)) => Ok(format!("deleted tag {target}")),

@@ -63,6 +63,15 @@ pub enum Command {
         #[arg(long)]
         delete_local: bool,
     },
+    /// The webhook outbox of each endpoint: events waiting, dropped, delivered and failed, and
+    /// the oldest waiting ones (through the running server if there is one).
+    Events {
+        #[command(flatten)]
+        instance: Instance,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Bytes per repository, bytes shared between repositories, and what GC would reclaim.
     Du {
         #[command(flatten)]
@@ -354,11 +363,12 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
                 }
             };
             println!(
-                "{}: ok (listen {}, root {}, blobs {blobs}, tls {})",
+                "{}: ok (listen {}, root {}, blobs {blobs}, tls {}, {} webhooks)",
                 config.display(),
                 c.listen,
                 c.root.display(),
-                if c.tls.is_some() { "on" } else { "off" }
+                if c.tls.is_some() { "on" } else { "off" },
+                c.webhooks.0.len()
             );
             Ok(())
         }
@@ -386,6 +396,7 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
             },
         ),
         Command::Du { instance, json } => execute(instance, admin::Command::Du { json }),
+        Command::Events { instance, json } => execute(instance, admin::Command::Events { json }),
         Command::Ls {
             pattern,
             instance,

@@ -34,4 +34,5 @@ mod sparse;
 mod spec;
 mod ui;
 mod ui_cli;
+mod webhooks;
 mod workflow;

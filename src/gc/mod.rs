@@ -289,11 +289,43 @@ pub fn run_once(core: &Core, opts: &GcOptions) -> Result<GcReport, Error> {
     result?;
     report.elapsed = started.elapsed();
     if !opts.dry_run {
+        record_gc_event(core, &report);
         core.metrics.gc_run(report.bytes());
         *core.last_gc.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((crate::db::now(), report.clone()));
     }
     Ok(report)
+}
+
+/// Tells the endpoints that take `gc` events what the pass freed. The pass spans many
+/// transactions, so its summary is written in one of its own when the pass ends: a crash
+/// during a pass loses that pass's summary (the deletions themselves are durable).
+fn record_gc_event(core: &Core, report: &GcReport) {
+    let hooks = &core.config.webhooks;
+    if !hooks.any(crate::events::Action::Gc) {
+        return;
+    }
+    let summary: std::collections::BTreeMap<String, u64> = [
+        ("blobs", report.blobs),
+        ("blob_bytes", report.blob_bytes),
+        ("manifests", report.manifests),
+        ("uploads", report.uploads),
+        ("upload_bytes", report.upload_bytes),
+        ("stray_files", report.stray_files),
+        ("stray_bytes", report.stray_bytes),
+        ("expired_tags", report.expired_tags.len() as u64),
+        ("elapsed_ms", report.elapsed.as_millis() as u64),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let r = core
+        .db
+        .write_blocking(|tx| core.events.record_gc(tx, hooks, summary));
+    match r {
+        Ok(appended) => core.events.committed(hooks, &core.metrics, &appended),
+        Err(e) => tracing::error!(error = %e.message, "cannot record the gc event"),
+    }
 }
 
 struct Pass<'a> {

@@ -414,10 +414,17 @@ async fn handle(
         (Method::GET, Route::Catalog) => catalog::list(state, &req, caller).await,
         (Method::GET, Route::Tags(name)) => tags::list(state, name, &req).await,
         (Method::GET | Method::HEAD, Route::Manifest(name, r)) => {
-            manifests::get(state, name, r, head).await
+            let who = manifests::request_info(state, &req, caller.user());
+            manifests::get(state, name, r, head, who).await
         }
-        (Method::PUT, Route::Manifest(name, r)) => manifests::put(state, name, r, &req, body).await,
-        (Method::DELETE, Route::Manifest(name, r)) => manifests::delete(state, name, r).await,
+        (Method::PUT, Route::Manifest(name, r)) => {
+            let who = manifests::request_info(state, &req, caller.user());
+            manifests::put(state, name, r, &req, body, who).await
+        }
+        (Method::DELETE, Route::Manifest(name, r)) => {
+            let who = manifests::request_info(state, &req, caller.user());
+            manifests::delete(state, name, r, who).await
+        }
         (Method::GET | Method::HEAD, Route::Blob(name, d)) => {
             blobs::get(state, name, d, head, &req).await
         }
