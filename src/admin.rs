@@ -120,6 +120,18 @@ pub enum Command {
     Rm {
         target: String,
     },
+    /// Fetch images into the mirror cache (`PREFIX/NAME:TAG` or `@DIGEST`), every platform
+    /// of an index or only `platform` (`os/arch[/variant]`).
+    MirrorPull {
+        images: Vec<String>,
+        #[serde(default)]
+        platform: Option<String>,
+    },
+    /// The cached (mirrored) repositories: size, manifests, last pull.
+    MirrorList {
+        #[serde(default)]
+        json: bool,
+    },
 }
 
 /// What a command answered: text for the person at the terminal, or a one-line error.
@@ -187,8 +199,53 @@ pub async fn execute_with(core: &Core, command: Command, progress: Option<Progre
             .into(),
         Command::Show { target, json } => show(core, &target, json).await.into(),
         Command::Rm { target } => rm(core, &target).await.into(),
+        Command::MirrorPull { images, platform } => {
+            crate::mirror::seed::pull(core, &images, platform.as_deref())
+                .await
+                .into()
+        }
+        Command::MirrorList { json } => mirror_list(core, json).await.into(),
         Command::Events { json } => events(core, json).await.into(),
     }
+}
+
+async fn mirror_list(core: &Core, json: bool) -> Result<String, String> {
+    let mirrors = core.mirrors.clone();
+    let (repos, evictable) = core
+        .db
+        .read(move |tx| {
+            let c = crate::gc::evict::cache(tx, &mirrors)?;
+            let bytes = c.evictable_bytes(&mirrors);
+            Ok((c.repos, bytes))
+        })
+        .await
+        .map_err(|e| e.message)?;
+    if json {
+        return to_json(&serde_json::json!({ "repositories": repos, "cache_bytes": evictable }));
+    }
+    let mut out = format!(
+        "{:<50} {:>12} {:>9}  LAST PULL\n",
+        "REPOSITORY", "BYTES", "MANIFESTS"
+    );
+    for r in &repos {
+        let when = r.last_pull.map_or("never".to_string(), |t| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
+            )
+            .to_string()
+        });
+        out.push_str(&format!(
+            "{:<50} {:>12} {:>9}  {when}\n",
+            r.name, r.bytes, r.manifests
+        ));
+    }
+    let max = core
+        .config
+        .mirror_cache
+        .max_size
+        .map_or("unbounded".to_string(), |m| format!("max_size {m}"));
+    out.push_str(&format!("cache: {evictable} bytes ({max})"));
+    Ok(out)
 }
 
 fn to_json(v: &impl Serialize) -> Result<String, String> {

@@ -183,6 +183,32 @@ pub enum Command {
     /// Manage who may pull, push and delete which repositories.
     #[command(subcommand)]
     Acl(AclCommand),
+    /// The pull-through mirror's cache (`[[mirror]]`).
+    #[command(subcommand)]
+    Mirror(MirrorCommand),
+}
+
+#[derive(Subcommand)]
+pub enum MirrorCommand {
+    /// Fetch images into the cache through the running server (PREFIX/NAME[:TAG|@DIGEST],
+    /// e.g. docker.io/library/alpine:3), so they are there before the link drops.
+    Pull {
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Only this platform of a multi-platform image (os/arch[/variant]); default: all.
+        #[arg(long)]
+        platform: Option<String>,
+        #[command(flatten)]
+        instance: Instance,
+    },
+    /// The cached repositories: size, manifests, last pull, and the cache's total.
+    List {
+        #[command(flatten)]
+        instance: Instance,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -383,6 +409,14 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
         }
         Command::User(c) => user(c),
         Command::Acl(c) => acl(c),
+        Command::Mirror(MirrorCommand::Pull {
+            images,
+            platform,
+            instance,
+        }) => execute(instance, admin::Command::MirrorPull { images, platform }),
+        Command::Mirror(MirrorCommand::List { instance, json }) => {
+            execute(instance, admin::Command::MirrorList { json })
+        }
         Command::Gc { instance, dry_run } => execute(instance, admin::Command::Gc { dry_run }),
         Command::Fsck {
             instance,

@@ -43,9 +43,13 @@ pub struct Config {
     pub ui: UiConfig,
     /// Where blob bytes live: `[storage] backend` and `[storage.s3]`.
     pub backend: Backend,
+    /// The `[[mirror]]` tables: upstream registries served under a name prefix.
+    pub mirrors: Vec<crate::mirror::config::Mirror>,
+    /// The `[mirror_cache]` section.
+    pub mirror_cache: crate::mirror::config::CacheConfig,
 }
 
-/// Where blob bytes live. The database, upload sessions' spool files and the admin socket
+/// Where blob bytes live. The database, the upload journals and the admin socket
 /// stay under `root` either way.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum Backend {
@@ -272,6 +276,8 @@ impl Default for Config {
             ui: UiConfig::default(),
             policies: crate::policy::Policies::default(),
             backend: Backend::Filesystem,
+            mirrors: Vec::new(),
+            mirror_cache: Default::default(),
             webhooks: crate::events::Webhooks::default(),
         }
     }
@@ -311,6 +317,10 @@ struct File {
     webhook: Vec<WebhookSection>,
     #[serde(default)]
     ui: UiSection,
+    #[serde(default)]
+    mirror: Vec<crate::mirror::config::MirrorSection>,
+    #[serde(default)]
+    mirror_cache: crate::mirror::config::CacheSection,
 }
 
 #[derive(Deserialize)]
@@ -647,13 +657,13 @@ impl GcSection {
 /// A size written as a number of bytes or as a string such as `"4MiB"` or `"1GB"`.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum ByteSize {
+pub(crate) enum ByteSize {
     Bytes(u64),
     Text(String),
 }
 
 impl ByteSize {
-    fn bytes(&self) -> Result<u64, String> {
+    pub(crate) fn bytes(&self) -> Result<u64, String> {
         match self {
             ByteSize::Bytes(n) => Ok(*n),
             ByteSize::Text(s) => parse_size(s),
@@ -873,6 +883,8 @@ impl Config {
             c.ui.session_lifetime = duration("ui.session_lifetime", &l)?;
         }
         c.check_snapshot_grace()?;
+        c.mirrors = crate::mirror::config::parse(file.mirror)?;
+        c.mirror_cache = file.mirror_cache.parse()?;
         Ok(c)
     }
 

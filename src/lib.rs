@@ -44,6 +44,7 @@ pub mod gc;
 pub mod http;
 pub mod http_client;
 pub mod metrics;
+pub mod mirror;
 pub mod oci;
 pub mod policy;
 pub mod portability;
@@ -103,6 +104,8 @@ pub struct Core {
     /// When the last GC pass of this process ended (Unix seconds) and what it freed, for the
     /// UI's storage page; not kept across restarts.
     pub last_gc: Arc<Mutex<Option<(u64, gc::GcReport)>>>,
+    /// The `[[mirror]]` upstreams and what the mirror keeps in memory.
+    pub mirrors: Arc<mirror::Mirrors>,
     /// Webhooks' running side: wakes delivery tasks after a commit (see `events`).
     pub events: Arc<events::Hub>,
 }
@@ -115,7 +118,9 @@ impl Core {
         let db = Db::open(&store.path_for(Location::Database))?;
         store.sync_root()?;
         let blob_locks = Arc::new(blob_locks::BlobLocks::new(config.gc.lease()));
+        let mirrors = Arc::new(mirror::Mirrors::new(&config.mirrors).map_err(Error::Command)?);
         Ok(Core {
+            mirrors,
             db,
             store,
             metrics: Arc::default(),

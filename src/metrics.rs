@@ -36,6 +36,11 @@ struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
 }
@@ -58,6 +63,10 @@ pub struct Metrics {
     uploads: U64Gauge,
     blobs: U64Gauge,
     blob_bytes: U64Gauge,
+    mirror_upstream: Family<KindLabels, Counter>,
+    mirror_upstream_bytes: Counter,
+    mirror_lookups: Family<KindLabels, Counter>,
+    mirror_stale: Counter,
     webhook_delivered: Family<EndpointLabels, Counter>,
     webhook_failed: Family<EndpointLabels, Counter>,
     webhook_dropped: Family<EndpointLabels, Counter>,
@@ -139,6 +148,30 @@ impl Default for Metrics {
             "blob_bytes_stored",
             "Bytes of blobs in the store",
         );
+        let mirror_upstream = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "mirror_upstream_requests",
+            "Requests a mirror sent upstream, by kind (manifest, head, blob, token)",
+            mirror_upstream.clone(),
+        );
+        let mirror_upstream_bytes = counter(
+            &mut registry,
+            "mirror_upstream_received",
+            "Blob bytes a mirror fetched from upstream",
+            Some(Unit::Bytes),
+        );
+        let mirror_lookups = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "mirror_lookups",
+            "Mirrored manifest and blob requests, by kind (hit: answered from the cache; miss: fetched upstream)",
+            mirror_lookups.clone(),
+        );
+        let mirror_stale = counter(
+            &mut registry,
+            "mirror_stale_serves",
+            "Cached tags served because the upstream could not be reached to re-check them",
+            None,
+        );
         let family = |registry: &mut Registry, name: &str, help: &str| {
             let f = Family::<EndpointLabels, Counter>::default();
             registry.register(name, help, f.clone());
@@ -166,6 +199,10 @@ impl Default for Metrics {
             webhook_queued.clone(),
         );
         Metrics {
+            mirror_upstream,
+            mirror_upstream_bytes,
+            mirror_lookups,
+            mirror_stale,
             webhook_delivered,
             webhook_failed,
             webhook_dropped,
@@ -220,6 +257,29 @@ impl Metrics {
     pub fn gc_run(&self, bytes_freed: u64) {
         self.gc_runs.inc();
         self.gc_bytes_freed.inc_by(bytes_freed);
+    }
+
+    /// A request a mirror sent upstream (`kind`: manifest, head, blob, token).
+    pub fn mirror_upstream(&self, kind: &'static str) {
+        self.mirror_upstream
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    pub fn mirror_upstream_bytes(&self, n: u64) {
+        self.mirror_upstream_bytes.inc_by(n);
+    }
+
+    /// A mirrored request answered from the cache (`hit`) or fetched upstream (`miss`).
+    pub fn mirror_lookup(&self, hit: bool) {
+        let kind = if hit { "hit" } else { "miss" };
+        self.mirror_lookups
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    pub fn mirror_stale(&self) {
+        self.mirror_stale.inc();
     }
 
     fn endpoint(id: &str) -> EndpointLabels {

@@ -20,6 +20,7 @@ mod interop_cli;
 mod layout;
 mod memory;
 mod migrate;
+mod mirror;
 mod ops;
 mod policy;
 mod powercut;

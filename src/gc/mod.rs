@@ -7,6 +7,8 @@
 //!    expires are deleted one by one with `db::manifests::delete_tag`, each re-checked in the
 //!    write transaction (a tag pushed again since the pass chose it is kept), so counts move
 //!    as for any tag delete and the manifests left untagged follow the untagged rule below.
+//! 0b. Mirror cache (`[mirror_cache] max_size`, see `evict`): above the bound, the least
+//!    recently pulled cached repositories are deleted whole; their blobs follow in step 2.
 //! 1. Untagged manifests (unless `[gc] untagged = "keep"`): a manifest with reference count
 //!    zero (no tag, no index listing it) and no live subject, unreferenced for longer than
 //!    `untagged` (and `push_window`), is deleted by `db::manifests::delete`, which releases
@@ -21,10 +23,14 @@
 //! 4. Leftovers of crashes: files in `blobs/` without a row, older than `grace` (never one a
 //!    manifest names), and files in `uploads/` without a session, older than the lease.
 //!
+//! Each tag (step 0) and manifest (step 1) the pass deletes gets the API's delete event,
+//! appended in the deleting transaction (`events`, actor `events::GC_ACTOR`).
+//!
 //! Beside the pass: `blob_locks` (where pushes and the GC meet), `fsck` (the audit and its
 //! repair) and `usage` (`dockyard du`).
 
 pub mod blob_locks;
+pub mod evict;
 pub mod fsck;
 pub mod usage;
 
@@ -41,6 +47,7 @@ use redb::ReadableTable;
 
 use crate::config::Untagged;
 use crate::db::{self, schema::*};
+use crate::events::Appended;
 use crate::gc::blob_locks::stripe_of;
 use crate::oci::{Digest, RegistryError, RepoName};
 use crate::store::Location;
@@ -108,6 +115,9 @@ pub struct GcReport {
     pub kept_named: u64,
     /// Tags deleted (or, dry, that would be) by retention: `repo:tag digest (rule)`.
     pub expired_tags: Vec<String>,
+    /// Cached (mirrored) repositories evicted (or, dry, that would be) to fit
+    /// `[mirror_cache] max_size`.
+    pub evicted: Vec<String>,
     pub elapsed: Duration,
     /// The pass was asked to stop before it finished.
     pub stopped: bool,
@@ -181,6 +191,20 @@ impl fmt::Display for GcReport {
             human_bytes(self.bytes()),
             self.elapsed,
         )?;
+        if !self.evicted.is_empty() {
+            write!(
+                f,
+                "; {} {} cached repositor{} ({})",
+                if self.dry_run {
+                    "would evict"
+                } else {
+                    "evicted"
+                },
+                self.evicted.len(),
+                if self.evicted.len() == 1 { "y" } else { "ies" },
+                self.evicted.join(", ")
+            )?;
+        }
         // Why nothing (or less than expected) was freed: what is unreferenced but still
         // protected, and from when a pass will take it.
         let kept = self.kept_young + self.kept_seen;
@@ -277,10 +301,12 @@ pub fn run_once(core: &Core, opts: &GcOptions) -> Result<GcReport, Error> {
         dry_run: opts.dry_run,
         ..Default::default()
     };
+    let who = crate::events::RequestInfo::gc_pass();
     let result = Pass {
         core,
         opts,
         snapshot,
+        who: &who,
         report: &mut report,
         ticker: Ticker::new(opts.progress.as_ref()),
     }
@@ -289,7 +315,7 @@ pub fn run_once(core: &Core, opts: &GcOptions) -> Result<GcReport, Error> {
     result?;
     report.elapsed = started.elapsed();
     if !opts.dry_run {
-        record_gc_event(core, &report);
+        record_gc_event(core, &report, &who);
         core.metrics.gc_run(report.bytes());
         *core.last_gc.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((crate::db::now(), report.clone()));
@@ -299,8 +325,9 @@ pub fn run_once(core: &Core, opts: &GcOptions) -> Result<GcReport, Error> {
 
 /// Tells the endpoints that take `gc` events what the pass freed. The pass spans many
 /// transactions, so its summary is written in one of its own when the pass ends: a crash
-/// during a pass loses that pass's summary (the deletions themselves are durable).
-fn record_gc_event(core: &Core, report: &GcReport) {
+/// during a pass loses that pass's summary (the deletions themselves are durable, each with
+/// its own delete event).
+fn record_gc_event(core: &Core, report: &GcReport, who: &crate::events::RequestInfo) {
     let hooks = &core.config.webhooks;
     if !hooks.any(crate::events::Action::Gc) {
         return;
@@ -314,6 +341,7 @@ fn record_gc_event(core: &Core, report: &GcReport) {
         ("stray_files", report.stray_files),
         ("stray_bytes", report.stray_bytes),
         ("expired_tags", report.expired_tags.len() as u64),
+        ("evicted_repositories", report.evicted.len() as u64),
         ("elapsed_ms", report.elapsed.as_millis() as u64),
     ]
     .into_iter()
@@ -321,7 +349,7 @@ fn record_gc_event(core: &Core, report: &GcReport) {
     .collect();
     let r = core
         .db
-        .write_blocking(|tx| core.events.record_gc(tx, hooks, summary));
+        .write_blocking(|tx| core.events.record_gc(tx, hooks, summary, who));
     match r {
         Ok(appended) => core.events.committed(hooks, &core.metrics, &appended),
         Err(e) => tracing::error!(error = %e.message, "cannot record the gc event"),
@@ -334,6 +362,8 @@ struct Pass<'a> {
     /// Taken before the pass's first read: a blob seen after it may have links the pass did
     /// not read, so it is kept.
     snapshot: Instant,
+    /// The pass as the `request` and `actor` of the delete events it appends.
+    who: &'a crate::events::RequestInfo,
     report: &'a mut GcReport,
     ticker: Ticker<'a>,
 }
@@ -408,6 +438,11 @@ impl Pass<'_> {
         {
             self.retention()?;
         }
+        if let Some(max) = self.core.config.mirror_cache.max_size {
+            if !self.stopped() {
+                self.report.evicted = evict::run(self.core, max, self.opts.dry_run)?;
+            }
+        }
         if let Untagged::After(age) = self.core.config.gc.untagged {
             self.manifests(age.max(self.core.config.gc.push_window))?;
         }
@@ -462,8 +497,10 @@ impl Pass<'_> {
                 return Ok(());
             }
             let batch = batch.to_vec();
-            let deleted = self.core.db.write_blocking(move |tx| {
+            let (hub, hooks, who) = (&self.core.events, &self.core.config.webhooks, self.who);
+            let (deleted, appended) = self.core.db.write_blocking(move |tx| {
                 let mut deleted = Vec::new();
+                let mut appended = Appended::default();
                 for (repo, e) in batch {
                     let (Some(name), Some(tag)) =
                         (RepoName::parse(&repo), crate::oci::Tag::parse(&e.tag.tag))
@@ -475,11 +512,15 @@ impl Pass<'_> {
                         continue; // Pushed (or deleted) since the snapshot.
                     }
                     if db::manifests::delete_tag(tx, &name, &tag)? {
+                        // The API's tag delete event, committed with the delete.
+                        let r = crate::oci::Reference::Tag(tag);
+                        appended.merge(hub.record_delete(tx, hooks, &name, &r, who)?);
                         deleted.push((repo, e));
                     }
                 }
-                Ok(deleted)
+                Ok((deleted, appended))
             })?;
+            hub.committed(hooks, &self.core.metrics, &appended);
             for (repo, e) in &deleted {
                 tracing::info!("gc: retention deleted tag {}", line(repo, e));
                 self.report.expired_tags.push(line(repo, e));
@@ -523,9 +564,11 @@ impl Pass<'_> {
                         Ok((repo, parse_digest(d)?))
                     })
                     .collect::<Result<Vec<_>, Error>>()?;
-                deleted += db.write_blocking(|tx| {
+                let (hub, hooks, who) = (&self.core.events, &self.core.config.webhooks, self.who);
+                let (n, appended) = db.write_blocking(|tx| {
                     let now = db::now();
                     let mut n = 0;
+                    let mut appended = Appended::default();
                     for (repo, digest) in &batch {
                         // Re-checked in the deleting transaction: a tag or index may have
                         // claimed it since the snapshot.
@@ -543,11 +586,16 @@ impl Pass<'_> {
                             }
                         };
                         if still && db::manifests::delete(tx, repo, digest)? {
+                            // The API's manifest delete event, committed with the delete.
+                            let r = crate::oci::Reference::Digest(digest.clone());
+                            appended.merge(hub.record_delete(tx, hooks, repo, &r, who)?);
                             n += 1;
                         }
                     }
-                    Ok(n)
+                    Ok((n, appended))
                 })?;
+                hub.committed(hooks, &self.core.metrics, &appended);
+                deleted += n;
                 let done = self.report.manifests + deleted;
                 self.ticker.tick(|| format!("gc: manifests {done}"));
                 if self.stopped() {

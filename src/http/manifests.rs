@@ -17,7 +17,10 @@ pub fn request_info(state: &State, req: &Request, user: Option<&str>) -> Option<
         return None;
     }
     Some(RequestInfo {
-        id: uuid::Uuid::new_v4().to_string(),
+        // The access log's `request{id=N}`; a new UUID only if the accept loop gave none.
+        id: req
+            .id
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), |n| n.to_string()),
         addr: req.remote.map(|a| a.to_string()).unwrap_or_default(),
         host: req.header("host").unwrap_or_default().to_string(),
         method: req.method.to_string(),
@@ -87,7 +90,7 @@ pub async fn get(
 
 /// Records that `repo` was pulled, at most once a minute per repository and off the request's
 /// path: the write commits without fsync, in the background (see `db::pulls`).
-fn note_pull(state: &State, repo: RepoName) {
+pub(super) fn note_pull(state: &State, repo: RepoName) {
     if !state.pulls.due(repo.as_str()) {
         return;
     }

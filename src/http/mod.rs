@@ -9,6 +9,7 @@ mod health;
 
 pub use health::metrics_only;
 mod manifests;
+mod mirror;
 pub mod path;
 mod referrers;
 pub mod reply;
@@ -33,7 +34,7 @@ use crate::db::Db;
 use crate::gc::blob_locks::BlobLocks;
 use crate::metrics::Metrics;
 use crate::oci::{ErrorCode, RegistryError};
-use crate::server::{ClientAddr, Principal, RouteLabel};
+use crate::server::{ClientAddr, Principal, RequestId, RouteLabel};
 use crate::store::{BodyStream, Cursors, Store};
 use auth::{Auth, Caller, Need};
 use path::Route;
@@ -164,6 +165,8 @@ pub struct Request {
     pub query: Vec<(String, String)>,
     /// The client's address, for failed-login throttling.
     pub remote: Option<SocketAddr>,
+    /// The access log's id of this request, for its webhook events.
+    pub id: Option<u64>,
 }
 
 impl Request {
@@ -193,12 +196,14 @@ pub fn routes(
         // Our accept loop (`server`) records the peer; warp's `addr::remote` only works under
         // `warp::serve`.
         .and(warp::ext::optional::<ClientAddr>())
+        .and(warp::ext::optional::<RequestId>())
         .map(
-            |method, headers, query, client: Option<ClientAddr>| Request {
+            |method, headers, query, client: Option<ClientAddr>, id: Option<RequestId>| Request {
                 method,
                 headers,
                 query,
                 remote: client.map(|c| c.0),
+                id: id.map(|i| i.0),
             },
         );
     let api = warp::path("v2")
@@ -355,15 +360,20 @@ fn writes_body(method: &Method, route: &Route) -> bool {
 /// is put into the response for the access log.
 async fn dispatch(
     state: &State,
-    route: Route,
+    mut route: Route,
     tail: &str,
     mut req: Request,
     body: BodyStream,
 ) -> Result<Response, RegistryError> {
+    // Before authorization: grants apply to the name a mirrored repository is stored under.
+    let mut mirror = mirror::resolve(state, &mut route, &req)?;
     let caller = state
         .auth
         .authorize(state, &req, need(&req.method, &route))
         .await?;
+    if mirror.is_none() {
+        mirror = mirror::resolve_default(state, &mut route, &req, &caller).await?;
+    }
     if matches!(route, Route::UploadStart(_)) {
         restrict_mount(&mut req, &caller);
     }
@@ -389,7 +399,15 @@ async fn dispatch(
     } else {
         None
     };
-    let result = handle(state, route, tail, req, body, caller).await;
+    let result = match (mirror, &req.method, route) {
+        (Some(t), &(Method::GET | Method::HEAD), Route::Manifest(_, r)) => {
+            mirror::manifest(state, &t, r, req.method == Method::HEAD).await
+        }
+        (Some(t), &(Method::GET | Method::HEAD), Route::Blob(_, d)) => {
+            mirror::blob(state, &t, d, req.method == Method::HEAD, &req).await
+        }
+        (_, _, route) => handle(state, route, tail, req, body, caller).await,
+    };
     let mut resp = result.unwrap_or_else(reply::error);
     if let Some(user) = user {
         resp.extensions_mut().insert(Principal(user));
