@@ -122,7 +122,7 @@ impl Core {
     /// Opens the root named by `config`, creating it on first use. Fails if another process
     /// holds the database.
     pub fn open(config: Config) -> Result<Core, Error> {
-        let store = Store::open(&config.root)?;
+        let store = Store::open_with(&config.root, &config.backend)?;
         let db = match Db::open(&store.path_for(Location::Database)) {
             Err(db::DbError::Redb(redb::Error::DatabaseAlreadyOpen)) => {
                 return Err(Error::Held(config.root.clone()))
@@ -161,6 +161,7 @@ impl Registry {
     /// Opens the root named by `config` (see [`Core::open`]) and loads the TLS certificate if
     /// one is configured, so that a bad certificate fails here rather than at the first client.
     pub fn open(config: Config) -> Result<Registry, Error> {
+        config.check_snapshot_grace().map_err(Error::Command)?;
         let tls = match &config.tls {
             Some(files) => Some(Arc::new(server::Tls::load(&files.cert, &files.key)?)),
             None => None,
@@ -265,12 +266,35 @@ impl Registry {
         let limits = self.core.config.limits;
         let metrics = self.core.metrics.clone();
         self.check_auth(&listener).await;
+        if let Some(bucket) = self.core.store.bucket().cloned() {
+            // A wrong endpoint, bucket or key fails the start, not the first pull.
+            let b = bucket.clone();
+            store::s3::io(async move { b.check().await })
+                .await
+                .map_err(|e| Error::Command(format!("storage.s3: {e}")))?;
+            tracing::info!(bucket = ?bucket, redirect = bucket.config().redirect, "blobs in S3");
+            let local = gc::blob_files(self.core.store.root()).map_or(0, |f| f.len());
+            if local > 0 {
+                tracing::warn!(
+                    files = local,
+                    "blob files under blobs/ are not served with backend \"s3\": stop the \
+                     server and run `dockyard migrate-storage --to s3`"
+                );
+            }
+        }
         let gc_stop = self.core.stopping.clone();
         if let Ok(a) = listener.local_addr() {
             self.core.events.set_source_addr(a.to_string());
         }
         let hooks = start_webhooks(&self.core, &stop_rx).await?;
         let gc_timer = tokio::spawn(gc_timer(self.core.clone(), stopped(stop_rx.clone())));
+        // With the S3 backend: the database into the bucket, at start, every interval, and
+        // once more after the last request has been answered.
+        let (served_tx, served_rx) = tokio::sync::watch::channel(false);
+        let snapshots = tokio::spawn(portability::snapshots::timer(
+            self.core.clone(),
+            stopped(served_rx),
+        ));
         let admin = self.admin.take().map(|bound| {
             tokio::spawn(admin::serve(
                 self.core.clone(),
@@ -311,6 +335,7 @@ impl Registry {
         }
         let _ = stop_tx.send(true);
         gc_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = served_tx.send(true);
         if let Some(m) = metrics_server {
             let _ = m.await;
         }
@@ -319,6 +344,9 @@ impl Registry {
         }
         if let Err(e) = gc_timer.await {
             tracing::error!(error = %e, "gc timer task failed");
+        }
+        if let Err(e) = snapshots.await {
+            tracing::error!(error = %e, "snapshot timer task failed");
         }
         if let Some(task) = admin {
             match task.await {

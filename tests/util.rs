@@ -1214,3 +1214,107 @@ pub fn fresh_client() -> reqwest::Client {
         .build()
         .expect("reqwest client")
 }
+
+/// Where `.ci/garage.sh start` writes its env file when `DOCKYARD_GARAGE_DIR` is not set.
+pub const GARAGE_ENV_FILE: &str = "/tmp/dockyard-garage/env";
+
+/// The S3 bucket of the three-node Garage cluster that `.ci/garage.sh start` runs on loopback:
+/// the five `DOCKYARD_S3_*` values it writes to its env file.
+#[derive(Clone, Debug)]
+pub struct S3Env {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl S3Env {
+    /// Writes the secret key to `dir/s3-secret` (mode 0600) and returns a `[storage]` section
+    /// for `backend = "s3"` under `prefix` (give each test its own, see [`s3_prefix`]).
+    /// `extra` lines go into `[storage.s3]` (`redirect = true`, `snapshot_interval = "2s"` …).
+    pub fn storage_toml(&self, dir: &Path, prefix: &str, extra: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let secret = dir.join("s3-secret");
+        std::fs::write(&secret, &self.secret_access_key).expect("write s3 secret");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod s3 secret");
+        format!(
+            "[storage]\nbackend = \"s3\"\n\n[storage.s3]\nendpoint = \"{}\"\nregion = \"{}\"\n\
+             bucket = \"{}\"\nprefix = \"{prefix}\"\naccess_key_id = \"{}\"\n\
+             secret_access_key_file = \"{}\"\npath_style = true\n{extra}\n",
+            self.endpoint,
+            self.region,
+            self.bucket,
+            self.access_key_id,
+            secret.display()
+        )
+    }
+}
+
+/// A prefix inside the shared bucket that no other test (or earlier run) uses.
+pub fn s3_prefix(test: &str) -> String {
+    let mut r = [0u8; 6];
+    rand::thread_rng().fill_bytes(&mut r);
+    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    format!("tests/{test}-{hex}")
+}
+
+/// The Garage cluster's bucket: from `DOCKYARD_S3_*` variables when all five are set, else
+/// from the env file named by `DOCKYARD_S3_ENV` (default [`GARAGE_ENV_FILE`]). Missing means
+/// Garage is not running: fatal in CI, loudly reported elsewhere (the test returns early).
+pub fn require_s3() -> Option<S3Env> {
+    const KEYS: [&str; 5] = [
+        "DOCKYARD_S3_ENDPOINT",
+        "DOCKYARD_S3_REGION",
+        "DOCKYARD_S3_BUCKET",
+        "DOCKYARD_S3_ACCESS_KEY_ID",
+        "DOCKYARD_S3_SECRET_ACCESS_KEY",
+    ];
+    let mut values: std::collections::HashMap<String, String> = KEYS
+        .iter()
+        .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    let file = std::env::var("DOCKYARD_S3_ENV").unwrap_or_else(|_| GARAGE_ENV_FILE.to_string());
+    if values.len() < KEYS.len() {
+        values.clear();
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            for line in text.lines() {
+                let line = line.trim().trim_start_matches("export ");
+                if let Some((k, v)) = line.split_once('=') {
+                    values.insert(k.trim().to_string(), v.trim().to_string());
+                }
+            }
+        }
+    }
+    let get = |k: &str| values.get(k).filter(|v| !v.is_empty()).cloned();
+    match (
+        get(KEYS[0]),
+        get(KEYS[1]),
+        get(KEYS[2]),
+        get(KEYS[3]),
+        get(KEYS[4]),
+    ) {
+        (Some(endpoint), Some(region), Some(bucket), Some(access_key_id), Some(secret)) => {
+            Some(S3Env {
+                endpoint,
+                region,
+                bucket,
+                access_key_id,
+                secret_access_key: secret,
+            })
+        }
+        _ => {
+            let hint = format!(
+                "start Garage with `bash .ci/garage.sh start` (it writes {file}; or set \
+                 DOCKYARD_S3_ENV to its env file)"
+            );
+            if in_ci() {
+                panic!("the S3 test cluster is required in CI but {file} is missing or incomplete; .ci/run must {hint}");
+            }
+            eprintln!("\n!!!!! SKIPPED: no S3 test cluster; {hint} to run this S3 test !!!!!\n");
+            None
+        }
+    }
+}

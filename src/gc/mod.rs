@@ -751,9 +751,9 @@ impl Pass<'_> {
                     for (d, size) in by_stripe.remove(&stripe).unwrap_or_default() {
                         self.hook(Stage::BlobRowRemoved, &d);
                         let digest = parse_digest(&d)?;
-                        let path = core.store.path_for(Location::Blob(&digest));
-                        remove_file(&path)?;
-                        unlinked.extend(path.parent().map(Path::to_path_buf));
+                        // A file under `blobs/`, or (S3) the object: row before bytes.
+                        core.store.remove_blob(&digest)?;
+                        unlinked.extend(core.store.blob_dir(&digest));
                         self.report.blobs += 1;
                         self.report.blob_bytes += size;
                     }
@@ -834,6 +834,18 @@ impl Pass<'_> {
             if !self.opts.dry_run {
                 remove_file(&path)?;
                 unlinked.extend(path.parent().map(Path::to_path_buf));
+                if let Some(bucket) = core.store.bucket().cloned() {
+                    // An S3 session's bytes are a multipart upload: aborted with the session.
+                    let id = path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or_default()
+                        .to_string();
+                    let journal = core.store.journal_for(&id);
+                    crate::store::s3::wait(
+                        async move { bucket.discard_upload(&id, journal).await },
+                    );
+                }
             }
             // The session is gone either way: its row went first.
             self.report.uploads += 1;
@@ -843,17 +855,18 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// Files in `blobs/` whose digest has no row, older than the grace period.
+    /// Files in `blobs/` (objects in the bucket, with S3) whose digest has no row, older than
+    /// the grace period.
     fn stray_blobs(&mut self) -> Result<(), Error> {
         let core = self.core;
         let grace = core.config.gc.grace;
-        let files = blob_files(core.store.root())?;
-        let strays: Vec<(Digest, PathBuf)> = core.db.read_blocking(|tx| {
+        let files = core.store.blob_digests()?;
+        let strays: Vec<(Digest, Option<(u64, Duration)>)> = core.db.read_blocking(|tx| {
             let blobs = tx.open_table(BLOBS)?;
             let mut out = Vec::new();
-            for (digest, path) in files {
+            for (digest, meta) in files {
                 if blobs.get(digest.to_string().as_str())?.is_none() {
-                    out.push((digest, path));
+                    out.push((digest, meta));
                 }
             }
             Ok(out)
@@ -864,16 +877,16 @@ impl Pass<'_> {
         // Never delete bytes a manifest names, even if their row is lost: fsck restores it.
         let named = named_blobs(core)?;
         let mut unlinked = BTreeSet::new();
-        for (digest, path) in strays {
+        for (digest, meta) in strays {
             let d = digest.to_string();
             if named.contains(&d) {
                 self.report.kept_named += 1;
                 continue;
             }
-            let Ok(meta) = fs::metadata(&path) else {
+            let Some((size, age)) = meta.or_else(|| core.store.blob_age(&digest)) else {
                 continue;
             };
-            if file_age(&meta) < grace {
+            if age < grace {
                 continue;
             }
             // Under the stripe a push is either before its promote or past its record.
@@ -884,15 +897,42 @@ impl Pass<'_> {
             if has_row {
                 continue;
             }
-            if self.opts.dry_run || remove_file(&path)? {
+            if self.opts.dry_run || core.store.remove_blob(&digest)? {
                 if !self.opts.dry_run {
-                    unlinked.extend(path.parent().map(Path::to_path_buf));
+                    unlinked.extend(core.store.blob_dir(&digest));
                 }
                 self.report.stray_files += 1;
-                self.report.stray_bytes += meta.len();
+                self.report.stray_bytes += size;
             }
         }
         core.store.sync_dirs(&unlinked)?;
+        Ok(())
+    }
+
+    /// A journal of a multipart upload into the bucket (`store::s3`) older than the lease: a
+    /// promote that crashed, unless one is still running, which holds the blob's stripe
+    /// until its journal is gone. Aborts the multipart upload (its parts are stored bytes
+    /// no object names) and removes the journal.
+    fn stale_multipart(&mut self, journal: &Path) -> Result<(), Error> {
+        let core = self.core;
+        let Some(bucket) = core.store.bucket() else {
+            // Written under the S3 backend, now on the filesystem one: nothing to abort here.
+            if self.opts.dry_run || remove_file(journal)? {
+                self.report.stray_files += 1;
+            }
+            return Ok(());
+        };
+        let digest = crate::store::s3::journal_digest(journal);
+        let _guard = digest.as_ref().map(|d| core.blob_locks.lock(d));
+        if !journal.exists() {
+            return Ok(());
+        }
+        if !self.opts.dry_run {
+            let (b, j) = (bucket.clone(), journal.to_path_buf());
+            crate::store::s3::wait(async move { b.abort_journaled(&j).await })?;
+            tracing::info!(journal = %journal.display(), "gc: aborted a stale multipart upload");
+        }
+        self.report.stray_files += 1;
         Ok(())
     }
 
@@ -907,6 +947,16 @@ impl Pass<'_> {
                 continue;
             };
             if file_age(&meta) < age {
+                continue;
+            }
+            if let Some(session) = id.strip_suffix(crate::store::s3::JOURNAL_SUFFIX) {
+                // A live session's upload is its own (aborted when the session expires).
+                let live = core
+                    .db
+                    .read_blocking(|tx| Ok(tx.open_table(UPLOADS)?.get(session)?.is_some()))?;
+                if !live {
+                    self.stale_multipart(&path)?;
+                }
                 continue;
             }
             let has_row = core
