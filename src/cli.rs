@@ -116,7 +116,10 @@ pub enum Command {
     /// of --config (a takeover on a new machine; loses what was committed after it).
     Restore {
         /// The backup directory (or stopped root) to copy from.
-        #[arg(required_unless_present = "from_bucket", conflicts_with = "from_bucket")]
+        #[arg(
+            required_unless_present = "from_bucket",
+            conflicts_with = "from_bucket"
+        )]
         src: Option<PathBuf>,
         /// Take the database from the latest snapshot the server wrote into the bucket of
         /// `[storage.s3]` (blobs stay in the bucket).

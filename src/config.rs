@@ -897,7 +897,9 @@ mod tests {
     fn gc_grace_must_exceed_the_snapshot_interval() {
         let s3 = "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\n\
                   access_key_id = \"k\"\nsecret_access_key_file = \"/s\"\n";
-        let ok = Config::from_toml(&format!("{s3}snapshot_interval = \"10m\"\n[gc]\ngrace = \"11m\"\n"));
+        let ok = Config::from_toml(&format!(
+            "{s3}snapshot_interval = \"10m\"\n[gc]\ngrace = \"11m\"\n"
+        ));
         assert!(ok.is_ok(), "{ok:?}");
         for (interval, grace) in [("10m", "10m"), ("2h", "1h"), ("1s", "0s")] {
             let e = Config::from_toml(&format!(
@@ -912,7 +914,9 @@ mod tests {
         // The defaults (grace 1h, interval 15m) pass; the filesystem backend takes no snapshots,
         // nor does "off".
         assert!(Config::from_toml(s3).is_ok());
-        let off = Config::from_toml(&format!("{s3}snapshot_interval = \"off\"\n[gc]\ngrace = \"0s\"\n"));
+        let off = Config::from_toml(&format!(
+            "{s3}snapshot_interval = \"off\"\n[gc]\ngrace = \"0s\"\n"
+        ));
         assert!(off.is_ok(), "{off:?}");
         assert!(Config::from_toml("[gc]\ngrace = \"0s\"\n").is_ok());
     }

@@ -15,10 +15,7 @@ use crate::util::{self, Process, S3Env};
 /// A config file for an S3-backed instance under `prefix`, with `extra` lines in
 /// `[storage.s3]` and `gc` as the `[gc]` section.
 fn config(dir: &Path, s3: &S3Env, prefix: &str, extra: &str, gc: &str) -> PathBuf {
-    let toml = format!(
-        "{}\n[gc]\n{gc}\n",
-        s3.storage_toml(dir, prefix, extra)
-    );
+    let toml = format!("{}\n[gc]\n{gc}\n", s3.storage_toml(dir, prefix, extra));
     util::write_config(dir, "registry.toml", &toml)
 }
 
@@ -173,8 +170,15 @@ async fn a_takeover_loses_what_was_pushed_after_the_snapshot_and_a_clean_stop_lo
     let (ok, out, err) = restore_from_bucket(&root3, &cfg);
     assert!(ok, "{out}\n{err}");
     let server = Process::spawn_with_config(&root3, &cfg);
-    util::assert_pulls(&c, &server.url(""), "team/late", "v2", &kept, "after a clean stop")
-        .await;
+    util::assert_pulls(
+        &c,
+        &server.url(""),
+        "team/late",
+        "v2",
+        &kept,
+        "after a clean stop",
+    )
+    .await;
     server.stop();
     let kept = tokio::task::spawn_blocking(move || snapshots::count(&bucket).unwrap())
         .await
@@ -223,7 +227,10 @@ fn config_check_refuses_a_grace_not_longer_than_the_snapshot_interval() {
         "--config".as_ref(),
         cfg.as_os_str(),
     ]);
-    assert!(!ok && err.contains("gc.grace"), "serve starts anyway: {err}");
+    assert!(
+        !ok && err.contains("gc.grace"),
+        "serve starts anyway: {err}"
+    );
 }
 
 /// Kills one Garage node for as long as it lives, and starts it again when dropped (even when

@@ -278,9 +278,11 @@ pub fn latest(bucket: &Bucket) -> Result<Option<Pointer>, Error> {
     .map_err(|e| fail(format!("reading {LATEST} from the bucket: {e}")))?;
     match got {
         None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| fail(format!("{LATEST} in the bucket is not a snapshot pointer: {e}"))),
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            fail(format!(
+                "{LATEST} in the bucket is not a snapshot pointer: {e}"
+            ))
+        }),
     }
 }
 
