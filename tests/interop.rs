@@ -52,7 +52,7 @@ pub async fn oci_client_round_trip(r: &TestRegistry, monolithic: bool) {
         .map(|&n| ImageLayer::oci_v1_gzip(random_bytes(n), None))
         .collect();
     let config = Config::oci_v1(config_blob("amd64"), None);
-    let image = reference(&r, "oci-client/multi-layer:v1");
+    let image = reference(r, "oci-client/multi-layer:v1");
     // The manifest the client pushes, built as its `push` would, so the pull can be compared
     // with what went in rather than with what the server says about itself.
     let manifest = OciImageManifest::build(&layers, &config, None);

@@ -50,7 +50,7 @@ pub async fn skopeo_round_trip(r: &TestRegistry) {
     ]))
     .await;
     let pushed = std::fs::read_to_string(&digestfile).unwrap();
-    let (served, media_type, _) = served_manifest(&r, "skopeo/image", "v1").await;
+    let (served, media_type, _) = served_manifest(r, "skopeo/image", "v1").await;
     assert_eq!(pushed.trim(), want, "skopeo kept the layout's manifest");
     assert_eq!(served, want);
     assert_eq!(media_type, OCI_MANIFEST);
@@ -83,7 +83,7 @@ pub async fn skopeo_round_trip(r: &TestRegistry) {
         &format!("docker://{host}/skopeo/converted:v1"),
     ]))
     .await;
-    let (served, media_type, body) = served_manifest(&r, "skopeo/converted", "v1").await;
+    let (served, media_type, body) = served_manifest(r, "skopeo/converted", "v1").await;
     assert_eq!(std::fs::read_to_string(&v2file).unwrap().trim(), served);
     assert_eq!(
         media_type,
@@ -186,7 +186,7 @@ pub async fn podman_round_trip(r: &TestRegistry) {
         .unwrap()
         .trim()
         .to_string();
-    let (served, _, _) = served_manifest(&r, "podman/image", "v1").await;
+    let (served, _, _) = served_manifest(r, "podman/image", "v1").await;
     assert_eq!(pushed, served);
     run_async(podman(&["rmi", &image])).await;
     run_async(podman(&[
@@ -247,7 +247,7 @@ pub async fn docker_round_trip(r: &TestRegistry) {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no digest in docker push output:\n{out}"))
         .to_string();
-    let (served, media_type, _) = served_manifest(&r, "docker/image", "v1").await;
+    let (served, media_type, _) = served_manifest(r, "docker/image", "v1").await;
     assert_eq!(pushed, served);
     assert_eq!(
         media_type,
@@ -322,7 +322,7 @@ pub async fn ctr_round_trip(r: &TestRegistry) {
     ]))
     .await;
     run_async(ctr(&["images", "push", "--plain-http", &image])).await;
-    let (served, _, _) = served_manifest(&r, "ctr/image", "v1").await;
+    let (served, _, _) = served_manifest(r, "ctr/image", "v1").await;
     assert_eq!(served, want);
     run_async(ctr(&["images", "rm", &image])).await;
     run_async(ctr(&["images", "pull", "--plain-http", &image])).await;
@@ -392,7 +392,7 @@ print(resp.headers["Docker-Content-Digest"])
         c
     })
     .await;
-    let (served, media_type, _) = served_manifest(&r, "oras/artifact", "v1").await;
+    let (served, media_type, _) = served_manifest(r, "oras/artifact", "v1").await;
     assert_eq!(printed.trim().lines().last(), Some(served.as_str()));
     assert_eq!(media_type, OCI_MANIFEST);
     assert_eq!(

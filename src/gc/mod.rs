@@ -758,13 +758,13 @@ impl Pass<'_> {
     fn stray_blobs(&mut self) -> Result<(), Error> {
         let core = self.core;
         let grace = core.config.gc.grace;
-        let files = core.store.list_blobs()?;
-        let strays: Vec<(Digest, u64, Duration)> = core.db.read_blocking(|tx| {
+        let files = core.store.blob_digests()?;
+        let strays: Vec<(Digest, Option<(u64, Duration)>)> = core.db.read_blocking(|tx| {
             let blobs = tx.open_table(BLOBS)?;
             let mut out = Vec::new();
-            for (digest, size, age) in files {
+            for (digest, meta) in files {
                 if blobs.get(digest.to_string().as_str())?.is_none() {
-                    out.push((digest, size, age));
+                    out.push((digest, meta));
                 }
             }
             Ok(out)
@@ -774,12 +774,15 @@ impl Pass<'_> {
         }
         // Never delete bytes a manifest names, even if their row is lost: fsck restores it.
         let named = named_blobs(core)?;
-        for (digest, size, age) in strays {
+        for (digest, meta) in strays {
             let d = digest.to_string();
             if named.contains(&d) {
                 self.report.kept_named += 1;
                 continue;
             }
+            let Some((size, age)) = meta.or_else(|| core.store.blob_age(&digest)) else {
+                continue;
+            };
             if age < grace {
                 continue;
             }

@@ -304,6 +304,34 @@ impl Store {
         }
     }
 
+    /// Every stored blob's digest, cheaply: the file names under `blobs/` (no `stat` of each:
+    /// the GC's stray sweep reads sizes and ages only of the few without a row, see
+    /// [`Store::blob_age`]), or (S3) the listing, which carries size and age anyway.
+    pub fn blob_digests(&self) -> io::Result<Vec<(Digest, Option<(u64, std::time::Duration)>)>> {
+        match &self.bucket {
+            Some(_) => Ok(self
+                .list_blobs()?
+                .into_iter()
+                .map(|(d, size, age)| (d, Some((size, age))))
+                .collect()),
+            None => Ok(crate::gc::blob_files(&self.root)?
+                .into_iter()
+                .map(|(d, _)| (d, None))
+                .collect()),
+        }
+    }
+
+    /// A blob file's size and age (time since its last change); `None` when it is gone.
+    pub fn blob_age(&self, digest: &Digest) -> Option<(u64, std::time::Duration)> {
+        let meta = fs::metadata(self.path_for(Location::Blob(digest))).ok()?;
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+            .unwrap_or_default();
+        Some((meta.len(), age))
+    }
+
     /// Every stored blob: digest, size and age. The files under `blobs/`, or (S3) the objects
     /// under the prefix's `blobs/`. Blocking.
     pub fn list_blobs(&self) -> io::Result<Vec<(Digest, u64, std::time::Duration)>> {

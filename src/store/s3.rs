@@ -49,7 +49,7 @@ pub struct Bucket {
     s3: Arc<AmazonS3>,
     /// Every key starts with this (may be empty).
     prefix: String,
-    config: S3Config,
+    config: Arc<S3Config>,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -118,7 +118,7 @@ impl Bucket {
         Ok(Bucket {
             s3: Arc::new(s3),
             prefix: config.prefix.clone(),
-            config: config.clone(),
+            config: Arc::new(config.clone()),
         })
     }
 
