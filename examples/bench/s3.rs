@@ -201,6 +201,20 @@ pub async fn delete_manifests(addr: SocketAddr, manifests: &[(String, Bytes)]) -
     Ok(())
 }
 
+/// Deletes a blob from a repository (`DELETE /v2/<repo>/blobs/<digest>`).
+pub async fn delete_blob(addr: SocketAddr, repo: &str, digest: &str) -> Result<()> {
+    let mut c = Conn::connect(addr).await?;
+    c.call(
+        Method::DELETE,
+        &format!("/v2/{repo}/blobs/{digest}"),
+        &[],
+        Bytes::new(),
+    )
+    .await?
+    .expect(202, "DELETE blob")?;
+    Ok(())
+}
+
 /// One GC pass: Dockyard's through the running server (`dockyard gc`), Distribution's with
 /// `registry garbage-collect` on its config, after stopping it (it must not serve meanwhile).
 /// Returns the seconds it took and its last output line.
