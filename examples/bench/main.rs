@@ -749,7 +749,7 @@ async fn run(args: Args) -> Result<bool> {
     .goal = Some(Goal::Ratio(2.0));
     t.row(
         "s3.pull",
-        &format!("9. S3: pull it, following the redirect (limit: Garage GET)"),
+        "9. S3: pull it, following the redirect (limit: Garage GET)",
         "MB/s",
         true,
     )
@@ -1428,12 +1428,12 @@ async fn s3_workload(b: &mut Bench, bin: &Path, dist: Option<&Path>, g: &s3::Gar
 
     println!("   {images_n} small images by {clients} clients");
     let images = Arc::new(make_images(images_n, b.sizes.layer_max, 0x5301));
-    for i in 0..servers.len() {
-        let batch = push_images(servers[i].addr, images.clone(), clients).await;
+    for s in &servers {
+        let batch = push_images(s.addr, images.clone(), clients).await;
         let rate = batch.ok as f64 / secs(batch.elapsed);
         b.table.record(
             "s3.images",
-            servers[i].kind,
+            s.kind,
             Some(rate),
             batch.errors,
             batch.first_error,
