@@ -517,5 +517,28 @@ async fn migrate_storage_moves_every_blob_and_pulls_stay_byte_identical() {
     assert_eq!(stored, before, "every blob is an object");
     let report = fsck(&r, true).await;
     assert!(report.clean(), "{report}");
+    // `export` downloads the objects into an OCI layout.
+    let layout = dir.path().join("layout");
+    r.admin(dockyard::admin::Command::Export {
+        refs: vec!["one:v1".to_string()],
+        to: layout.clone(),
+    })
+    .await
+    .expect("export from the bucket");
+    for d in before.iter().filter(|d| m1_blobs(&m1).contains(d)) {
+        let file = layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"));
+        assert_eq!(&sha256(&std::fs::read(&file).unwrap()), d, "exported {d}");
+    }
     r.stop().await;
+}
+
+/// The config and layer digests an image manifest lists.
+fn m1_blobs(manifest: &[u8]) -> Vec<String> {
+    let m: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+    std::iter::once(&m["config"])
+        .chain(m["layers"].as_array().unwrap())
+        .map(|d| d["digest"].as_str().unwrap().to_string())
+        .collect()
 }

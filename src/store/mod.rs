@@ -405,6 +405,14 @@ impl Store {
         if fs::metadata(to).is_ok_and(|m| m.len() == size) && (!verify || hashes_to(to)?) {
             return Ok(Placed::Present);
         }
+        if let Some(bucket) = &self.bucket {
+            // From the bucket: downloaded into `staging`, hashed on the way, renamed into place.
+            fs::create_dir_all(to.parent().expect("blob paths have a shard directory"))?;
+            let (b, d, st) = (bucket.clone(), digest.clone(), staging.to_path_buf());
+            s3::wait(async move { b.download(&d, size, &st).await })?;
+            fs::rename(staging, to)?;
+            return Ok(Placed::Copied);
+        }
         let on_disk = fs::metadata(&from)?.len();
         if on_disk != size {
             return Err(io::Error::new(

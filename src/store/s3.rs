@@ -204,6 +204,39 @@ impl Bucket {
             .map_err(to_io)
     }
 
+    /// Writes the blob's object (`size` bytes) into a new file at `to`, hashing it on the
+    /// way, and fsyncs it; a short object or other bytes are an `InvalidData` error (and the
+    /// file is removed).
+    pub async fn download(&self, digest: &Digest, size: u64, to: &Path) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let result = async {
+            let mut out = tokio::fs::File::create(to).await?;
+            let mut hasher = crate::oci::Hasher::new(digest.algorithm());
+            let mut len = 0u64;
+            let mut stream = self.read(digest, 0, size).await?;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                hasher.update(&chunk);
+                len += chunk.len() as u64;
+                out.write_all(&chunk).await?;
+            }
+            out.sync_all().await?;
+            let actual = hasher.finish();
+            if len != size || &actual != digest {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("object of {digest} holds {len} bytes hashing to {actual}"),
+                ));
+            }
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(to).await;
+        }
+        result
+    }
+
     /// Deletes a blob's object; one that is already gone is not an error.
     pub async fn delete(&self, digest: &Digest) -> io::Result<()> {
         match self.s3.delete(&self.blob_key(digest)).await {
