@@ -20,6 +20,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::auth::access;
 use crate::auth::users::Secret;
+use crate::events::RequestInfo;
 use crate::gc::Progress;
 use crate::views;
 use crate::Core;
@@ -108,10 +109,28 @@ pub enum Command {
         #[serde(default)]
         json: bool,
     },
+    /// The webhook outbox per endpoint: waiting, dropped, delivered and failed, and the
+    /// oldest waiting events.
+    Events {
+        #[serde(default)]
+        json: bool,
+    },
     /// Deletes a tag (`NAME:TAG`) or a manifest with its tags (`NAME@DIGEST`), by the API's
     /// rules: a manifest an index lists is refused.
     Rm {
         target: String,
+    },
+    /// Fetch images into the mirror cache (`PREFIX/NAME:TAG` or `@DIGEST`), every platform
+    /// of an index or only `platform` (`os/arch[/variant]`).
+    MirrorPull {
+        images: Vec<String>,
+        #[serde(default)]
+        platform: Option<String>,
+    },
+    /// The cached (mirrored) repositories: size, manifests, last pull.
+    MirrorList {
+        #[serde(default)]
+        json: bool,
     },
 }
 
@@ -180,7 +199,53 @@ pub async fn execute_with(core: &Core, command: Command, progress: Option<Progre
             .into(),
         Command::Show { target, json } => show(core, &target, json).await.into(),
         Command::Rm { target } => rm(core, &target).await.into(),
+        Command::MirrorPull { images, platform } => {
+            crate::mirror::seed::pull(core, &images, platform.as_deref())
+                .await
+                .into()
+        }
+        Command::MirrorList { json } => mirror_list(core, json).await.into(),
+        Command::Events { json } => events(core, json).await.into(),
     }
+}
+
+async fn mirror_list(core: &Core, json: bool) -> Result<String, String> {
+    let mirrors = core.mirrors.clone();
+    let (repos, evictable) = core
+        .db
+        .read(move |tx| {
+            let c = crate::gc::evict::cache(tx, &mirrors)?;
+            let bytes = c.evictable_bytes(&mirrors);
+            Ok((c.repos, bytes))
+        })
+        .await
+        .map_err(|e| e.message)?;
+    if json {
+        return to_json(&serde_json::json!({ "repositories": repos, "cache_bytes": evictable }));
+    }
+    let mut out = format!(
+        "{:<50} {:>12} {:>9}  LAST PULL\n",
+        "REPOSITORY", "BYTES", "MANIFESTS"
+    );
+    for r in &repos {
+        let when = r.last_pull.map_or("never".to_string(), |t| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
+            )
+            .to_string()
+        });
+        out.push_str(&format!(
+            "{:<50} {:>12} {:>9}  {when}\n",
+            r.name, r.bytes, r.manifests
+        ));
+    }
+    let max = core
+        .config
+        .mirror_cache
+        .max_size
+        .map_or("unbounded".to_string(), |m| format!("max_size {m}"));
+    out.push_str(&format!("cache: {evictable} bytes ({max})"));
+    Ok(out)
 }
 
 fn to_json(v: &impl Serialize) -> Result<String, String> {
@@ -232,19 +297,159 @@ async fn show(core: &Core, target: &str, json: bool) -> Result<String, String> {
     }
 }
 
+/// `dockyard events`: every configured endpoint's outbox, then outboxes of endpoints no
+/// longer configured (dropped at the next start).
+async fn events(core: &Core, json: bool) -> Result<String, String> {
+    const SHOW: usize = 5;
+    let boxes = core
+        .db
+        .read(|tx| Ok(crate::db::events::outboxes(tx, SHOW)?))
+        .await
+        .map_err(|e| e.message)?;
+    let hooks = core.config.webhooks.clone();
+    #[derive(Serialize)]
+    struct Endpoint {
+        endpoint: String,
+        configured: bool,
+        events: Vec<&'static str>,
+        queued: u64,
+        dropped: u64,
+        delivered: u64,
+        failed: u64,
+        oldest: Vec<serde_json::Value>,
+    }
+    let mut out = Vec::new();
+    let find = |id: &str| {
+        boxes
+            .iter()
+            .find(|b| b.id == id)
+            .cloned()
+            .unwrap_or_default()
+    };
+    for h in hooks.0.iter() {
+        let b = find(&h.id);
+        let (delivered, failed) = core.metrics.webhook_counts(&h.id);
+        out.push((
+            Endpoint {
+                endpoint: h.id.clone(),
+                configured: true,
+                events: h.actions.iter().map(|a| a.as_str()).collect(),
+                queued: b.queued,
+                dropped: b.dropped,
+                delivered,
+                failed,
+                oldest: vec![],
+            },
+            b.oldest,
+        ));
+    }
+    for b in boxes
+        .iter()
+        .filter(|b| !hooks.0.iter().any(|h| h.id == b.id))
+    {
+        out.push((
+            Endpoint {
+                endpoint: b.id.clone(),
+                configured: false,
+                events: vec![],
+                queued: b.queued,
+                dropped: b.dropped,
+                delivered: 0,
+                failed: 0,
+                oldest: vec![],
+            },
+            b.oldest.clone(),
+        ));
+    }
+    let line = |seq: u64, e: &crate::db::schema::EventRecord| {
+        let t = &e.target;
+        let what = match (t.repository.as_str(), t.tag.as_str(), t.digest.as_str()) {
+            ("", _, _) => e.gc.as_ref().map(|g| format!("{g:?}")).unwrap_or_default(),
+            (r, "", d) => format!("{r}@{d}"),
+            (r, tag, "") => format!("{r}:{tag}"),
+            (r, tag, d) => format!("{r}:{tag} {d}"),
+        };
+        format!("  #{seq} {} {} {what}", e.timestamp, e.action)
+    };
+    if json {
+        let list: Vec<Endpoint> = out
+            .into_iter()
+            .map(|(mut e, oldest)| {
+                e.oldest = oldest
+                    .iter()
+                    .map(|(seq, ev)| serde_json::json!({ "seq": seq, "event": ev }))
+                    .collect();
+                e
+            })
+            .collect();
+        return to_json(&list);
+    }
+    if out.is_empty() {
+        return Ok("no webhooks configured and no events queued".to_string());
+    }
+    let mut text = Vec::new();
+    for (e, oldest) in &out {
+        if e.configured {
+            text.push(format!(
+                "endpoint {} ({}): {} queued, {} dropped; since this server started: {} \
+                 delivered, {} failed attempts",
+                e.endpoint,
+                e.events.join(", "),
+                e.queued,
+                e.dropped,
+                e.delivered,
+                e.failed
+            ));
+        } else {
+            text.push(format!(
+                "endpoint {} (no longer configured: dropped at the next start): {} queued, {} \
+                 dropped",
+                e.endpoint, e.queued, e.dropped
+            ));
+        }
+        for (seq, ev) in oldest {
+            text.push(line(*seq, ev));
+        }
+        if e.queued > oldest.len() as u64 {
+            text.push(format!("  … and {} more", e.queued - oldest.len() as u64));
+        }
+    }
+    Ok(text.join("\n"))
+}
+
 async fn rm(core: &Core, target: &str) -> Result<String, String> {
     use crate::oci::Reference;
     let (name, reference) = views::parse_target(target)
         .ok_or_else(|| format!("{target:?} is not NAME:TAG or NAME@DIGEST"))?;
     let r = reference.clone();
-    let removed = core
+    let (hub, hooks, policies) = (
+        core.events.clone(),
+        core.config.webhooks.clone(),
+        core.config.policies.clone(),
+    );
+    // The API's rules (immutable tags are refused) and its delete event, in one transaction.
+    let (removed, appended) = core
         .db
-        .write(move |tx| match &r {
-            Reference::Digest(d) => crate::db::manifests::delete(tx, &name, d),
-            Reference::Tag(t) => crate::db::manifests::delete_tag(tx, &name, t),
+        .write(move |tx| {
+            if !policies.is_empty() {
+                crate::db::policy::check_delete(tx, &name, &r, &policies)?;
+            }
+            let removed = match &r {
+                Reference::Digest(d) => crate::db::manifests::delete(tx, &name, d),
+                Reference::Tag(t) => crate::db::manifests::delete_tag(tx, &name, t),
+            }?;
+            let appended = match removed && !hooks.is_empty() {
+                true => {
+                    hub.record_delete(tx, &hooks, &name, &r, &RequestInfo::local("", "DELETE"))?
+                }
+                false => Default::default(),
+            };
+            Ok((removed, appended))
         })
         .await
         .map_err(|e| e.message)?;
+    core.events
+        .committed(&core.config.webhooks, &core.metrics, &appended);
     match (removed, reference) {
         (false, _) => Err(format!("{target}: no such tag or manifest")),
         (true, Reference::Tag(_)) => Ok(format!("deleted tag {target}")),

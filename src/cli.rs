@@ -63,6 +63,15 @@ pub enum Command {
         #[arg(long)]
         delete_local: bool,
     },
+    /// The webhook outbox of each endpoint: events waiting, dropped, delivered and failed, and
+    /// the oldest waiting ones (through the running server if there is one).
+    Events {
+        #[command(flatten)]
+        instance: Instance,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Bytes per repository, bytes shared between repositories, and what GC would reclaim.
     Du {
         #[command(flatten)]
@@ -174,6 +183,32 @@ pub enum Command {
     /// Manage who may pull, push and delete which repositories.
     #[command(subcommand)]
     Acl(AclCommand),
+    /// The pull-through mirror's cache (`[[mirror]]`).
+    #[command(subcommand)]
+    Mirror(MirrorCommand),
+}
+
+#[derive(Subcommand)]
+pub enum MirrorCommand {
+    /// Fetch images into the cache through the running server (PREFIX/NAME[:TAG|@DIGEST],
+    /// e.g. docker.io/library/alpine:3), so they are there before the link drops.
+    Pull {
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Only this platform of a multi-platform image (os/arch[/variant]); default: all.
+        #[arg(long)]
+        platform: Option<String>,
+        #[command(flatten)]
+        instance: Instance,
+    },
+    /// The cached repositories: size, manifests, last pull, and the cache's total.
+    List {
+        #[command(flatten)]
+        instance: Instance,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -354,11 +389,12 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
                 }
             };
             println!(
-                "{}: ok (listen {}, root {}, blobs {blobs}, tls {})",
+                "{}: ok (listen {}, root {}, blobs {blobs}, tls {}, {} webhooks)",
                 config.display(),
                 c.listen,
                 c.root.display(),
-                if c.tls.is_some() { "on" } else { "off" }
+                if c.tls.is_some() { "on" } else { "off" },
+                c.webhooks.0.len()
             );
             Ok(())
         }
@@ -373,6 +409,14 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
         }
         Command::User(c) => user(c),
         Command::Acl(c) => acl(c),
+        Command::Mirror(MirrorCommand::Pull {
+            images,
+            platform,
+            instance,
+        }) => execute(instance, admin::Command::MirrorPull { images, platform }),
+        Command::Mirror(MirrorCommand::List { instance, json }) => {
+            execute(instance, admin::Command::MirrorList { json })
+        }
         Command::Gc { instance, dry_run } => execute(instance, admin::Command::Gc { dry_run }),
         Command::Fsck {
             instance,
@@ -386,6 +430,7 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
             },
         ),
         Command::Du { instance, json } => execute(instance, admin::Command::Du { json }),
+        Command::Events { instance, json } => execute(instance, admin::Command::Events { json }),
         Command::Ls {
             pattern,
             instance,

@@ -37,8 +37,14 @@ pub struct Config {
     pub gc: GcConfig,
     /// The `[[policy]]` tables, in order (the first matching pattern wins).
     pub policies: crate::policy::Policies,
+    /// The `[[webhook]]` tables (see `events`).
+    pub webhooks: crate::events::Webhooks,
     /// The `[ui]` section.
     pub ui: UiConfig,
+    /// The `[[mirror]]` tables: upstream registries served under a name prefix.
+    pub mirrors: Vec<crate::mirror::config::Mirror>,
+    /// The `[mirror_cache]` section.
+    pub mirror_cache: crate::mirror::config::CacheConfig,
     /// Where blob bytes live: `[storage] backend` and `[storage.s3]`.
     pub backend: Backend,
 }
@@ -270,6 +276,9 @@ impl Default for Config {
             ui: UiConfig::default(),
             policies: crate::policy::Policies::default(),
             backend: Backend::Filesystem,
+            mirrors: Vec::new(),
+            mirror_cache: Default::default(),
+            webhooks: crate::events::Webhooks::default(),
         }
     }
 }
@@ -305,7 +314,106 @@ struct File {
     #[serde(default)]
     policy: Vec<PolicySection>,
     #[serde(default)]
+    webhook: Vec<WebhookSection>,
+    #[serde(default)]
     ui: UiSection,
+    #[serde(default)]
+    mirror: Vec<crate::mirror::config::MirrorSection>,
+    #[serde(default)]
+    mirror_cache: crate::mirror::config::CacheSection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookSection {
+    url: String,
+    events: Vec<String>,
+    name: Option<String>,
+    pattern: Option<String>,
+    secret_file: Option<PathBuf>,
+    timeout: Option<String>,
+    max_queued: Option<u64>,
+    backoff: Option<String>,
+    backoff_max: Option<String>,
+}
+
+impl WebhookSection {
+    fn parse(self, i: usize) -> Result<crate::events::Webhook, String> {
+        use crate::events::{endpoint_id, Action, HookSecret, Webhook};
+        let at = format!("webhook[{i}]");
+        let url = reqwest::Url::parse(&self.url).map_err(|e| format!("{at}.url: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(format!(
+                "{at}.url: must be an http:// or https:// URL with a host"
+            ));
+        }
+        let id = match self.name {
+            Some(n) if n.trim().is_empty() => return Err(format!("{at}.name: empty")),
+            Some(n) => n,
+            None => endpoint_id(&url),
+        };
+        let at = format!("webhook[{i}] ({id})");
+        if self.events.is_empty() {
+            return Err(format!(
+                "{at}.events: empty; say which of push, delete, pull, gc"
+            ));
+        }
+        let mut actions = Vec::new();
+        for e in &self.events {
+            let a = Action::parse(e).ok_or_else(|| {
+                format!("{at}.events: unknown event {e:?} (push, delete, pull or gc)")
+            })?;
+            if !actions.contains(&a) {
+                actions.push(a);
+            }
+        }
+        let pattern = crate::auth::users::Pattern::parse(self.pattern.as_deref().unwrap_or("**"))
+            .map_err(|e| format!("{at}.pattern: {e}"))?;
+        let secret = match self.secret_file {
+            None => None,
+            Some(path) => {
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| format!("{at}.secret_file {}: {e}", path.display()))?;
+                // A trailing newline (as `echo` writes) is not part of the key.
+                let key = bytes.trim_ascii_end().to_vec();
+                if key.is_empty() {
+                    return Err(format!("{at}.secret_file {}: empty", path.display()));
+                }
+                Some(HookSecret(std::sync::Arc::new(key)))
+            }
+        };
+        let positive = |key: &str, v: Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(t) => {
+                let d = duration(&format!("{at}.{key}"), &t)?;
+                if d.is_zero() {
+                    return Err(format!("{at}.{key}: must be more than zero"));
+                }
+                Ok(d)
+            }
+        };
+        let timeout = positive("timeout", self.timeout, Duration::from_secs(5))?;
+        let backoff = positive("backoff", self.backoff, Duration::from_secs(1))?;
+        let backoff_max = positive("backoff_max", self.backoff_max, Duration::from_secs(300))?;
+        if backoff_max < backoff {
+            return Err(format!("{at}.backoff_max: less than backoff"));
+        }
+        let max_queued = self.max_queued.unwrap_or(10_000);
+        if max_queued == 0 {
+            return Err(format!("{at}.max_queued: must be at least 1"));
+        }
+        Ok(Webhook {
+            id,
+            url: self.url,
+            actions,
+            pattern,
+            secret,
+            timeout,
+            max_queued,
+            backoff,
+            backoff_max,
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -549,13 +657,13 @@ impl GcSection {
 /// A size written as a number of bytes or as a string such as `"4MiB"` or `"1GB"`.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum ByteSize {
+pub(crate) enum ByteSize {
     Bytes(u64),
     Text(String),
 }
 
 impl ByteSize {
-    fn bytes(&self) -> Result<u64, String> {
+    pub(crate) fn bytes(&self) -> Result<u64, String> {
         match self {
             ByteSize::Bytes(n) => Ok(*n),
             ByteSize::Text(s) => parse_size(s),
@@ -752,12 +860,30 @@ impl Config {
                 .map(|(i, p)| p.parse(i))
                 .collect::<Result<_, _>>()?,
         ));
+        let hooks: Vec<crate::events::Webhook> = file
+            .webhook
+            .into_iter()
+            .enumerate()
+            .map(|(i, w)| w.parse(i))
+            .collect::<Result<_, _>>()?;
+        for (i, h) in hooks.iter().enumerate() {
+            if hooks[..i].iter().any(|o| o.id == h.id) {
+                return Err(format!(
+                    "webhook[{i}]: a second endpoint called {:?}; give one a distinct `name` \
+                     (the outbox and metrics are kept per name)",
+                    h.id
+                ));
+            }
+        }
+        c.webhooks = crate::events::Webhooks(std::sync::Arc::new(hooks));
         if let Some(e) = file.ui.enabled {
             c.ui.enabled = e;
         }
         if let Some(l) = file.ui.session_lifetime {
             c.ui.session_lifetime = duration("ui.session_lifetime", &l)?;
         }
+        c.mirrors = crate::mirror::config::parse(file.mirror)?;
+        c.mirror_cache = file.mirror_cache.parse()?;
         c.check_snapshot_grace()?;
         Ok(c)
     }
@@ -867,6 +993,79 @@ mod tests {
         assert!(e.contains("gc.untagged") && e.contains("keep"), "{e}");
         let e = Config::from_toml("[gc]\ngrase = \"1h\"\n").unwrap_err();
         assert!(e.contains("grase"), "{e}");
+    }
+
+    #[test]
+    fn webhook_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("hook.secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let text = format!(
+            "[[webhook]]\nurl = \"https://u:p@deploy.example/hooks?t=1\"\n\
+             events = [\"push\", \"delete\", \"gc\"]\npattern = \"ci/**\"\n\
+             secret_file = {:?}\ntimeout = \"2s\"\n\
+             [[webhook]]\nname = \"chat\"\nurl = \"http://127.0.0.1:9/\"\nevents = [\"pull\"]\n",
+            secret.display().to_string()
+        );
+        let c = Config::from_toml(&text).unwrap();
+        let h = &c.webhooks.0[0];
+        assert_eq!(h.id, "https://deploy.example/hooks");
+        assert_eq!(h.secret.as_ref().unwrap().0.as_slice(), b"s3cret");
+        assert_eq!(h.timeout, Duration::from_secs(2));
+        assert_eq!(
+            (h.max_queued, h.backoff_max),
+            (10_000, Duration::from_secs(300))
+        );
+        assert!(!format!("{h:?}").contains("s3cret"));
+        assert_eq!(c.webhooks.0[1].id, "chat");
+        for (bad, says) in [
+            ("url = \"ftp://x/\"\nevents = [\"push\"]", "url"),
+            ("url = \"http://x/\"\nevents = []", "events"),
+            ("url = \"http://x/\"\nevents = [\"tag\"]", "unknown event"),
+            (
+                "url = \"http://x/\"\nevents = [\"push\"]\ntimeout = \"0s\"",
+                "timeout",
+            ),
+            (
+                "url = \"http://x/\"\nevents = [\"push\"]\nsecret_file = \"/nonexistent\"",
+                "secret_file",
+            ),
+            (
+                "url = \"http://x/\"\nevents = [\"push\"]\nretries = 3",
+                "retries",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("[[webhook]]\n{bad}\n")).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let twice = "[[webhook]]\nurl = \"http://x/\"\nevents = [\"push\"]\n\
+                     [[webhook]]\nurl = \"http://x/\"\nevents = [\"pull\"]\n";
+        assert!(Config::from_toml(twice)
+            .unwrap_err()
+            .contains("distinct `name`"));
+    }
+
+    #[test]
+    fn the_commented_webhook_example_in_registry_toml_parses() {
+        let text = include_str!("../registry.toml");
+        let start = text.find("# [[webhook]]").unwrap();
+        let block: String = text[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("s");
+        std::fs::write(&secret, "k").unwrap();
+        let block = block.replace("/etc/dockyard/hook.secret", secret.to_str().unwrap());
+        let c = Config::from_toml(&block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+        let h = &c.webhooks.0[0];
+        assert_eq!(
+            (h.id.as_str(), h.actions.len(), h.max_queued),
+            ("deploy", 3, 10_000)
+        );
     }
 
     #[test]

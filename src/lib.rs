@@ -13,6 +13,8 @@
 //!   `token` (bearer tokens, pure), `access` (users and grants of a running instance).
 //! - `gc`: one garbage-collection pass, with `blob_locks` (per-digest locks and "last seen"
 //!   times shared by pushes and the GC), `fsck` (consistency check and repair), `usage` (`du`).
+//! - `events`: webhooks (`[[webhook]]`): the outbox written with each change, Distribution's
+//!   envelope and its signature, and one delivery task per endpoint.
 //! - `policy`: `[[policy]]` rules, pure: immutable tags, quotas, and which tags retention
 //!   expires (enforced by `db::manifests` and the GC pass).
 //! - `portability`: data in and out as files: `backup`/`restore`, OCI-layout `export`/`import`,
@@ -37,10 +39,12 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod events;
 pub mod gc;
 pub mod http;
 pub mod http_client;
 pub mod metrics;
+pub mod mirror;
 pub mod oci;
 pub mod policy;
 pub mod portability;
@@ -100,6 +104,10 @@ pub struct Core {
     /// When the last GC pass of this process ended (Unix seconds) and what it freed, for the
     /// UI's storage page; not kept across restarts.
     pub last_gc: Arc<Mutex<Option<(u64, gc::GcReport)>>>,
+    /// The `[[mirror]]` upstreams and what the mirror keeps in memory.
+    pub mirrors: Arc<mirror::Mirrors>,
+    /// Webhooks' running side: wakes delivery tasks after a commit (see `events`).
+    pub events: Arc<events::Hub>,
 }
 
 impl Core {
@@ -110,8 +118,9 @@ impl Core {
         let db = Db::open(&store.path_for(Location::Database))?;
         store.sync_root()?;
         let blob_locks = Arc::new(blob_locks::BlobLocks::new(config.gc.lease()));
+        let mirrors = Arc::new(mirror::Mirrors::new(&config.mirrors).map_err(Error::Command)?);
         Ok(Core {
-            config,
+            mirrors,
             db,
             store,
             metrics: Arc::default(),
@@ -121,6 +130,8 @@ impl Core {
             cursors: Arc::default(),
             stopping: Arc::new(AtomicBool::new(false)),
             last_gc: Arc::default(),
+            events: Arc::new(events::Hub::new(&config.webhooks)),
+            config,
         })
     }
 }
@@ -236,6 +247,10 @@ impl Registry {
             }
         }
         let gc_stop = self.core.stopping.clone();
+        if let Ok(a) = listener.local_addr() {
+            self.core.events.set_source_addr(a.to_string());
+        }
+        let hooks = start_webhooks(&self.core, &stop_rx).await?;
         let gc_timer = tokio::spawn(gc_timer(self.core.clone(), stopped(stop_rx.clone())));
         // With the S3 backend: the database into the bucket, at start, every interval, and
         // once more after the last request has been answered.
@@ -284,6 +299,9 @@ impl Registry {
         if let Some(m) = metrics_server {
             let _ = m.await;
         }
+        for h in hooks {
+            let _ = h.await;
+        }
         if let Err(e) = gc_timer.await {
             tracing::error!(error = %e, "gc timer task failed");
         }
@@ -297,6 +315,42 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// Drops the outbox of every endpoint no longer configured (saying so), then starts one
+/// delivery task per `[[webhook]]`, each ending when `stop` turns true.
+async fn start_webhooks(
+    core: &Core,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, Error> {
+    let hooks = core.config.webhooks.clone();
+    let ids: Vec<String> = hooks.0.iter().map(|h| h.id.clone()).collect();
+    let gone = core
+        .db
+        .write(move |tx| {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            Ok(db::events::prune(tx, &ids)?)
+        })
+        .await?;
+    for (id, n) in gone {
+        tracing::warn!(
+            endpoint = %id,
+            dropped = n,
+            "webhook endpoint no longer in the config: its {n} queued events are dropped"
+        );
+    }
+    let mut tasks = Vec::new();
+    for i in 0..hooks.0.len() {
+        let mut rx = stop.clone();
+        let stopped = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        tasks.push(tokio::spawn(events::deliver::run(core.clone(), i, stopped)));
+    }
+    if !hooks.is_empty() {
+        tracing::info!("webhooks: {} endpoints", hooks.0.len());
+    }
+    Ok(tasks)
 }
 
 /// Runs a GC pass every `[gc] interval` until `shutdown`. The pass runs on the blocking pool;

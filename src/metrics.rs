@@ -29,6 +29,17 @@ struct RequestLabels {
     status: u16,
 }
 
+/// A webhook endpoint, by its id (a name, or a URL without credentials or query).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
@@ -52,6 +63,14 @@ pub struct Metrics {
     uploads: U64Gauge,
     blobs: U64Gauge,
     blob_bytes: U64Gauge,
+    mirror_upstream: Family<KindLabels, Counter>,
+    mirror_upstream_bytes: Counter,
+    mirror_lookups: Family<KindLabels, Counter>,
+    mirror_stale: Counter,
+    webhook_delivered: Family<EndpointLabels, Counter>,
+    webhook_failed: Family<EndpointLabels, Counter>,
+    webhook_dropped: Family<EndpointLabels, Counter>,
+    webhook_queued: Family<EndpointLabels, U64Gauge>,
 }
 
 /// Values read from the database at scrape time.
@@ -129,7 +148,65 @@ impl Default for Metrics {
             "blob_bytes_stored",
             "Bytes of blobs in the store",
         );
+        let mirror_upstream = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "mirror_upstream_requests",
+            "Requests a mirror sent upstream, by kind (manifest, head, blob, token)",
+            mirror_upstream.clone(),
+        );
+        let mirror_upstream_bytes = counter(
+            &mut registry,
+            "mirror_upstream_received",
+            "Blob bytes a mirror fetched from upstream",
+            Some(Unit::Bytes),
+        );
+        let mirror_lookups = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "mirror_lookups",
+            "Mirrored manifest and blob requests, by kind (hit: answered from the cache; miss: fetched upstream)",
+            mirror_lookups.clone(),
+        );
+        let mirror_stale = counter(
+            &mut registry,
+            "mirror_stale_serves",
+            "Cached tags served because the upstream could not be reached to re-check them",
+            None,
+        );
+        let family = |registry: &mut Registry, name: &str, help: &str| {
+            let f = Family::<EndpointLabels, Counter>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let webhook_delivered = family(
+            &mut registry,
+            "webhook_delivered",
+            "Webhook events delivered (answered 2xx), by endpoint",
+        );
+        let webhook_failed = family(
+            &mut registry,
+            "webhook_failed",
+            "Failed webhook delivery attempts (error, timeout or non-2xx), by endpoint",
+        );
+        let webhook_dropped = family(
+            &mut registry,
+            "webhook_dropped",
+            "Webhook events dropped undelivered because the endpoint's outbox was full",
+        );
+        let webhook_queued = Family::<EndpointLabels, U64Gauge>::default();
+        registry.register(
+            "webhook_queued",
+            "Webhook events waiting in the outbox, by endpoint",
+            webhook_queued.clone(),
+        );
         Metrics {
+            mirror_upstream,
+            mirror_upstream_bytes,
+            mirror_lookups,
+            mirror_stale,
+            webhook_delivered,
+            webhook_failed,
+            webhook_dropped,
+            webhook_queued,
             registry,
             requests,
             latency,
@@ -180,6 +257,75 @@ impl Metrics {
     pub fn gc_run(&self, bytes_freed: u64) {
         self.gc_runs.inc();
         self.gc_bytes_freed.inc_by(bytes_freed);
+    }
+
+    /// A request a mirror sent upstream (`kind`: manifest, head, blob, token).
+    pub fn mirror_upstream(&self, kind: &'static str) {
+        self.mirror_upstream
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    pub fn mirror_upstream_bytes(&self, n: u64) {
+        self.mirror_upstream_bytes.inc_by(n);
+    }
+
+    /// A mirrored request answered from the cache (`hit`) or fetched upstream (`miss`).
+    pub fn mirror_lookup(&self, hit: bool) {
+        let kind = if hit { "hit" } else { "miss" };
+        self.mirror_lookups
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    pub fn mirror_stale(&self) {
+        self.mirror_stale.inc();
+    }
+
+    fn endpoint(id: &str) -> EndpointLabels {
+        EndpointLabels {
+            endpoint: id.to_string(),
+        }
+    }
+
+    /// Creates an endpoint's series at zero, so a scraper sees them before the first event.
+    pub fn webhook_touch(&self, id: &str) {
+        let l = Self::endpoint(id);
+        let _ = self.webhook_delivered.get_or_create(&l);
+        let _ = self.webhook_failed.get_or_create(&l);
+        let _ = self.webhook_dropped.get_or_create(&l);
+        let _ = self.webhook_queued.get_or_create(&l);
+    }
+
+    /// (delivered, failed attempts) of an endpoint since this process started.
+    pub fn webhook_counts(&self, id: &str) -> (u64, u64) {
+        let l = Self::endpoint(id);
+        (
+            self.webhook_delivered.get_or_create(&l).get(),
+            self.webhook_failed.get_or_create(&l).get(),
+        )
+    }
+
+    pub fn webhook_delivered(&self, id: &str, n: u64) {
+        self.webhook_delivered
+            .get_or_create(&Self::endpoint(id))
+            .inc_by(n);
+    }
+
+    pub fn webhook_failed(&self, id: &str) {
+        self.webhook_failed.get_or_create(&Self::endpoint(id)).inc();
+    }
+
+    pub fn webhook_dropped(&self, id: &str, n: u64) {
+        self.webhook_dropped
+            .get_or_create(&Self::endpoint(id))
+            .inc_by(n);
+    }
+
+    pub fn webhook_queued(&self, id: &str, n: u64) {
+        self.webhook_queued
+            .get_or_create(&Self::endpoint(id))
+            .set(n);
     }
 
     /// The exposition text, with `stored` as gauges.

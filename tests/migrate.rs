@@ -14,6 +14,7 @@ use redb::{ReadableDatabase, TableHandle};
 use crate::util::*;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1");
+const FIXTURE_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v2");
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -30,8 +31,12 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// A private copy of the fixture: the checked-in file must never be opened for writing.
 fn fixture_copy() -> (tempfile::TempDir, serde_json::Value) {
+    fixture_copy_of(FIXTURE)
+}
+
+fn fixture_copy_of(fixture: &str) -> (tempfile::TempDir, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(Path::new(FIXTURE), dir.path());
+    copy_dir(Path::new(fixture), dir.path());
     let contents = std::fs::read(dir.path().join("CONTENTS.json")).unwrap();
     (dir, serde_json::from_slice(&contents).unwrap())
 }
@@ -264,4 +269,145 @@ async fn a_database_newer_than_this_build_is_refused_and_left_alone() {
         !tables.contains(&"tag_pushed".to_string()),
         "the refused database was not migrated: {tables:?}"
     );
+}
+
+/// Schema 3: a root written by the schema-2 release (tests/fixtures/v2) gains `blob_uses`,
+/// built from its manifests, and an empty webhook outbox; everything else is kept, quota usage
+/// is what decoding every manifest gives, and fsck is clean.
+#[tokio::test]
+async fn a_schema_2_root_gains_blob_uses_and_an_outbox_and_keeps_everything() {
+    use dockyard::db::schema::{BLOBS, BLOB_USES, OUTBOX, OUTBOX_STATE};
+    use redb::{ReadableTable, ReadableTableMetadata};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let (dir, contents) = fixture_copy_of(FIXTURE_V2);
+    let root = dir.path();
+    assert_eq!(
+        schema_version(root),
+        2,
+        "the fixture is a schema-2 database"
+    );
+    let config = dockyard::Config {
+        root: root.to_path_buf(),
+        policies: dockyard::Config::from_toml(
+            "[[policy]]\npattern = \"team-a/**\"\nquota = \"1GiB\"\n",
+        )
+        .unwrap()
+        .policies,
+        ..Default::default()
+    };
+    let r = TestRegistry::start_with(config.clone()).await;
+    let c = client();
+    for m in contents["manifests"].as_array().unwrap() {
+        let (repo, digest) = (m["repo"].as_str().unwrap(), m["digest"].as_str().unwrap());
+        let resp = c
+            .get(r.url(&format!("/v2/{repo}/manifests/{digest}")))
+            .header("Accept", "*/*")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{repo}@{digest}");
+        assert_eq!(sha256(&resp.bytes().await.unwrap()), digest);
+    }
+    for (repo, tags) in contents["tags"].as_object().unwrap() {
+        for (tag, digest) in tags.as_object().unwrap() {
+            let resp = c
+                .head(r.url(&format!("/v2/{repo}/manifests/{tag}")))
+                .header("Accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{repo}:{tag}");
+            assert_eq!(
+                resp.headers()["docker-content-digest"],
+                digest.as_str().unwrap()
+            );
+        }
+    }
+    for b in contents["blobs"].as_array().unwrap() {
+        let (repo, digest) = (b["repo"].as_str().unwrap(), b["digest"].as_str().unwrap());
+        let resp = c
+            .get(r.url(&format!("/v2/{repo}/blobs/{digest}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{repo}@{digest}");
+    }
+    let users = r.admin(dockyard::admin::Command::UserList).await.unwrap();
+    for u in contents["users"].as_object().unwrap().keys() {
+        assert!(users.contains(u.as_str()), "user {u} kept: {users}");
+    }
+    let grants = r
+        .admin(dockyard::admin::Command::AclList { subject: None })
+        .await
+        .unwrap();
+    for g in contents["grants"].as_array().unwrap() {
+        let (who, pattern) = (g[0].as_str().unwrap(), g[1].as_str().unwrap());
+        assert!(
+            grants.contains(who) && grants.contains(pattern),
+            "grant {g}: {grants}"
+        );
+    }
+
+    // blob_uses holds, per (repository, blob), the manifests listing it; the outbox is empty;
+    // team-a's quota usage equals the sum over the blobs its manifests list.
+    let (uses, expected, quota_bytes, outbox) = r
+        .core
+        .db
+        .read(|tx| {
+            let mut expected: BTreeMap<(String, String), u64> = BTreeMap::new();
+            let mut team_a = BTreeSet::new();
+            for e in tx.open_table(MANIFESTS)?.iter()? {
+                let (k, v) = e?;
+                let (repo, _) = k.value();
+                let rec: dockyard::db::schema::ManifestRecord =
+                    dockyard::db::schema::decode(v.value())?;
+                for b in rec.blobs {
+                    if repo == "team-a/app" {
+                        team_a.insert(b.clone());
+                    }
+                    *expected.entry((repo.to_string(), b)).or_default() += 1;
+                }
+            }
+            let mut uses = BTreeMap::new();
+            for e in tx.open_table(BLOB_USES)?.iter()? {
+                let (k, v) = e?;
+                let (repo, b) = k.value();
+                uses.insert((repo.to_string(), b.to_string()), v.value());
+            }
+            let blobs = tx.open_table(BLOBS)?;
+            let mut bytes = 0;
+            for b in &team_a {
+                let rec: dockyard::db::schema::BlobRecord =
+                    dockyard::db::schema::decode(blobs.get(b.as_str())?.unwrap().value())?;
+                bytes += rec.size;
+            }
+            let outbox = tx.open_table(OUTBOX)?.len()? + tx.open_table(OUTBOX_STATE)?.len()?;
+            Ok((uses, expected, bytes, outbox))
+        })
+        .await
+        .unwrap();
+    assert!(!uses.is_empty());
+    assert_eq!(uses, expected);
+    assert_eq!(outbox, 0);
+    let usage = {
+        let core = r.core.clone();
+        tokio::task::spawn_blocking(move || dockyard::gc::usage::measure(&core))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(usage.quotas[0].used, quota_bytes);
+    assert!(quota_bytes > 0);
+    let report = {
+        let core = r.core.clone();
+        tokio::task::spawn_blocking(move || fsck::check(&core, &FsckOptions::default()))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert!(report.clean(), "fsck after migration: {report}");
+    r.stop().await;
+    assert_eq!(schema_version(root), SCHEMA_VERSION);
+    assert_eq!(SCHEMA_VERSION, 3);
 }

@@ -451,3 +451,69 @@ quota = "1MiB"
     );
     r.stop().await;
 }
+
+/// The per-(repository, blob) counts a quota reads are audited: a lost row or a stray one is
+/// reported (the quota would count wrong) and `fsck --repair` rebuilds them from the manifests.
+#[tokio::test]
+async fn quota_counts_damaged_are_found_and_repaired_by_fsck() {
+    use dockyard::db::schema::BLOB_USES;
+    use redb::ReadableTable;
+    let (r, _dir) = start("[[policy]]\npattern = \"team/**\"\nquota = 100000\n").await;
+    let c = client();
+    let layer = random_bytes(4000);
+    push_image(&c, &r, "team/a", "v1", &[&layer]).await;
+    push_image(&c, &r, "team/a", "v2", &[&layer]).await;
+    let du = || async {
+        r.admin(dockyard::admin::Command::Du { json: false })
+            .await
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("quota team/**"))
+            .unwrap()
+            .to_string()
+    };
+    let before = du().await;
+    let layer_digest = sha256(&layer);
+    let (shared, d2) = (layer_digest.clone(), layer_digest.clone());
+    let n = r
+        .core
+        .db
+        .write_blocking(move |tx| {
+            let mut t = tx.open_table(BLOB_USES)?;
+            let n = t.get(("team/a", shared.as_str()))?.unwrap().value();
+            t.remove(("team/a", shared.as_str()))?;
+            t.insert(("team/b", "sha256:00"), 1)?;
+            Ok(n)
+        })
+        .unwrap();
+    assert_eq!(n, 2, "two manifests list the shared layer");
+    assert_ne!(du().await, before, "the damage changes what the quota sees");
+    let core = r.core.clone();
+    let report = tokio::task::spawn_blocking(move || fsck::check(&core, &FsckOptions::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        report.kinds(),
+        [fsck::Kind::BlobUses, fsck::Kind::BlobUses],
+        "{report}"
+    );
+    assert!(report.to_string().contains(&d2), "{report}");
+    let core = r.core.clone();
+    let repaired = tokio::task::spawn_blocking(move || {
+        fsck::check(
+            &core,
+            &FsckOptions {
+                repair: true,
+                ..Default::default()
+            },
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(repaired.repaired.len(), 2, "{repaired}");
+    assert_fsck_clean(&r).await;
+    assert_eq!(du().await, before);
+    r.stop().await;
+}

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 use sha2::{Digest as _, Sha256};
 
+pub mod upstream;
+
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";

@@ -162,3 +162,8 @@ pub fn referrers(
     }
     Ok(out)
 }
+
+/// Whether `repo` holds any manifest (is a repository here at all).
+pub fn repo_exists(tx: &ReadTransaction, repo: &str) -> Result<bool, DbError> {
+    Ok(tx.open_table(REPOS)?.get(repo)?.is_some())
+}

@@ -164,8 +164,10 @@ pub fn put(
             zero_since: (refcount == 0).then_some(t),
             pushed_ms,
         };
+        let mut uses = tx.open_table(BLOB_USES)?;
         for b in &rec.blobs {
             blobs::add_ref(&mut blob_table, b, 1)?;
+            add_use(&mut uses, r, b, 1)?;
         }
         for c in &rec.children {
             if !absent.contains(c) {
@@ -198,6 +200,22 @@ pub fn put(
         }
         add_manifest_ref(&mut manifests, r, &d, 1)?;
     }
+    Ok(())
+}
+
+/// Adds `delta` to the number of manifests of `repo` listing blob `b` (`BLOB_USES`), removing
+/// the row when it reaches zero.
+fn add_use(
+    uses: &mut Table<'_, (&'static str, &'static str), u64>,
+    repo: &str,
+    b: &str,
+    delta: i64,
+) -> Result<(), DbError> {
+    let n = uses.get((repo, b))?.map(|v| v.value()).unwrap_or(0);
+    match n.saturating_add_signed(delta) {
+        0 => uses.remove((repo, b))?,
+        m => uses.insert((repo, b), m)?,
+    };
     Ok(())
 }
 
@@ -270,8 +288,10 @@ pub fn delete(
     }
     manifests.remove((r, d.as_str()))?;
     let mut blob_table = tx.open_table(BLOBS)?;
+    let mut uses = tx.open_table(BLOB_USES)?;
     for b in &rec.blobs {
         blobs::add_ref(&mut blob_table, b, -1)?;
+        add_use(&mut uses, r, b, -1)?;
     }
     // A child is stored now exactly when this index counted it: one that was absent gained
     // the reference when it came, and a counted one cannot be deleted while listed (above).

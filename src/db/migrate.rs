@@ -34,13 +34,22 @@ pub struct Counts {
     pub tags: u64,
 }
 
-pub const STEPS: &[Step] = &[Step {
-    from: 1,
-    what: "push times per tag (table tag_pushed) and per manifest (ManifestRecord.pushed_ms); \
-           table absent_children for sparse indexes (created empty by Db::open: a schema 1 \
-           database holds no sparse index)",
-    run: v1_to_v2,
-}];
+pub const STEPS: &[Step] = &[
+    Step {
+        from: 1,
+        what: "push times per tag (table tag_pushed) and per manifest (ManifestRecord.pushed_ms); \
+               table absent_children for sparse indexes (created empty by Db::open: a schema 1 \
+               database holds no sparse index)",
+        run: v1_to_v2,
+    },
+    Step {
+        from: 2,
+        what: "table blob_uses (manifests per repository listing each blob, for quotas) built \
+               from the manifests; the webhook outbox (tables outbox, outbox_state, created \
+               empty by Db::open)",
+        run: v2_to_v3,
+    },
+];
 
 /// The outcome of opening a database, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +156,36 @@ fn v1_to_v2(tx: &WriteTransaction) -> Result<Counts, DbError> {
             pushed.insert((r, t), *ms)?;
             counts.tags += 1;
         }
+    }
+    Ok(counts)
+}
+
+/// What schema 2's `ManifestRecord` says about blobs (frozen; serde skips the other fields).
+#[derive(Deserialize)]
+struct ManifestBlobsV2 {
+    blobs: Vec<String>,
+}
+
+/// Schema 3 counts, per (repository, blob), the manifests of the repository that list the
+/// blob, so a quota check reads keys instead of decoding every manifest. Built here from every
+/// manifest row; the outbox starts empty (a schema 2 database has no webhooks).
+fn v2_to_v3(tx: &WriteTransaction) -> Result<Counts, DbError> {
+    let mut counts = Counts::default();
+    let manifests = tx.open_table(MANIFESTS)?;
+    let mut uses: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for e in manifests.iter()? {
+        let (k, v) = e?;
+        let (r, d) = k.value();
+        let rec: ManifestBlobsV2 = ciborium::from_reader(v.value())
+            .map_err(|e| DbError::Corrupt(format!("manifest {r}@{d} (schema 2): {e}")))?;
+        for b in rec.blobs {
+            *uses.entry((r.to_string(), b)).or_default() += 1;
+        }
+        counts.manifests += 1;
+    }
+    let mut table = tx.open_table(BLOB_USES)?;
+    for ((r, b), n) in &uses {
+        table.insert((r.as_str(), b.as_str()), *n)?;
     }
     Ok(counts)
 }

@@ -7,6 +7,7 @@
 //! commit (`group`): whatever is waiting shares one transaction and one fsync.
 
 pub mod blobs;
+pub mod events;
 mod group;
 pub mod listing;
 pub mod manifests;
@@ -112,6 +113,9 @@ impl Db {
             tx.open_table(ACLS)?;
             tx.open_table(SECRETS)?;
             tx.open_table(REPO_PULLS)?;
+            tx.open_table(BLOB_USES)?;
+            tx.open_table(OUTBOX)?;
+            tx.open_table(OUTBOX_STATE)?;
         }
         tx.commit()?;
         if let migrate::Opened::Migrated { from, counts } = opened {

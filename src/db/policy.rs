@@ -46,9 +46,12 @@ pub fn check_put(
         return Ok(()); // Already counted: moving tags adds no bytes.
     }
     let blob_table = tx.open_table(BLOBS)?;
-    let (counted, used) = usage(&tx.open_table(REPOS)?, &manifests, &blob_table, &|name| {
-        policies.governing(name).is_some_and(|(i, _)| i == index)
-    })?;
+    let (counted, used) = usage(
+        &tx.open_table(REPOS)?,
+        &tx.open_table(BLOB_USES)?,
+        &blob_table,
+        &|name| policies.governing(name).is_some_and(|(i, _)| i == index),
+    )?;
     let mut adds = 0;
     let mut seen = HashSet::new();
     for b in blobs {
@@ -138,11 +141,12 @@ fn immutable(policy: &Policy, repo: &RepoName, tag: &str, at: &str) -> RegistryE
 }
 
 /// The unique blobs referenced by the manifests of every repository `in_scope` accepts, and
-/// their total size: the figure a quota limits. Reads every manifest row of those
-/// repositories, so its cost grows with the namespace (see ARCHITECTURE.md).
+/// their total size: the figure a quota limits. Reads the `BLOB_USES` keys of those
+/// repositories (one per (repository, blob) a manifest lists), so its cost grows with the
+/// unique blobs of the namespace, not with its manifests.
 pub fn usage(
     repos: &impl ReadableTable<&'static str, u64>,
-    manifests: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    uses: &impl ReadableTable<(&'static str, &'static str), u64>,
     blobs: &impl ReadableTable<&'static str, &'static [u8]>,
     in_scope: &dyn Fn(&str) -> bool,
 ) -> Result<(HashSet<String>, u64), DbError> {
@@ -153,13 +157,13 @@ pub fn usage(
         if !in_scope(r) {
             continue;
         }
-        for m in manifests.range((r, "")..)? {
-            let (mk, mv) = m?;
-            if mk.value().0 != r {
+        for u in uses.range((r, "")..)? {
+            let (uk, _) = u?;
+            let (ur, b) = uk.value();
+            if ur != r {
                 break;
             }
-            let rec: ManifestRecord = decode(mv.value())?;
-            digests.extend(rec.blobs);
+            digests.insert(b.to_string());
         }
     }
     let mut bytes = 0;

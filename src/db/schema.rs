@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 ///   indexes). A version 1 file has no sparse index, so that table starts empty; a version 1
 ///   binary must not open a file that has one (it would not count a child pushed after its
 ///   index), and it refuses it.
-pub const SCHEMA_VERSION: u64 = 2;
+/// - 3: `BLOB_USES` (what a quota counts, without decoding every manifest) and the webhook
+///   outbox (`OUTBOX`, `OUTBOX_STATE`).
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// "schema_version" → u64.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -53,6 +55,19 @@ pub const REPO_PULLS: TableDefinition<&str, u64> = TableDefinition::new("repo_pu
 /// its reference count and removes them; deleting the index removes its rows.
 pub const ABSENT_CHILDREN: TableDefinition<(&str, &str, &str), ()> =
     TableDefinition::new("absent_children");
+/// (repository, blob digest) → how many manifests of the repository list the blob (config or
+/// layer), never 0 (the row goes with the last one). Kept by `db::manifests::put`/`delete` in
+/// the same transaction as the manifest row (schema 3), so a quota's usage is a range scan of
+/// these keys per repository instead of a decode of every manifest; audited by fsck.
+pub const BLOB_USES: TableDefinition<(&str, &str), u64> = TableDefinition::new("blob_uses");
+/// (webhook endpoint id, sequence) → `EventRecord` (CBOR): events waiting for delivery to that
+/// endpoint, in order. Appended in the transaction of the change an event describes, removed
+/// once the endpoint answered 2xx (`db::events`, schema 3).
+pub const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
+/// webhook endpoint id → (next sequence, events queued, events dropped because the outbox was
+/// full): kept with `OUTBOX` so appending and bounding cost no scan.
+pub const OUTBOX_STATE: TableDefinition<&str, (u64, u64, u64)> =
+    TableDefinition::new("outbox_state");
 /// upload id → `UploadRecord`.
 pub const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
 /// user name → `UserRecord`.
@@ -111,6 +126,82 @@ pub struct UserRecord {
 pub struct GrantRecord {
     /// Action names (`pull`, `push`, `delete`, `admin`).
     pub actions: Vec<String>,
+}
+
+/// One webhook event, stored in `OUTBOX` as CBOR and sent as JSON: exactly the fields of
+/// CNCF Distribution's notification `Event` (`notifications/event.go`), so a receiver written
+/// for Distribution reads it unchanged. Empty strings and zero sizes are left out of the JSON,
+/// as Go's `omitempty` does.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct EventRecord {
+    pub id: String,
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+    /// `push`, `delete`, `pull` or `gc`.
+    pub action: String,
+    pub target: EventTarget,
+    pub request: EventRequest,
+    pub actor: EventActor,
+    pub source: EventSource,
+    /// Only on a `gc` event: what the pass freed (Distribution has no such event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc: Option<BTreeMap<String, u64>>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct EventTarget {
+    #[serde(
+        rename = "mediaType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub media_type: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+    /// The same as `size`; Distribution keeps it for older receivers.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub length: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub repository: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tag: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct EventRequest {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub addr: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    pub method: String,
+    pub useragent: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct EventActor {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct EventSource {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub addr: String,
+    #[serde(
+        rename = "instanceID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub instance_id: String,
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -99,6 +99,11 @@ pub fn copy_into(tx: &ReadTransaction, dest: &Path) -> Result<CopyStats, DbError
             table(tx, &out, ABSENT_CHILDREN, &present),
         )?;
         copy("repo_pulls", table(tx, &out, REPO_PULLS, &present))?;
+        copy("blob_uses", table(tx, &out, BLOB_USES, &present))?;
+        // Events not yet delivered are part of the instant the copy shows: a restored root
+        // delivers them (at least once).
+        copy("outbox", table(tx, &out, OUTBOX, &present))?;
+        copy("outbox_state", table(tx, &out, OUTBOX_STATE, &present))?;
         copy("users", table(tx, &out, USERS, &present))?;
         copy("acls", table(tx, &out, ACLS, &present))?;
         copy("secrets", table(tx, &out, SECRETS, &present))?;
@@ -111,7 +116,7 @@ pub fn copy_into(tx: &ReadTransaction, dest: &Path) -> Result<CopyStats, DbError
 }
 
 /// Every table `copy_into` knows, by name.
-const TABLES: [&str; 15] = [
+const TABLES: [&str; 18] = [
     "meta",
     "blobs",
     "repo_blobs",
@@ -123,6 +128,9 @@ const TABLES: [&str; 15] = [
     "referrers",
     "absent_children",
     "repo_pulls",
+    "blob_uses",
+    "outbox",
+    "outbox_state",
     "uploads",
     "users",
     "acls",

@@ -69,6 +69,11 @@ pub enum Kind {
     /// A tag without a push time (retention would take it for the oldest), or a push time
     /// without a tag.
     TagPushTime,
+    /// A `BLOB_USES` row missing, extra, or with the wrong count (a quota would count wrong).
+    BlobUses,
+    /// A webhook outbox whose `OUTBOX_STATE` disagrees with its rows (the bound would be
+    /// applied wrong, or new events would overwrite waiting ones).
+    OutboxState,
 }
 
 #[derive(Clone, Debug)]
@@ -121,6 +126,18 @@ enum Fix {
     RemoveTagTime {
         repo: String,
         tag: String,
+    },
+    /// Set an outbox's waiting count and, if needed, its next sequence past its last row.
+    OutboxState {
+        id: String,
+        queued: u64,
+        next_at_least: u64,
+    },
+    /// Set (or, with 0, remove) a `BLOB_USES` row.
+    SetUses {
+        repo: String,
+        digest: String,
+        actual: u64,
     },
     RestoreBlob {
         digest: String,
@@ -247,6 +264,12 @@ struct Snapshot {
     tags: Vec<(String, String, String)>,
     /// (repository, tag) rows of `tag_pushed`.
     tag_times: BTreeSet<(String, String)>,
+    /// `blob_uses` rows.
+    uses: BTreeMap<(String, String), u64>,
+    /// Per webhook endpoint: (rows in `outbox`, last sequence + 1).
+    outbox: BTreeMap<String, (u64, u64)>,
+    /// `outbox_state` rows: endpoint → (next sequence, queued, dropped).
+    outbox_state: BTreeMap<String, (u64, u64, u64)>,
     repos: BTreeMap<String, u64>,
     referrers: BTreeSet<(String, String, String)>,
     /// (repository, child, index) rows of `ABSENT_CHILDREN`.
@@ -310,6 +333,22 @@ macro_rules! load_snapshot {
         for e in tx.open_table(REPOS)?.iter()? {
             let (k, v) = e?;
             s.repos.insert(k.value().to_string(), v.value());
+        }
+        for e in tx.open_table(OUTBOX)?.iter()? {
+            let (k, _) = e?;
+            let (id, seq) = k.value();
+            let o = s.outbox.entry(id.to_string()).or_default();
+            o.0 += 1;
+            o.1 = o.1.max(seq + 1);
+        }
+        for e in tx.open_table(OUTBOX_STATE)?.iter()? {
+            let (k, v) = e?;
+            s.outbox_state.insert(k.value().to_string(), v.value());
+        }
+        for e in tx.open_table(BLOB_USES)?.iter()? {
+            let (k, v) = e?;
+            let (r, d) = k.value();
+            s.uses.insert((r.to_string(), d.to_string()), v.value());
         }
         for e in tx.open_table(REFERRERS)?.iter()? {
             let (k, _) = e?;
@@ -447,6 +486,61 @@ fn audit(s: &Snapshot, files: &Files) -> Vec<Problem> {
                 Some(Fix::RemoveTag {
                     repo: r.clone(),
                     tag: t.clone(),
+                }),
+            ));
+        }
+    }
+    let mut uses: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for ((r, _), m) in &s.manifests {
+        for b in &m.blobs {
+            *uses.entry((r, b)).or_default() += 1;
+        }
+    }
+    let keys: BTreeSet<(&str, &str)> = uses
+        .keys()
+        .copied()
+        .chain(s.uses.keys().map(|(r, d)| (r.as_str(), d.as_str())))
+        .collect();
+    for (r, d) in keys {
+        let actual = uses.get(&(r, d)).copied().unwrap_or(0);
+        let stored = s
+            .uses
+            .get(&(r.to_string(), d.to_string()))
+            .copied()
+            .unwrap_or(0);
+        if actual != stored {
+            out.push(problem(
+                Kind::BlobUses,
+                Remedy::Repair,
+                format!(
+                    "blob {d} is listed by {actual} manifests of {r}, but blob_uses says {stored} \
+                     (quota usage would be wrong)"
+                ),
+                Some(Fix::SetUses {
+                    repo: r.to_string(),
+                    digest: d.to_string(),
+                    actual,
+                }),
+            ));
+        }
+    }
+    let ids: BTreeSet<&String> = s.outbox.keys().chain(s.outbox_state.keys()).collect();
+    for id in ids {
+        let (rows, end) = s.outbox.get(id).copied().unwrap_or((0, 0));
+        let (next, queued, _) = s.outbox_state.get(id).copied().unwrap_or((0, 0, 0));
+        if rows != queued || next < end {
+            out.push(problem(
+                Kind::OutboxState,
+                Remedy::Repair,
+                format!(
+                    "webhook outbox {id}: {rows} events wait but its state says {queued} (next \
+                     sequence {next}, last row {})",
+                    end.saturating_sub(1)
+                ),
+                Some(Fix::OutboxState {
+                    id: id.clone(),
+                    queued: rows,
+                    next_at_least: end,
                 }),
             ));
         }
@@ -1098,6 +1192,27 @@ fn apply(tx: &WriteTransaction, fix: &Fix) -> Result<bool, RegistryError> {
             }
             tx.open_table(TAG_PUSHED)?.remove(key)?;
         }
+        Fix::OutboxState {
+            id,
+            queued,
+            next_at_least,
+        } => {
+            let mut t = tx.open_table(OUTBOX_STATE)?;
+            let (next, _, dropped) = t.get(id.as_str())?.map(|v| v.value()).unwrap_or_default();
+            t.insert(id.as_str(), (next.max(*next_at_least), *queued, dropped))?;
+        }
+        Fix::SetUses {
+            repo,
+            digest,
+            actual,
+        } => {
+            let mut t = tx.open_table(BLOB_USES)?;
+            let key = (repo.as_str(), digest.as_str());
+            match actual {
+                0 => t.remove(key)?,
+                n => t.insert(key, *n)?,
+            };
+        }
         Fix::AddAbsent { repo, child, index } => {
             tx.open_table(ABSENT_CHILDREN)?
                 .insert((repo.as_str(), child.as_str(), index.as_str()), ())?;
@@ -1153,6 +1268,7 @@ mod tests {
         s.bodies.insert(("r".into(), "sha256:m".into()));
         s.tags.push(("r".into(), "v1".into(), "sha256:m".into()));
         s.tag_times.insert(("r".into(), "v1".into()));
+        s.uses.insert(("r".into(), "sha256:a".into()), 1);
         s.repos.insert("r".into(), 1);
         let files = [("sha256:a".to_string(), 3), ("sha256:b".to_string(), 3)]
             .into_iter()
@@ -1176,6 +1292,38 @@ mod tests {
         assert!(p
             .iter()
             .all(|p| (p.kind, p.remedy) == (Kind::TagPushTime, Remedy::Repair)));
+    }
+
+    #[test]
+    fn an_outbox_state_that_disagrees_with_its_rows_is_repairable() {
+        let (mut s, f) = consistent();
+        s.outbox.insert("hook".into(), (2, 8));
+        s.outbox_state.insert("hook".into(), (8, 2, 5));
+        assert!(audit(&s, &f).is_empty());
+        s.outbox_state.insert("hook".into(), (8, 3, 5));
+        s.outbox_state.insert("gone".into(), (4, 1, 0));
+        s.outbox.insert("lost".into(), (1, 3));
+        let p = audit(&s, &f);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p
+            .iter()
+            .all(|p| (p.kind, p.remedy) == (Kind::OutboxState, Remedy::Repair)));
+    }
+
+    #[test]
+    fn blob_uses_missing_extra_or_wrong_are_repairable() {
+        let (mut s, f) = consistent();
+        s.uses.clear();
+        s.uses.insert(("r".into(), "sha256:b".into()), 2);
+        s.uses.insert(("other".into(), "sha256:a".into()), 1);
+        let p = audit(&s, &f);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p
+            .iter()
+            .all(|p| (p.kind, p.remedy) == (Kind::BlobUses, Remedy::Repair)));
+        let (mut s, f) = consistent();
+        s.uses.insert(("r".into(), "sha256:a".into()), 5);
+        assert_eq!(audit(&s, &f).len(), 1);
     }
 
     #[test]

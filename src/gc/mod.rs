@@ -7,6 +7,8 @@
 //!    expires are deleted one by one with `db::manifests::delete_tag`, each re-checked in the
 //!    write transaction (a tag pushed again since the pass chose it is kept), so counts move
 //!    as for any tag delete and the manifests left untagged follow the untagged rule below.
+//! 0b. Mirror cache (`[mirror_cache] max_size`, see `evict`): above the bound, the least
+//!    recently pulled cached repositories are deleted whole; their blobs follow in step 2.
 //! 1. Untagged manifests (unless `[gc] untagged = "keep"`): a manifest with reference count
 //!    zero (no tag, no index listing it) and no live subject, unreferenced for longer than
 //!    `untagged` (and `push_window`), is deleted by `db::manifests::delete`, which releases
@@ -25,6 +27,7 @@
 //! repair) and `usage` (`dockyard du`).
 
 pub mod blob_locks;
+pub mod evict;
 pub mod fsck;
 pub mod usage;
 
@@ -108,6 +111,9 @@ pub struct GcReport {
     pub kept_named: u64,
     /// Tags deleted (or, dry, that would be) by retention: `repo:tag digest (rule)`.
     pub expired_tags: Vec<String>,
+    /// Cached (mirrored) repositories evicted (or, dry, that would be) to fit
+    /// `[mirror_cache] max_size`.
+    pub evicted: Vec<String>,
     pub elapsed: Duration,
     /// The pass was asked to stop before it finished.
     pub stopped: bool,
@@ -181,6 +187,20 @@ impl fmt::Display for GcReport {
             human_bytes(self.bytes()),
             self.elapsed,
         )?;
+        if !self.evicted.is_empty() {
+            write!(
+                f,
+                "; {} {} cached repositor{} ({})",
+                if self.dry_run {
+                    "would evict"
+                } else {
+                    "evicted"
+                },
+                self.evicted.len(),
+                if self.evicted.len() == 1 { "y" } else { "ies" },
+                self.evicted.join(", ")
+            )?;
+        }
         // Why nothing (or less than expected) was freed: what is unreferenced but still
         // protected, and from when a pass will take it.
         let kept = self.kept_young + self.kept_seen;
@@ -289,11 +309,44 @@ pub fn run_once(core: &Core, opts: &GcOptions) -> Result<GcReport, Error> {
     result?;
     report.elapsed = started.elapsed();
     if !opts.dry_run {
+        record_gc_event(core, &report);
         core.metrics.gc_run(report.bytes());
         *core.last_gc.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((crate::db::now(), report.clone()));
     }
     Ok(report)
+}
+
+/// Tells the endpoints that take `gc` events what the pass freed. The pass spans many
+/// transactions, so its summary is written in one of its own when the pass ends: a crash
+/// during a pass loses that pass's summary (the deletions themselves are durable).
+fn record_gc_event(core: &Core, report: &GcReport) {
+    let hooks = &core.config.webhooks;
+    if !hooks.any(crate::events::Action::Gc) {
+        return;
+    }
+    let summary: std::collections::BTreeMap<String, u64> = [
+        ("blobs", report.blobs),
+        ("blob_bytes", report.blob_bytes),
+        ("manifests", report.manifests),
+        ("uploads", report.uploads),
+        ("upload_bytes", report.upload_bytes),
+        ("stray_files", report.stray_files),
+        ("stray_bytes", report.stray_bytes),
+        ("expired_tags", report.expired_tags.len() as u64),
+        ("evicted_repositories", report.evicted.len() as u64),
+        ("elapsed_ms", report.elapsed.as_millis() as u64),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let r = core
+        .db
+        .write_blocking(|tx| core.events.record_gc(tx, hooks, summary));
+    match r {
+        Ok(appended) => core.events.committed(hooks, &core.metrics, &appended),
+        Err(e) => tracing::error!(error = %e.message, "cannot record the gc event"),
+    }
 }
 
 struct Pass<'a> {
@@ -375,6 +428,11 @@ impl Pass<'_> {
             .any(|p| p.has_retention())
         {
             self.retention()?;
+        }
+        if let Some(max) = self.core.config.mirror_cache.max_size {
+            if !self.stopped() {
+                self.report.evicted = evict::run(self.core, max, self.opts.dry_run)?;
+            }
         }
         if let Untagged::After(age) = self.core.config.gc.untagged {
             self.manifests(age.max(self.core.config.gc.push_window))?;

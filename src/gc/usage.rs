@@ -109,7 +109,7 @@ pub fn measure(core: &Core) -> Result<Usage, Error> {
             let in_scope = |name: &str| policies.governing(name).is_some_and(|(j, _)| j == i);
             let (_, used) = crate::db::policy::usage(
                 &tx.open_table(REPOS)?,
-                &tx.open_table(MANIFESTS)?,
+                &tx.open_table(BLOB_USES)?,
                 &tx.open_table(BLOBS)?,
                 &in_scope,
             )?;

@@ -84,6 +84,15 @@ impl Caller {
         token_ok && policy.allows(self.user.as_deref(), repo, action)
     }
 
+    /// Do the live grants let the caller do `action` to `repo`, whatever its token's scopes
+    /// (for a name the request did not spell: the default mirror's stored name, checked
+    /// after the token was checked against the name the client used).
+    pub fn granted(&self, repo: &str, action: Action) -> bool {
+        self.policy
+            .as_ref()
+            .is_none_or(|p| p.allows(self.user.as_deref(), repo, action))
+    }
+
     /// May the caller see `repo` in the catalog: may it pull it, by its grants.
     pub fn may_list(&self, repo: &str) -> bool {
         match &self.policy {

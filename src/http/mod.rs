@@ -9,6 +9,7 @@ mod health;
 
 pub use health::metrics_only;
 mod manifests;
+mod mirror;
 pub mod path;
 mod referrers;
 pub mod reply;
@@ -355,15 +356,20 @@ fn writes_body(method: &Method, route: &Route) -> bool {
 /// is put into the response for the access log.
 async fn dispatch(
     state: &State,
-    route: Route,
+    mut route: Route,
     tail: &str,
     mut req: Request,
     body: BodyStream,
 ) -> Result<Response, RegistryError> {
+    // Before authorization: grants apply to the name a mirrored repository is stored under.
+    let mut mirror = mirror::resolve(state, &mut route, &req)?;
     let caller = state
         .auth
         .authorize(state, &req, need(&req.method, &route))
         .await?;
+    if mirror.is_none() {
+        mirror = mirror::resolve_default(state, &mut route, &req, &caller).await?;
+    }
     if matches!(route, Route::UploadStart(_)) {
         restrict_mount(&mut req, &caller);
     }
@@ -389,7 +395,15 @@ async fn dispatch(
     } else {
         None
     };
-    let result = handle(state, route, tail, req, body, caller).await;
+    let result = match (mirror, &req.method, route) {
+        (Some(t), &(Method::GET | Method::HEAD), Route::Manifest(_, r)) => {
+            mirror::manifest(state, &t, r, req.method == Method::HEAD).await
+        }
+        (Some(t), &(Method::GET | Method::HEAD), Route::Blob(_, d)) => {
+            mirror::blob(state, &t, d, req.method == Method::HEAD, &req).await
+        }
+        (_, _, route) => handle(state, route, tail, req, body, caller).await,
+    };
     let mut resp = result.unwrap_or_else(reply::error);
     if let Some(user) = user {
         resp.extensions_mut().insert(Principal(user));
@@ -414,10 +428,17 @@ async fn handle(
         (Method::GET, Route::Catalog) => catalog::list(state, &req, caller).await,
         (Method::GET, Route::Tags(name)) => tags::list(state, name, &req).await,
         (Method::GET | Method::HEAD, Route::Manifest(name, r)) => {
-            manifests::get(state, name, r, head).await
+            let who = manifests::request_info(state, &req, caller.user());
+            manifests::get(state, name, r, head, who).await
         }
-        (Method::PUT, Route::Manifest(name, r)) => manifests::put(state, name, r, &req, body).await,
-        (Method::DELETE, Route::Manifest(name, r)) => manifests::delete(state, name, r).await,
+        (Method::PUT, Route::Manifest(name, r)) => {
+            let who = manifests::request_info(state, &req, caller.user());
+            manifests::put(state, name, r, &req, body, who).await
+        }
+        (Method::DELETE, Route::Manifest(name, r)) => {
+            let who = manifests::request_info(state, &req, caller.user());
+            manifests::delete(state, name, r, who).await
+        }
         (Method::GET | Method::HEAD, Route::Blob(name, d)) => {
             blobs::get(state, name, d, head, &req).await
         }

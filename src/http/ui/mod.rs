@@ -417,15 +417,9 @@ impl Ui<'_> {
             tracing::info!(user = self.viewer.user.as_deref(), repo = %name, "ui delete denied");
             return Err(forbidden("You may not delete from this repository."));
         }
-        let n = name.clone();
-        let removed = self
-            .state
-            .db
-            .write(move |tx| match &r {
-                Reference::Digest(d) => db::manifests::delete(tx, &n, d),
-                Reference::Tag(t) => db::manifests::delete_tag(tx, &n, t),
-            })
-            .await?;
+        // The API's delete: immutable tags refused, the delete event recorded.
+        let who = super::manifests::request_info(self.state, self.req, self.viewer.user.as_deref());
+        let removed = super::manifests::delete_recorded(self.state, name.clone(), r, who).await?;
         if !removed {
             return Err(not_found());
         }
