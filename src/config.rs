@@ -41,15 +41,15 @@ pub struct Config {
     pub webhooks: crate::events::Webhooks,
     /// The `[ui]` section.
     pub ui: UiConfig,
+    /// Where blob bytes live: `[storage] backend` and `[storage.s3]`.
+    pub backend: Backend,
     /// The `[[mirror]]` tables: upstream registries served under a name prefix.
     pub mirrors: Vec<crate::mirror::config::Mirror>,
     /// The `[mirror_cache]` section.
     pub mirror_cache: crate::mirror::config::CacheConfig,
-    /// Where blob bytes live: `[storage] backend` and `[storage.s3]`.
-    pub backend: Backend,
 }
 
-/// Where blob bytes live. The database, upload sessions' spool files and the admin socket
+/// Where blob bytes live. The database, the upload journals and the admin socket
 /// stay under `root` either way.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum Backend {
@@ -882,9 +882,9 @@ impl Config {
         if let Some(l) = file.ui.session_lifetime {
             c.ui.session_lifetime = duration("ui.session_lifetime", &l)?;
         }
+        c.check_snapshot_grace()?;
         c.mirrors = crate::mirror::config::parse(file.mirror)?;
         c.mirror_cache = file.mirror_cache.parse()?;
-        c.check_snapshot_grace()?;
         Ok(c)
     }
 

@@ -59,6 +59,12 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// The access log's request id (`request{id=N}`, counted from 1 at each start), put into
+/// every request's extensions: a webhook event's `request.id` is this, so a receiver can find
+/// the request's access line (with the event's `source.instanceID`, it is unique).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestId(pub u64);
+
 /// Set on a response by the routes: which endpoint answered, for metrics and the access log.
 #[derive(Clone, Copy, Debug)]
 pub struct RouteLabel(pub &'static str);
@@ -577,6 +583,7 @@ where
         });
         req.extensions_mut().insert(ClientAddr(self.peer));
         let span = tracing::info_span!("request", id);
+        req.extensions_mut().insert(RequestId(id));
         let resp = match self.inner.call(req).instrument(span.clone()).await {
             Ok(r) => r,
             Err(never) => match never {},

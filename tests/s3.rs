@@ -149,6 +149,15 @@ async fn small_chunks_make_a_multipart_object_and_ranges_read_it() {
         location = resp.headers()["location"].to_str().unwrap().to_string();
         offset += chunk.len();
     }
+    // Nothing of the upload on disk: two parts are in the bucket, the tail in memory; only
+    // the journal naming the multipart upload is under uploads/.
+    let on_disk: Vec<String> = std::fs::read_dir(dir.path().join("uploads"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(on_disk.len(), 1, "{on_disk:?}");
+    assert!(on_disk[0].ends_with(".multipart"), "{on_disk:?}");
     let sep = if location.contains('?') { '&' } else { '?' };
     let resp = c
         .put(r.url(&format!("{location}{sep}digest={digest}")))
@@ -248,13 +257,30 @@ async fn small_chunks_make_a_multipart_object_and_ranges_read_it() {
     r.stop().await;
 }
 
-/// An upload cancelled half-way leaves nothing: no spool file, no journal, no object (the
-/// multipart upload into the bucket only exists during the finishing PUT, see `store::s3`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_upload_leaves_nothing_behind() {
-    let Some(s3) = require_s3() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let r = start_s3(&s3, dir.path(), "cancel", "").await;
+/// The journal of the one multipart upload under `root/uploads/`, and its text.
+fn journal_of(root: &Path) -> (std::path::PathBuf, String) {
+    let j = std::fs::read_dir(root.join("uploads"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".multipart"))
+        .expect("a journaled multipart upload");
+    let text = std::fs::read_to_string(&j).unwrap();
+    (j, text)
+}
+
+async fn multipart_alive(r: &TestRegistry, journal_text: &str) -> bool {
+    let (bucket, text) = (
+        r.core.store.bucket().unwrap().clone(),
+        journal_text.to_string(),
+    );
+    dockyard::store::s3::io(async move { bucket.multipart_alive(&text).await })
+        .await
+        .unwrap()
+}
+
+/// Starts an upload session and PATCHes `n` bytes into it; returns its location.
+async fn patched(r: &TestRegistry, n: usize) -> String {
     let c = client();
     let resp = c
         .post(r.url("/v2/app/blobs/uploads/"))
@@ -264,13 +290,28 @@ async fn a_cancelled_upload_leaves_nothing_behind() {
     let location = resp.headers()["location"].to_str().unwrap().to_string();
     let resp = c
         .patch(r.url(&location))
-        .body(random_bytes(3 << 20))
+        .body(random_bytes(n))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
+    location
+}
+
+/// An upload cancelled half-way, after its first part went to the bucket, aborts its
+/// multipart upload and leaves nothing: no journal, no object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_upload_aborts_its_multipart_upload() {
+    let Some(s3) = require_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let r = start_s3(&s3, dir.path(), "cancel", "").await;
+    let c = client();
+    let location = patched(&r, 10 << 20).await;
+    let (_, text) = journal_of(dir.path());
+    assert!(multipart_alive(&r, &text).await);
     let resp = c.delete(r.url(&location)).send().await.unwrap();
     assert_eq!(resp.status(), 204);
+    assert!(!multipart_alive(&r, &text).await, "the cancel aborted it");
     let left: Vec<_> = std::fs::read_dir(dir.path().join("uploads"))
         .unwrap()
         .flatten()
@@ -280,6 +321,38 @@ async fn a_cancelled_upload_leaves_nothing_behind() {
     assert!(objects(&r).await.is_empty());
     let report = fsck(&r, false).await;
     assert!(report.clean(), "{report}");
+    r.stop().await;
+}
+
+/// A restart loses an S3 session's state (its tail was in memory): the next PATCH says
+/// BLOB_UPLOAD_UNKNOWN, and when the session expires the GC aborts its multipart upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_lost_in_a_restart_is_refused_and_its_expiry_aborts_the_multipart_upload() {
+    let Some(s3) = require_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = s3_prefix("restart");
+    let config = s3_config(&s3, dir.path(), &prefix, "", "");
+    let r = TestRegistry::start_with(config.clone()).await;
+    let location = patched(&r, 9 << 20).await;
+    let (journal, text) = journal_of(dir.path());
+    r.stop().await;
+    let mut config = config;
+    config.upload_expiry = Duration::ZERO;
+    let r = TestRegistry::start_with(config).await;
+    let resp = client()
+        .patch(r.url(&location))
+        .body(random_bytes(1000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
+    assert!(multipart_alive(&r, &text).await);
+    let report = gc(&r, GcOptions::default()).await;
+    assert_eq!(report.uploads, 1, "{report}");
+    assert!(!journal.exists());
+    assert!(!multipart_alive(&r, &text).await, "the expiry aborted it");
+    assert!(fsck(&r, false).await.clean());
     r.stop().await;
 }
 
@@ -541,4 +614,88 @@ fn m1_blobs(manifest: &[u8]) -> Vec<String> {
         .chain(m["layers"].as_array().unwrap())
         .map(|d| d["digest"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// A PATCH whose body is shorter than its Content-Range is refused whole (416) and the
+/// session stays where it was; a finishing PUT with the wrong digest cancels the upload, as
+/// Distribution does (the S3 sink cannot take bytes back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misdescribed_chunk_is_refused_whole_and_a_wrong_digest_cancels() {
+    let Some(s3) = require_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let r = start_s3(&s3, dir.path(), "refused", "").await;
+    let c = client();
+    let first = random_bytes(9 << 20);
+    let location = {
+        let resp = c
+            .post(r.url("/v2/app/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        resp.headers()["location"].to_str().unwrap().to_string()
+    };
+    let resp = c
+        .patch(r.url(&location))
+        .body(first.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let offset = first.len();
+    // Declares 2000 bytes, sends 1000 (no Content-Length check: chunked body).
+    let short = futures_util::stream::iter([Ok::<_, std::io::Error>(random_bytes(1000))]);
+    let resp = c
+        .patch(r.url(&location))
+        .header("content-range", format!("{offset}-{}", offset + 1999))
+        .body(reqwest::Body::wrap_stream(short))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 416);
+    let resp = c.get(r.url(&location)).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(
+        resp.headers()["range"].to_str().unwrap(),
+        format!("0-{}", offset - 1),
+        "the session is where it was"
+    );
+    let rest = random_bytes(5000);
+    let resp = c
+        .patch(r.url(&location))
+        .header(
+            "content-range",
+            format!("{offset}-{}", offset + rest.len() - 1),
+        )
+        .body(rest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let whole = [first, rest].concat();
+    let digest = sha256(&whole);
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let wrong = sha256(b"not these bytes");
+    let resp = c
+        .put(r.url(&format!("{location}{sep}digest={wrong}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = c
+        .put(r.url(&format!("{location}{sep}digest={digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "the upload was cancelled");
+    assert!(objects(&r).await.is_empty());
+    let report = gc(&r, GcOptions::default()).await;
+    assert_eq!(report.stray_files, 0, "{report}");
+    assert!(
+        std::fs::read_dir(dir.path().join("uploads"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no journal left"
+    );
+    r.stop().await;
 }

@@ -2,7 +2,8 @@
 //! loopback): Distribution's envelope with a valid signature for push, delete and pull; a
 //! receiver down then up gets everything in order; events queued when the server is killed
 //! arrive after the restart; a hanging receiver does not hold pushes back; a full outbox drops
-//! its oldest events and counts them; `dockyard events` shows the outbox.
+//! its oldest events and counts them; `dockyard events` shows the outbox; the GC pass's own
+//! deletes (retention, untagged manifests) send delete events, its dry run none.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -423,6 +424,24 @@ async fn events_queued_when_the_server_is_killed_arrive_after_the_restart() {
     let server = Process::spawn_with_config(&root, &config);
     let events = rx.wait_for(5).await;
     assert_eq!(first_tags(&events, "push"), tags);
+    // An event's `request.id` is its request's id in the access log (`request{id=N}`).
+    push_image(
+        &c,
+        server.url("").as_str(),
+        "kill/app",
+        "k5",
+        &[&random_bytes(64)],
+    )
+    .await;
+    let line = server.wait_for_line("PUT /v2/kill/app/manifests/k5 201");
+    let logged = line
+        .split("request{id=")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .unwrap_or_else(|| panic!("no request id in {line:?}"));
+    let events = rx.wait_for(6).await;
+    let k5 = events.iter().find(|e| e["target"]["tag"] == "k5").unwrap();
+    assert_eq!(k5["request"]["id"], logged, "{line}\n{k5:#}");
     drop(server);
 
     // A restart without the endpoint drops what it still had queued, saying so.
@@ -728,4 +747,176 @@ async fn the_envelope_has_every_field_distribution_2_8_sends() {
     let content_type = |rx: &Receiver| rx.requests()[0]["headers"]["content-type"].clone();
     assert_eq!(content_type(&rx_ours), content_type(&rx_dist));
     r.stop().await;
+}
+
+/// The events of a receiver's 200-answered requests, each request's signature checked.
+fn signed_events(rx: &Receiver) -> Vec<Value> {
+    for req in rx.requests() {
+        check_signature(&req);
+    }
+    rx.delivered()
+}
+
+#[tokio::test]
+async fn the_gc_passs_own_deletes_send_delete_events_in_order_and_a_dry_run_sends_none() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    // `test` takes pushes and deletes but no `gc` summary: its deletes can arrive only if the
+    // pass wakes its delivery task after each commit. `audit` takes deletes and the summary.
+    let (rx, audit) = (Receiver::start(&dir_a, 0), Receiver::start(&dir_b, 0));
+    let secret = dir.path().join("hook.secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let endpoint = |name: &str, url: &str, events: &str| {
+        format!(
+            "[[webhook]]\nname = \"{name}\"\nurl = \"{url}\"\nevents = [{events}]\n\
+             secret_file = \"{}\"\ntimeout = \"1s\"\nbackoff = \"50ms\"\nbackoff_max = \"200ms\"\n",
+            secret.display()
+        )
+    };
+    let toml = format!(
+        "{}{}\n[[policy]]\npattern = \"ret/**\"\nkeep_last = 1\n\n\
+         [gc]\ninterval = \"off\"\ngrace = \"0s\"\npush_window = \"0s\"\nuntagged = \"0s\"\n",
+        endpoint("test", &rx.url(), "\"push\", \"delete\""),
+        endpoint("audit", &audit.url(), "\"delete\", \"gc\""),
+    );
+    let parsed = dockyard::Config::from_toml(&toml).unwrap();
+    let r = TestRegistry::start_configured(move |c| {
+        c.webhooks = parsed.webhooks;
+        c.policies = parsed.policies;
+        c.gc = parsed.gc;
+    })
+    .await;
+    let c = client();
+    // ret/app: r0..r3, each its own image; keep_last = 1 keeps r3 (the newest, and the
+    // greatest name were the push times equal).
+    let mut ret_digests = Vec::new();
+    for i in 0..4 {
+        let tag = format!("r{i}");
+        let (_, d) = push_image(&c, &r, "ret/app", &tag, &[&random_bytes(100)]).await;
+        ret_digests.push(d);
+    }
+    // loose/app: one image pushed by digest, untagged from the start.
+    let config = random_bytes(50);
+    let layer = random_bytes(70);
+    push_blob(&c, &r, "loose/app", &config).await;
+    push_blob(&c, &r, "loose/app", &layer).await;
+    let loose = image_manifest(&config, &[&layer]);
+    let loose_d = sha256(&loose);
+    put_manifest(&c, &r, "loose/app", &loose_d, &loose).await;
+    rx.wait_for(5).await;
+
+    let dry = r
+        .admin(dockyard::admin::Command::Gc { dry_run: true })
+        .await
+        .unwrap();
+    for t in ["r0", "r1", "r2"] {
+        assert!(
+            dry.contains(&format!("would delete tag ret/app:{t} ")),
+            "{dry}"
+        );
+    }
+    r.admin(dockyard::admin::Command::Gc { dry_run: false })
+        .await
+        .unwrap();
+    assert_eq!(tags_list(&r, "ret/app").await, ["r3"]);
+
+    // Retention's tag deletes first (the pass's step 0, by tag name), then the manifests
+    // left untagged, with the one pushed by digest, in the pass's (repository, digest)
+    // order. A dry run's events would have come first: there are none.
+    let mut untagged = vec![(String::from("loose/app"), loose_d.clone())];
+    let mut expired: Vec<String> = ret_digests[..3].to_vec();
+    expired.sort();
+    untagged.extend(expired.into_iter().map(|d| ("ret/app".to_string(), d)));
+    let want: Vec<(String, String, String)> = ["r0", "r1", "r2"]
+        .iter()
+        .map(|t| ("ret/app".to_string(), t.to_string(), String::new()))
+        .chain(
+            untagged
+                .into_iter()
+                .map(|(repo, d)| (repo, String::new(), d)),
+        )
+        .collect();
+    let target = |e: &Value| {
+        let field = |k: &str| e["target"][k].as_str().unwrap_or("").to_string();
+        (field("repository"), field("tag"), field("digest"))
+    };
+
+    rx.wait_for(5 + want.len()).await;
+    let events: Vec<Value> = signed_events(&rx).into_iter().skip(5).collect();
+    assert_eq!(events.len(), want.len(), "{events:#?}");
+    let got: Vec<_> = events.iter().map(target).collect();
+    assert_eq!(got, want, "{events:#?}");
+
+    let audited = audit.wait_for(want.len() + 1).await;
+    let audited_signed = signed_events(&audit);
+    assert_eq!(audited_signed.len(), want.len() + 1, "{audited:#?}");
+    let (deletes, summary) = audited_signed.split_at(want.len());
+    let got: Vec<_> = deletes.iter().map(target).collect();
+    assert_eq!(got, want, "{audited:#?}");
+    let summary = &summary[0];
+    assert_eq!(summary["action"], "gc");
+    assert_eq!(summary["gc"]["expired_tags"], 3);
+    assert_eq!(summary["gc"]["manifests"], 4);
+
+    // Each is the API's delete event, made by the GC: one request id for the pass, which its
+    // summary carries too; the actor is one no user can be.
+    let pass_id = summary["request"]["id"].as_str().unwrap();
+    assert!(!pass_id.is_empty());
+    assert_eq!(summary["actor"]["name"], "dockyard:gc");
+    for e in events.iter().chain(deletes) {
+        assert_eq!(e["action"], "delete", "{e:#}");
+        assert_eq!(e["actor"]["name"], "dockyard:gc", "{e:#}");
+        assert_eq!(e["request"]["method"], "DELETE", "{e:#}");
+        assert_eq!(e["request"]["id"], pass_id, "{e:#}");
+        assert!(e["request"]["useragent"]
+            .as_str()
+            .unwrap()
+            .starts_with("dockyard/"));
+        assert_eq!(e["source"]["addr"], r.addr.to_string().as_str());
+        assert!(e["id"].as_str().is_some_and(|s| !s.is_empty()));
+        assert!(e["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+    // The same event ids at both endpoints: one event, appended to each outbox.
+    let ids = |v: &[Value]| -> Vec<String> {
+        v.iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&events), ids(deletes));
+
+    // A pass with nothing to delete sends its summary only.
+    r.admin(dockyard::admin::Command::Gc { dry_run: false })
+        .await
+        .unwrap();
+    let audited = audit.wait_for(want.len() + 2).await;
+    assert_eq!(audited[want.len() + 1]["action"], "gc");
+    assert_ne!(audited[want.len() + 1]["request"]["id"], pass_id);
+    wait_metric(&r, "dockyard_webhook_queued", 0).await;
+    assert_eq!(
+        metric(&r, "dockyard_webhook_delivered_total").await,
+        (5 + want.len()) as u64
+    );
+    r.stop().await;
+}
+
+async fn tags_list(r: &TestRegistry, repo: &str) -> Vec<String> {
+    let v: Value = client()
+        .get(r.url(&format!("/v2/{repo}/tags/list")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect()
 }

@@ -2,10 +2,10 @@
 //! once and in order per endpoint.
 //!
 //! The path of an event, top to bottom:
-//! 1. The change (a manifest PUT, a DELETE, a GC pass's summary) appends an `EventRecord` to
-//!    each interested endpoint's outbox (`db::events::append`) **inside its own write
-//!    transaction**: the event commits exactly when the change does, so a crash can lose
-//!    neither without the other. A full outbox drops its oldest events, counted.
+//! 1. The change (a manifest PUT, a DELETE, a GC pass's own deletes and its summary) appends
+//!    an `EventRecord` to each interested endpoint's outbox (`db::events::append`) **inside
+//!    its own write transaction**: the event commits exactly when the change does, so a crash
+//!    can lose neither without the other. A full outbox drops its oldest events, counted.
 //! 2. After the commit, [`Hub::committed`] wakes the endpoints' delivery tasks and updates the
 //!    metrics (never inside the transaction body, which the group commit may run twice).
 //! 3. One delivery task per endpoint (`deliver`) reads the oldest events, POSTs them as
@@ -146,7 +146,18 @@ pub struct RequestInfo {
     pub scheme: &'static str,
 }
 
+/// The actor of the deletes a GC pass makes (retention's tags, `[gc] untagged` manifests). No
+/// user can be called this (a user name cannot hold a `:`, Basic auth's separator), so a
+/// receiver can tell the registry's own deletes from a user's.
+pub const GC_ACTOR: &str = "dockyard:gc";
+
 impl RequestInfo {
+    /// The deletes of one GC pass: one request id for the whole pass, which its `gc` summary
+    /// event carries too, so a receiver can tie each delete to the pass that made it.
+    pub fn gc_pass() -> RequestInfo {
+        RequestInfo::local(GC_ACTOR, "DELETE")
+    }
+
     /// A change made without an HTTP request of the API (`dockyard rm`).
     pub fn local(actor: &str, method: &str) -> RequestInfo {
         RequestInfo {
@@ -346,12 +357,14 @@ impl Hub {
         self.record(tx, hooks, Action::Delete, &subject, req)
     }
 
-    /// Appends a GC pass's summary for every endpoint that takes `gc` events, in `tx`.
+    /// Appends a GC pass's summary for every endpoint that takes `gc` events, in `tx`, with
+    /// the request id `pass` gave the pass's deletes.
     pub fn record_gc(
         &self,
         tx: &WriteTransaction,
         hooks: &Webhooks,
         summary: BTreeMap<String, u64>,
+        pass: &RequestInfo,
     ) -> Result<Appended, RegistryError> {
         let wanted: Vec<(usize, &Webhook)> = hooks
             .0
@@ -364,10 +377,13 @@ impl Hub {
             timestamp: now_rfc3339(),
             action: Action::Gc.as_str().to_string(),
             request: EventRequest {
-                id: uuid::Uuid::new_v4().to_string(),
+                id: pass.id.clone(),
                 method: "GC".to_string(),
-                useragent: concat!("dockyard/", env!("CARGO_PKG_VERSION")).to_string(),
+                useragent: pass.useragent.clone(),
                 ..Default::default()
+            },
+            actor: EventActor {
+                name: pass.actor.clone(),
             },
             source: self.source(),
             gc: Some(summary),

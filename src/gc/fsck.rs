@@ -840,7 +840,10 @@ fn uploads(
     let lease = core.config.gc.lease();
     let mut in_flight = 0;
     for (name, path) in upload_files(core.store.root())? {
-        if snap.uploads.contains(&name) {
+        let session = name
+            .strip_suffix(crate::store::s3::JOURNAL_SUFFIX)
+            .unwrap_or(&name);
+        if snap.uploads.contains(session) {
             continue;
         }
         let Ok(meta) = fs::metadata(&path) else {

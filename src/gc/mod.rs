@@ -23,6 +23,9 @@
 //! 4. Leftovers of crashes: files in `blobs/` without a row, older than `grace` (never one a
 //!    manifest names), and files in `uploads/` without a session, older than the lease.
 //!
+//! Each tag (step 0) and manifest (step 1) the pass deletes gets the API's delete event,
+//! appended in the deleting transaction (`events`, actor `events::GC_ACTOR`).
+//!
 //! Beside the pass: `blob_locks` (where pushes and the GC meet), `fsck` (the audit and its
 //! repair) and `usage` (`dockyard du`).
 
@@ -44,6 +47,7 @@ use redb::ReadableTable;
 
 use crate::config::Untagged;
 use crate::db::{self, schema::*};
+use crate::events::Appended;
 use crate::gc::blob_locks::stripe_of;
 use crate::oci::{Digest, RegistryError, RepoName};
 use crate::store::Location;
@@ -297,10 +301,12 @@ pub fn run_once(core: &Core, opts: &GcOptions) -> Result<GcReport, Error> {
         dry_run: opts.dry_run,
         ..Default::default()
     };
+    let who = crate::events::RequestInfo::gc_pass();
     let result = Pass {
         core,
         opts,
         snapshot,
+        who: &who,
         report: &mut report,
         ticker: Ticker::new(opts.progress.as_ref()),
     }
@@ -309,7 +315,7 @@ pub fn run_once(core: &Core, opts: &GcOptions) -> Result<GcReport, Error> {
     result?;
     report.elapsed = started.elapsed();
     if !opts.dry_run {
-        record_gc_event(core, &report);
+        record_gc_event(core, &report, &who);
         core.metrics.gc_run(report.bytes());
         *core.last_gc.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((crate::db::now(), report.clone()));
@@ -319,8 +325,9 @@ pub fn run_once(core: &Core, opts: &GcOptions) -> Result<GcReport, Error> {
 
 /// Tells the endpoints that take `gc` events what the pass freed. The pass spans many
 /// transactions, so its summary is written in one of its own when the pass ends: a crash
-/// during a pass loses that pass's summary (the deletions themselves are durable).
-fn record_gc_event(core: &Core, report: &GcReport) {
+/// during a pass loses that pass's summary (the deletions themselves are durable, each with
+/// its own delete event).
+fn record_gc_event(core: &Core, report: &GcReport, who: &crate::events::RequestInfo) {
     let hooks = &core.config.webhooks;
     if !hooks.any(crate::events::Action::Gc) {
         return;
@@ -342,7 +349,7 @@ fn record_gc_event(core: &Core, report: &GcReport) {
     .collect();
     let r = core
         .db
-        .write_blocking(|tx| core.events.record_gc(tx, hooks, summary));
+        .write_blocking(|tx| core.events.record_gc(tx, hooks, summary, who));
     match r {
         Ok(appended) => core.events.committed(hooks, &core.metrics, &appended),
         Err(e) => tracing::error!(error = %e.message, "cannot record the gc event"),
@@ -355,6 +362,8 @@ struct Pass<'a> {
     /// Taken before the pass's first read: a blob seen after it may have links the pass did
     /// not read, so it is kept.
     snapshot: Instant,
+    /// The pass as the `request` and `actor` of the delete events it appends.
+    who: &'a crate::events::RequestInfo,
     report: &'a mut GcReport,
     ticker: Ticker<'a>,
 }
@@ -488,8 +497,10 @@ impl Pass<'_> {
                 return Ok(());
             }
             let batch = batch.to_vec();
-            let deleted = self.core.db.write_blocking(move |tx| {
+            let (hub, hooks, who) = (&self.core.events, &self.core.config.webhooks, self.who);
+            let (deleted, appended) = self.core.db.write_blocking(move |tx| {
                 let mut deleted = Vec::new();
+                let mut appended = Appended::default();
                 for (repo, e) in batch {
                     let (Some(name), Some(tag)) =
                         (RepoName::parse(&repo), crate::oci::Tag::parse(&e.tag.tag))
@@ -501,11 +512,15 @@ impl Pass<'_> {
                         continue; // Pushed (or deleted) since the snapshot.
                     }
                     if db::manifests::delete_tag(tx, &name, &tag)? {
+                        // The API's tag delete event, committed with the delete.
+                        let r = crate::oci::Reference::Tag(tag);
+                        appended.merge(hub.record_delete(tx, hooks, &name, &r, who)?);
                         deleted.push((repo, e));
                     }
                 }
-                Ok(deleted)
+                Ok((deleted, appended))
             })?;
+            hub.committed(hooks, &self.core.metrics, &appended);
             for (repo, e) in &deleted {
                 tracing::info!("gc: retention deleted tag {}", line(repo, e));
                 self.report.expired_tags.push(line(repo, e));
@@ -549,9 +564,11 @@ impl Pass<'_> {
                         Ok((repo, parse_digest(d)?))
                     })
                     .collect::<Result<Vec<_>, Error>>()?;
-                deleted += db.write_blocking(|tx| {
+                let (hub, hooks, who) = (&self.core.events, &self.core.config.webhooks, self.who);
+                let (n, appended) = db.write_blocking(|tx| {
                     let now = db::now();
                     let mut n = 0;
+                    let mut appended = Appended::default();
                     for (repo, digest) in &batch {
                         // Re-checked in the deleting transaction: a tag or index may have
                         // claimed it since the snapshot.
@@ -569,11 +586,16 @@ impl Pass<'_> {
                             }
                         };
                         if still && db::manifests::delete(tx, repo, digest)? {
+                            // The API's manifest delete event, committed with the delete.
+                            let r = crate::oci::Reference::Digest(digest.clone());
+                            appended.merge(hub.record_delete(tx, hooks, repo, &r, who)?);
                             n += 1;
                         }
                     }
-                    Ok(n)
+                    Ok((n, appended))
                 })?;
+                hub.committed(hooks, &self.core.metrics, &appended);
+                deleted += n;
                 let done = self.report.manifests + deleted;
                 self.ticker.tick(|| format!("gc: manifests {done}"));
                 if self.stopped() {
@@ -803,6 +825,18 @@ impl Pass<'_> {
         for (path, size) in gone {
             if !self.opts.dry_run {
                 remove_file(&path)?;
+                if let Some(bucket) = core.store.bucket().cloned() {
+                    // An S3 session's bytes are a multipart upload: aborted with the session.
+                    let id = path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or_default()
+                        .to_string();
+                    let journal = core.store.journal_for(&id);
+                    crate::store::s3::wait(
+                        async move { bucket.discard_upload(&id, journal).await },
+                    );
+                }
             }
             // The session is gone either way: its row went first.
             self.report.uploads += 1;
@@ -899,8 +933,14 @@ impl Pass<'_> {
             if file_age(&meta) < age {
                 continue;
             }
-            if id.ends_with(crate::store::s3::JOURNAL_SUFFIX) {
-                self.stale_multipart(&path)?;
+            if let Some(session) = id.strip_suffix(crate::store::s3::JOURNAL_SUFFIX) {
+                // A live session's upload is its own (aborted when the session expires).
+                let live = core
+                    .db
+                    .read_blocking(|tx| Ok(tx.open_table(UPLOADS)?.get(session)?.is_some()))?;
+                if !live {
+                    self.stale_multipart(&path)?;
+                }
                 continue;
             }
             let has_row = core

@@ -17,7 +17,10 @@ pub fn request_info(state: &State, req: &Request, user: Option<&str>) -> Option<
         return None;
     }
     Some(RequestInfo {
-        id: uuid::Uuid::new_v4().to_string(),
+        // The access log's `request{id=N}`; a new UUID only if the accept loop gave none.
+        id: req
+            .id
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), |n| n.to_string()),
         addr: req.remote.map(|a| a.to_string()).unwrap_or_default(),
         host: req.header("host").unwrap_or_default().to_string(),
         method: req.method.to_string(),

@@ -34,7 +34,7 @@ use crate::db::Db;
 use crate::gc::blob_locks::BlobLocks;
 use crate::metrics::Metrics;
 use crate::oci::{ErrorCode, RegistryError};
-use crate::server::{ClientAddr, Principal, RouteLabel};
+use crate::server::{ClientAddr, Principal, RequestId, RouteLabel};
 use crate::store::{BodyStream, Cursors, Store};
 use auth::{Auth, Caller, Need};
 use path::Route;
@@ -165,6 +165,8 @@ pub struct Request {
     pub query: Vec<(String, String)>,
     /// The client's address, for failed-login throttling.
     pub remote: Option<SocketAddr>,
+    /// The access log's id of this request, for its webhook events.
+    pub id: Option<u64>,
 }
 
 impl Request {
@@ -194,12 +196,14 @@ pub fn routes(
         // Our accept loop (`server`) records the peer; warp's `addr::remote` only works under
         // `warp::serve`.
         .and(warp::ext::optional::<ClientAddr>())
+        .and(warp::ext::optional::<RequestId>())
         .map(
-            |method, headers, query, client: Option<ClientAddr>| Request {
+            |method, headers, query, client: Option<ClientAddr>, id: Option<RequestId>| Request {
                 method,
                 headers,
                 query,
                 remote: client.map(|c| c.0),
+                id: id.map(|i| i.0),
             },
         );
     let api = warp::path("v2")

@@ -14,6 +14,7 @@
 mod dir_sync;
 pub mod read;
 pub mod s3;
+mod s3_sink;
 pub mod upload;
 
 use std::fs;
@@ -43,6 +44,9 @@ pub enum BlobBytes {
     /// side.
     Object(s3::Bucket),
 }
+
+/// A stored blob's size and age (time since it was last written).
+pub type SizeAge = (u64, std::time::Duration);
 
 /// How [`Store::place_into`] got a blob into the other root.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -307,7 +311,7 @@ impl Store {
     /// Every stored blob's digest, cheaply: the file names under `blobs/` (no `stat` of each:
     /// the GC's stray sweep reads sizes and ages only of the few without a row, see
     /// [`Store::blob_age`]), or (S3) the listing, which carries size and age anyway.
-    pub fn blob_digests(&self) -> io::Result<Vec<(Digest, Option<(u64, std::time::Duration)>)>> {
+    pub fn blob_digests(&self) -> io::Result<Vec<(Digest, Option<SizeAge>)>> {
         match &self.bucket {
             Some(_) => Ok(self
                 .list_blobs()?
@@ -322,7 +326,7 @@ impl Store {
     }
 
     /// A blob file's size and age (time since its last change); `None` when it is gone.
-    pub fn blob_age(&self, digest: &Digest) -> Option<(u64, std::time::Duration)> {
+    pub fn blob_age(&self, digest: &Digest) -> Option<SizeAge> {
         let meta = fs::metadata(self.path_for(Location::Blob(digest))).ok()?;
         let age = meta
             .modified()

@@ -4,16 +4,17 @@
 //! ```text
 //! <bucket>/<prefix>/
 //! ├── blobs/sha256/abcdef…        one object per blob, named by its digest
+//! ├── uploads/<session>           the temporary object of an upload in progress
 //! └── (snapshots/…)               the database snapshots (`[storage.s3] snapshot_interval`)
 //! ```
 //!
-//! Uploads still stream into `<root>/uploads/<uuid>`, hashed as they arrive, exactly as on the
-//! filesystem backend; the finished, verified file is then copied into the bucket by a
-//! multipart upload (`Bucket::put_file`), and only once the object is complete does the
-//! caller commit the blob's row (object before row). A multipart upload in progress is named
-//! by a journal file `<root>/uploads/<uuid>.multipart` (the S3 upload id and key), written
-//! and fsynced right after the upload is created and removed once it is completed or
-//! aborted, so a crash leaves a file the GC finds and aborts (`Bucket::abort_journaled`).
+//! Request bodies stream into the bucket through `s3_sink` (a multipart upload per session).
+//! Files (an import's staged blobs, `migrate-storage`) are copied by `Bucket::put_file`. Only
+//! once the object is complete does the caller commit the blob's row (object before row). A
+//! multipart upload in progress is named by a journal file `<root>/uploads/<id>.multipart`
+//! (its key and S3 upload id), written and fsynced right after the upload is created and
+//! removed once it is completed or aborted, so a crash leaves a file the GC finds and aborts
+//! (`Bucket::abort_journaled`).
 //!
 //! This module knows S3; the rest of `store` decides when to call it.
 
@@ -50,6 +51,8 @@ pub struct Bucket {
     /// Every key starts with this (may be empty).
     prefix: String,
     config: Arc<S3Config>,
+    /// Upload sessions streaming into the bucket (`s3_sink`).
+    pub(super) spools: Arc<super::s3_sink::Spools>,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -119,12 +122,27 @@ impl Bucket {
             s3: Arc::new(s3),
             prefix: config.prefix.clone(),
             config: Arc::new(config.clone()),
+            spools: Arc::default(),
         })
     }
 
     /// The handle, for code that needs plain object operations (the database snapshots).
     pub fn object_store(&self) -> Arc<dyn ObjectStore> {
         self.s3.clone()
+    }
+
+    pub(super) fn s3(&self) -> Arc<AmazonS3> {
+        self.s3.clone()
+    }
+
+    /// Starts the in-memory side of an upload session (see `s3_sink`).
+    pub fn begin_upload(&self, id: &str) {
+        self.spools.begin(id);
+    }
+
+    /// How many bytes upload session `id` holds, if this process holds its state.
+    pub fn upload_len(&self, id: &str) -> Option<u64> {
+        self.spools.held(id)
     }
 
     pub fn config(&self) -> &S3Config {
@@ -426,7 +444,7 @@ async fn read_part(file: std::fs::File, max: usize) -> io::Result<(std::fs::File
 }
 
 /// Names a multipart upload in progress, durably, before any part is sent.
-async fn write_journal(journal: &Path, key: &Key, id: &str) -> io::Result<()> {
+pub(super) async fn write_journal(journal: &Path, key: &Key, id: &str) -> io::Result<()> {
     let (journal, text) = (journal.to_path_buf(), format!("{key}\n{id}\n"));
     tokio::task::spawn_blocking(move || {
         use std::io::Write;

@@ -352,6 +352,7 @@ impl Ui<'_> {
             headers,
             query: Vec::new(),
             remote: self.req.remote,
+            id: self.req.id,
         };
         let checked = self
             .state
