@@ -885,6 +885,15 @@ impl Config {
         c.check_snapshot_grace()?;
         c.mirrors = crate::mirror::config::parse(file.mirror)?;
         c.mirror_cache = file.mirror_cache.parse()?;
+        if matches!(c.backend, Backend::S3(_)) && !c.mirrors.is_empty() {
+            // The mirror serves a blob to waiting clients from its upload file while the
+            // fetch writes it, then from `blobs/`; the S3 backend keeps neither on disk.
+            return Err(
+                "[[mirror]] needs [storage] backend = \"filesystem\": a pull-through \
+                        mirror on the S3 backend is not supported yet"
+                    .into(),
+            );
+        }
         Ok(c)
     }
 
@@ -1155,6 +1164,12 @@ mod tests {
             (
                 "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"127.0.0.1:3900\"\n",
                 "endpoint",
+            ),
+            (
+                "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\n\
+                 access_key_id = \"k\"\nsecret_access_key_file = \"/s\"\n\
+                 [[mirror]]\nprefix = \"docker.io\"\nupstream = \"https://registry-1.docker.io\"\n",
+                "mirror on the S3 backend is not supported",
             ),
         ] {
             let e = Config::from_toml(toml).unwrap_err();
