@@ -548,24 +548,54 @@ pub fn socket_path(root: &Path) -> PathBuf {
     root.join("admin.sock")
 }
 
-/// Listens on `<root>/admin.sock` until `shutdown` completes. The socket is created under a
-/// temporary name, restricted to the owner, and only then renamed into place, so there is no
-/// moment at which others could connect.
+/// The control channel's socket, bound at `<root>/admin.sock` but not yet answering. Binding
+/// comes before the server says it is listening (and before it accepts a connection), so a
+/// CLI command run the moment the listening line appears finds the socket; connections made
+/// before [`serve`] runs wait in the backlog. Dropping it removes the socket file.
+pub struct Listener {
+    socket: std::os::unix::net::UnixListener,
+    path: PathBuf,
+}
+
+/// Binds `<root>/admin.sock`. The socket is created under a temporary name, restricted to the
+/// owner, and only then renamed into place, so there is no moment at which others could
+/// connect. The caller must hold the database lock: a socket already at the path is then a
+/// dead server's leftover, which this replaces.
+pub fn bind(root: &Path) -> io::Result<Listener> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path(root);
+    let staging = root.join(format!(".admin.sock.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let socket = std::os::unix::net::UnixListener::bind(&staging).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind the admin socket {}: {e}", staging.display()),
+        )
+    })?;
+    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&staging, &path))
+        .and_then(|()| socket.set_nonblocking(true));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&staging);
+        return Err(e);
+    }
+    Ok(Listener { socket, path })
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Answers on the bound control channel until `shutdown` completes; the socket file is
+/// removed when it returns.
 pub async fn serve(
     core: Core,
+    bound: Listener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = socket_path(core.store.root());
-    let staging = core
-        .store
-        .root()
-        .join(format!(".admin.sock.{}", std::process::id()));
-    let _ = std::fs::remove_file(&staging);
-    let listener = UnixListener::bind(&staging)?;
-    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))?;
-    // We hold the database lock, so a socket already at `path` is a dead server's leftover.
-    std::fs::rename(&staging, &path)?;
+    let listener = UnixListener::from_std(bound.socket.try_clone()?)?;
     let core = std::sync::Arc::new(core);
     tokio::pin!(shutdown);
     loop {
@@ -588,7 +618,8 @@ pub async fn serve(
             }
         }
     }
-    let _ = std::fs::remove_file(&path);
+    drop(listener);
+    drop(bound);
     Ok(())
 }
 

@@ -51,6 +51,18 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Move the blobs of a root from <root>/blobs/ into the S3 bucket of [storage.s3],
+    /// verifying each object; set `[storage] backend = "s3"` first, and stop the server.
+    MigrateStorage {
+        #[command(flatten)]
+        instance: Instance,
+        /// The backend to move to (only `s3`).
+        #[arg(long)]
+        to: String,
+        /// Remove the local blob files once every blob is in the bucket and verified.
+        #[arg(long)]
+        delete_local: bool,
+    },
     /// The webhook outbox of each endpoint: events waiting, dropped, delivered and failed, and
     /// the oldest waiting ones (through the running server if there is one).
     Events {
@@ -108,9 +120,20 @@ pub enum Command {
         instance: Instance,
     },
     /// Restore a backup (or any stopped root) into this root, which must be empty, or
-    /// stopped and replaced with --force. Every blob is re-hashed on the way.
+    /// stopped and replaced with --force. Every blob is re-hashed on the way. With
+    /// --from-bucket: recreate the root from the latest database snapshot in the S3 bucket
+    /// of --config (a takeover on a new machine; loses what was committed after it).
     Restore {
-        src: PathBuf,
+        /// The backup directory (or stopped root) to copy from.
+        #[arg(
+            required_unless_present = "from_bucket",
+            conflicts_with = "from_bucket"
+        )]
+        src: Option<PathBuf>,
+        /// Take the database from the latest snapshot the server wrote into the bucket of
+        /// `[storage.s3]` (blobs stay in the bucket).
+        #[arg(long)]
+        from_bucket: bool,
         /// Replace the contents of a non-empty root (no server may be running on it).
         #[arg(long)]
         force: bool,
@@ -352,8 +375,21 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
         }
         Command::Config(ConfigCommand::Check { config }) => {
             let c = Config::load(&config)?;
+            let blobs = match &c.backend {
+                crate::config::Backend::Filesystem => "filesystem".to_string(),
+                crate::config::Backend::S3(s3) => {
+                    // The secret file must be readable: a server would fail at start.
+                    crate::store::s3::Bucket::connect(s3).map_err(crate::Error::Command)?;
+                    format!(
+                        "s3 bucket {} at {}{}",
+                        s3.bucket,
+                        s3.endpoint.as_deref().unwrap_or("AWS"),
+                        if s3.redirect { ", redirect" } else { "" }
+                    )
+                }
+            };
             println!(
-                "{}: ok (listen {}, root {}, tls {}, {} webhooks)",
+                "{}: ok (listen {}, root {}, blobs {blobs}, tls {}, {} webhooks)",
                 config.display(),
                 c.listen,
                 c.root.display(),
@@ -415,15 +451,24 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
             }
             execute(instance, admin::Command::Rm { target })
         }
+        Command::MigrateStorage {
+            instance,
+            to,
+            delete_local,
+        } => migrate_storage(instance, &to, delete_local),
         Command::Backup { dest, instance } => {
             let dest = std::path::absolute(&dest)?;
             execute(instance, admin::Command::Backup { dest })
         }
         Command::Restore {
             src,
+            from_bucket,
             force,
             instance,
-        } => restore(&src, force, instance),
+        } => match src {
+            Some(src) if !from_bucket => restore(&src, force, instance),
+            _ => restore_from_bucket(force, instance),
+        },
         Command::Export {
             images,
             to,
@@ -445,6 +490,59 @@ pub fn run(cli: Cli) -> Result<(), crate::Error> {
             execute(instance, admin::Command::Import { dir, repo })
         }
     }
+}
+
+/// `restore --from-bucket`: the root must be stopped; the config names the bucket.
+fn restore_from_bucket(force: bool, instance: Instance) -> Result<(), crate::Error> {
+    use crate::portability::snapshots;
+    let config = instance.config()?;
+    let report = snapshots::restore_from_bucket(&config, force)?;
+    println!("{report}");
+    if !report.missing.is_empty() {
+        return Err(crate::Error::Command(format!(
+            "{} blobs the snapshot records are not in the bucket (first: {}): their images \
+             will not pull; `dockyard fsck` lists them",
+            report.missing.len(),
+            report.missing[0]
+        )));
+    }
+    Ok(())
+}
+
+/// `migrate-storage`: on the files, so the server must be stopped.
+fn migrate_storage(instance: Instance, to: &str, delete_local: bool) -> Result<(), crate::Error> {
+    use crate::portability::{migrate_storage, served};
+    let fail = |m: String| crate::Error::Command(m);
+    if to != "s3" {
+        return Err(fail(format!(
+            "migrate-storage --to {to:?}: only \"s3\" is supported"
+        )));
+    }
+    let config = instance.config()?;
+    if served(&config.root) {
+        return Err(fail(format!(
+            "a server is running on {}: stop it before migrate-storage",
+            config.root.display()
+        )));
+    }
+    let core = crate::Core::open(config)?;
+    let progress = admin::terminal_progress();
+    let report = migrate_storage::run(&core, delete_local, progress.as_ref());
+    admin::clear_progress(progress.is_some());
+    let report = report?;
+    println!("{report}");
+    for f in &report.failed {
+        eprintln!("failed: {f}");
+    }
+    if !report.failed.is_empty() {
+        return Err(fail(format!(
+            "{} blobs are not in the bucket; fix them (see above) and run migrate-storage \
+             again before starting the server",
+            report.failed.len()
+        )));
+    }
+    println!("every blob is in the bucket: start the server with this config");
+    Ok(())
 }
 
 /// Restores on the files: the root must be stopped (a running server holds its database),
@@ -653,7 +751,10 @@ async fn serve(config: Config) -> Result<(), crate::Error> {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
         })?;
     let addr = listener.local_addr()?;
-    let registry = Registry::open(config)?;
+    let mut registry = Registry::open(config)?;
+    // Bound before the banner says "listening", so a CLI command run right then reaches it.
+    // On failure `serve` tries once more and logs why; the API serves regardless.
+    let _ = registry.bind_admin();
     banner(registry.config(), addr);
     if let Some(tls) = registry.tls() {
         tokio::spawn(reload_on_sighup(tls));

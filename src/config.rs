@@ -41,10 +41,67 @@ pub struct Config {
     pub webhooks: crate::events::Webhooks,
     /// The `[ui]` section.
     pub ui: UiConfig,
+    /// Where blob bytes live: `[storage] backend` and `[storage.s3]`.
+    pub backend: Backend,
     /// The `[[mirror]]` tables: upstream registries served under a name prefix.
     pub mirrors: Vec<crate::mirror::config::Mirror>,
     /// The `[mirror_cache]` section.
     pub mirror_cache: crate::mirror::config::CacheConfig,
+}
+
+/// Where blob bytes live. The database, the upload journals and the admin socket
+/// stay under `root` either way.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Backend {
+    /// `<root>/blobs/…`, as always.
+    #[default]
+    Filesystem,
+    /// An S3-compatible bucket (`store::s3`).
+    S3(S3Config),
+}
+
+/// `[storage.s3]`: the bucket blobs live in when `[storage] backend = "s3"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct S3Config {
+    /// `http(s)://host:port` of the S3 API; `None` means AWS itself (from the region).
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    /// Every object key starts with this (no leading or trailing slash; may be empty), so
+    /// several registries, or other data, can share one bucket.
+    pub prefix: String,
+    pub access_key_id: String,
+    /// A file holding the secret access key (never the key itself in the config file, which
+    /// is often world-readable and checked in).
+    pub secret_access_key_file: PathBuf,
+    /// Path-style URLs (`endpoint/bucket/key`), which Garage and MinIO need; virtual-hosted
+    /// style (`bucket.endpoint/key`) otherwise.
+    pub path_style: bool,
+    /// Blob GETs answer 307 to a presigned URL of the bucket, so the bytes flow from the
+    /// object store and not through Dockyard; `false` streams them through.
+    pub redirect: bool,
+    /// How long a presigned URL of a redirect is valid.
+    pub redirect_lifetime: Duration,
+    /// How often the server writes a snapshot of the database into the bucket
+    /// (`portability::snapshots`); `None` ("off"): never, and no takeover is possible.
+    pub snapshot_interval: Option<Duration>,
+}
+
+impl S3Config {
+    fn new() -> S3Config {
+        S3Config {
+            endpoint: None,
+            region: "us-east-1".to_string(),
+            bucket: String::new(),
+            prefix: String::new(),
+            access_key_id: String::new(),
+            secret_access_key_file: PathBuf::new(),
+            path_style: true,
+            redirect: true,
+            redirect_lifetime: Duration::from_secs(5 * 60),
+            snapshot_interval: Some(Duration::from_secs(15 * 60)),
+        }
+    }
 }
 
 /// The web UI at `/ui/` (see `http::ui`).
@@ -218,6 +275,7 @@ impl Default for Config {
             gc: GcConfig::default(),
             ui: UiConfig::default(),
             policies: crate::policy::Policies::default(),
+            backend: Backend::Filesystem,
             mirrors: Vec::new(),
             mirror_cache: Default::default(),
             webhooks: crate::events::Webhooks::default(),
@@ -443,6 +501,94 @@ struct StorageSection {
     max_blob_size: Option<ByteSize>,
     min_free: Option<ByteSize>,
     sparse_indexes: Option<bool>,
+    backend: Option<String>,
+    s3: Option<S3Section>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct S3Section {
+    endpoint: Option<String>,
+    region: Option<String>,
+    bucket: Option<String>,
+    prefix: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key_file: Option<PathBuf>,
+    path_style: Option<bool>,
+    redirect: Option<bool>,
+    redirect_lifetime: Option<String>,
+    snapshot_interval: Option<String>,
+}
+
+impl S3Section {
+    fn parse(self) -> Result<S3Config, String> {
+        let mut c = S3Config::new();
+        let required = |key: &str, v: Option<String>| match v {
+            Some(v) if !v.trim().is_empty() => Ok(v),
+            _ => Err(format!(
+                "storage.s3.{key}: required when storage.backend is \"s3\""
+            )),
+        };
+        if let Some(e) = self.endpoint.filter(|e| !e.is_empty()) {
+            let url = e.trim_end_matches('/');
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "storage.s3.endpoint {e:?}: expected an http:// or https:// URL"
+                ));
+            }
+            c.endpoint = Some(url.to_string());
+        }
+        if let Some(r) = self.region.filter(|r| !r.is_empty()) {
+            c.region = r;
+        }
+        c.bucket = required("bucket", self.bucket)?;
+        if let Some(p) = self.prefix {
+            let p = p.trim_matches('/');
+            if p.split('/').any(|seg| seg == "." || seg == "..")
+                || p.contains("//")
+                || p.chars().any(|ch| ch.is_control())
+            {
+                return Err(format!(
+                    "storage.s3.prefix {p:?}: path segments must not be empty, \".\" or \"..\""
+                ));
+            }
+            c.prefix = p.to_string();
+        }
+        c.access_key_id = required("access_key_id", self.access_key_id)?;
+        c.secret_access_key_file = self
+            .secret_access_key_file
+            .filter(|p| !p.as_os_str().is_empty())
+            .ok_or("storage.s3.secret_access_key_file: required when storage.backend is \"s3\"")?;
+        if let Some(p) = self.path_style {
+            c.path_style = p;
+        }
+        if let Some(r) = self.redirect {
+            c.redirect = r;
+        }
+        if let Some(l) = self.redirect_lifetime {
+            c.redirect_lifetime = duration("storage.s3.redirect_lifetime", &l)?;
+            // SigV4 presigned URLs live at most 7 days; under a second is a typo.
+            if c.redirect_lifetime < Duration::from_secs(1)
+                || c.redirect_lifetime > Duration::from_secs(7 * 86_400)
+            {
+                return Err(format!(
+                    "storage.s3.redirect_lifetime {l:?}: must be 1s to 7 days"
+                ));
+            }
+        }
+        if let Some(i) = self.snapshot_interval {
+            c.snapshot_interval = match i.as_str() {
+                "off" => None,
+                _ => Some(duration("storage.s3.snapshot_interval", &i)?),
+            };
+            if c.snapshot_interval.is_some_and(|i| i.is_zero()) {
+                return Err(
+                    "storage.s3.snapshot_interval: must be more than zero (or \"off\")".into(),
+                );
+            }
+        }
+        Ok(c)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -666,6 +812,18 @@ impl Config {
         if let Some(l) = file.log.level {
             c.log_level = l;
         }
+        c.backend = match (file.storage.backend.as_deref(), file.storage.s3) {
+            (None | Some("filesystem"), None) => Backend::Filesystem,
+            (None | Some("filesystem"), Some(_)) => {
+                return Err("storage.s3 is set but storage.backend is not \"s3\"".into())
+            }
+            (Some("s3"), s3) => Backend::S3(s3.unwrap_or_default().parse()?),
+            (Some(other), _) => {
+                return Err(format!(
+                    "storage.backend {other:?}: expected \"filesystem\" or \"s3\""
+                ))
+            }
+        };
         let (a, f) = (&mut c.auth, file.auth);
         if let Some(m) = f.mode {
             a.mode = m;
@@ -724,9 +882,40 @@ impl Config {
         if let Some(l) = file.ui.session_lifetime {
             c.ui.session_lifetime = duration("ui.session_lifetime", &l)?;
         }
+        c.check_snapshot_grace()?;
         c.mirrors = crate::mirror::config::parse(file.mirror)?;
         c.mirror_cache = file.mirror_cache.parse()?;
+        if matches!(c.backend, Backend::S3(_)) && !c.mirrors.is_empty() {
+            // The mirror serves a blob to waiting clients from its upload file while the
+            // fetch writes it, then from `blobs/`; the S3 backend keeps neither on disk.
+            return Err(
+                "[[mirror]] needs [storage] backend = \"filesystem\": a pull-through \
+                        mirror on the S3 backend is not supported yet"
+                    .into(),
+            );
+        }
         Ok(c)
+    }
+
+    /// With the S3 backend, `[gc] grace` must exceed `[storage.s3] snapshot_interval`: a
+    /// takeover restores a snapshot up to one interval old, and no blob one of its manifests
+    /// names may have been deleted meanwhile (see `portability::snapshots`). Checked when a
+    /// config file is read (`config check`, `serve`) and again by `Registry::open`.
+    pub fn check_snapshot_grace(&self) -> Result<(), String> {
+        match &self.backend {
+            Backend::S3(S3Config {
+                snapshot_interval: Some(interval),
+                ..
+            }) if self.gc.grace <= *interval => Err(format!(
+                "gc.grace ({}) must be longer than storage.s3.snapshot_interval ({}): after a \
+                 takeover, `restore --from-bucket` brings back a snapshot up to one interval \
+                 old, and the GC must not have deleted a blob it names; raise gc.grace or \
+                 shorten the interval (or set it to \"off\": no snapshots, no takeover)",
+                humantime::format_duration(self.gc.grace),
+                humantime::format_duration(*interval)
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -756,6 +945,7 @@ mod tests {
         assert_eq!(c.auth, d.auth);
         assert_eq!(c.gc, d.gc);
         assert_eq!(c.ui, d.ui);
+        assert_eq!(c.backend, d.backend);
         // Every key of the file is one the parser knows (deny_unknown_fields) and every
         // `[auth]` field is spelled out in it.
         for key in [
@@ -909,6 +1099,82 @@ mod tests {
         let e =
             Config::from_toml("[[policy]]\npattern = \"**\"\nimmutable = [\"v*\"]\n").unwrap_err();
         assert!(e.contains("immutable"), "{e}");
+    }
+
+    #[test]
+    fn gc_grace_must_exceed_the_snapshot_interval() {
+        let s3 = "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\n\
+                  access_key_id = \"k\"\nsecret_access_key_file = \"/s\"\n";
+        let ok = Config::from_toml(&format!(
+            "{s3}snapshot_interval = \"10m\"\n[gc]\ngrace = \"11m\"\n"
+        ));
+        assert!(ok.is_ok(), "{ok:?}");
+        for (interval, grace) in [("10m", "10m"), ("2h", "1h"), ("1s", "0s")] {
+            let e = Config::from_toml(&format!(
+                "{s3}snapshot_interval = \"{interval}\"\n[gc]\ngrace = \"{grace}\"\n"
+            ))
+            .unwrap_err();
+            assert!(
+                e.contains("gc.grace") && e.contains("snapshot_interval"),
+                "{interval} {grace}: {e}"
+            );
+        }
+        // The defaults (grace 1h, interval 15m) pass; the filesystem backend takes no snapshots,
+        // nor does "off".
+        assert!(Config::from_toml(s3).is_ok());
+        let off = Config::from_toml(&format!(
+            "{s3}snapshot_interval = \"off\"\n[gc]\ngrace = \"0s\"\n"
+        ));
+        assert!(off.is_ok(), "{off:?}");
+        assert!(Config::from_toml("[gc]\ngrace = \"0s\"\n").is_ok());
+    }
+
+    #[test]
+    fn storage_s3_section() {
+        let c = Config::from_toml(
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"http://127.0.0.1:3900/\"\n\
+             region = \"garage\"\nbucket = \"blobs\"\nprefix = \"/reg/one/\"\n\
+             access_key_id = \"GK1\"\nsecret_access_key_file = \"/run/secret\"\n\
+             redirect = false\nsnapshot_interval = \"5m\"\n",
+        )
+        .unwrap();
+        let Backend::S3(s3) = c.backend else {
+            panic!("not s3")
+        };
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
+        assert_eq!(s3.prefix, "reg/one");
+        assert!(s3.path_style && !s3.redirect);
+        assert_eq!(s3.snapshot_interval, Some(Duration::from_secs(300)));
+        for (toml, named) in [
+            ("[storage]\nbackend = \"s3\"\n", "bucket"),
+            ("[storage]\nbackend = \"nfs\"\n", "backend"),
+            ("[storage.s3]\nbucket = \"b\"\n", "storage.s3"),
+            (
+                "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\naccess_key_id = \"k\"\n",
+                "secret_access_key_file",
+            ),
+            (
+                "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\nsecret_access_key = \"x\"\n",
+                "secret_access_key",
+            ),
+            (
+                "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\nprefix = \"a/../b\"\n",
+                "prefix",
+            ),
+            (
+                "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"127.0.0.1:3900\"\n",
+                "endpoint",
+            ),
+            (
+                "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\n\
+                 access_key_id = \"k\"\nsecret_access_key_file = \"/s\"\n\
+                 [[mirror]]\nprefix = \"docker.io\"\nupstream = \"https://registry-1.docker.io\"\n",
+                "mirror on the S3 backend is not supported",
+            ),
+        ] {
+            let e = Config::from_toml(toml).unwrap_err();
+            assert!(e.contains(named), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -71,6 +71,14 @@ pub enum Error {
     Db(#[from] db::DbError),
     #[error("config: {0}")]
     Config(#[from] config::ConfigError),
+    /// Another process (or this one) has the database open: a server, perhaps one still
+    /// starting or one whose `admin.sock` was removed, or another offline command.
+    #[error(
+        "{} is held by another dockyard process (a server, still starting or without its \
+         admin.sock, or another command); retry once it is up, or stop it first",
+        .0.display()
+    )]
+    Held(std::path::PathBuf),
     /// A command refused or failed; the message is for the person at the terminal.
     #[error("{0}")]
     Command(String),
@@ -114,8 +122,13 @@ impl Core {
     /// Opens the root named by `config`, creating it on first use. Fails if another process
     /// holds the database.
     pub fn open(config: Config) -> Result<Core, Error> {
-        let store = Store::open(&config.root)?;
-        let db = Db::open(&store.path_for(Location::Database))?;
+        let store = Store::open_with(&config.root, &config.backend)?;
+        let db = match Db::open(&store.path_for(Location::Database)) {
+            Err(db::DbError::Redb(redb::Error::DatabaseAlreadyOpen)) => {
+                return Err(Error::Held(config.root.clone()))
+            }
+            opened => opened?,
+        };
         store.sync_root()?;
         let blob_locks = Arc::new(blob_locks::BlobLocks::new(config.gc.lease()));
         let mirrors = Arc::new(mirror::Mirrors::new(&config.mirrors).map_err(Error::Command)?);
@@ -140,12 +153,15 @@ impl Core {
 pub struct Registry {
     core: Core,
     tls: Option<Arc<server::Tls>>,
+    /// The control channel, once [`Registry::bind_admin`] bound it.
+    admin: Option<admin::Listener>,
 }
 
 impl Registry {
     /// Opens the root named by `config` (see [`Core::open`]) and loads the TLS certificate if
     /// one is configured, so that a bad certificate fails here rather than at the first client.
     pub fn open(config: Config) -> Result<Registry, Error> {
+        config.check_snapshot_grace().map_err(Error::Command)?;
         let tls = match &config.tls {
             Some(files) => Some(Arc::new(server::Tls::load(&files.cert, &files.key)?)),
             None => None,
@@ -160,11 +176,26 @@ impl Registry {
                 core.store.root().display()
             );
         }
-        Ok(Registry { core, tls })
+        Ok(Registry {
+            core,
+            tls,
+            admin: None,
+        })
     }
 
     pub fn config(&self) -> &Config {
         &self.core.config
+    }
+
+    /// Binds the control channel (`<root>/admin.sock`) now, so that it exists before the
+    /// caller announces the server: a CLI command run at once reaches it (and waits for
+    /// [`Registry::serve`] to answer) instead of finding the database locked. `serve` binds
+    /// it itself when this was not called.
+    pub fn bind_admin(&mut self) -> std::io::Result<()> {
+        if self.admin.is_none() {
+            self.admin = Some(admin::bind(self.core.store.root())?);
+        }
+        Ok(())
     }
 
     /// The loaded certificate, to [`reload`](server::Tls::reload) on SIGHUP.
@@ -204,10 +235,16 @@ impl Registry {
     /// `shutdown` completes; then stops accepting, lets requests in flight finish up to
     /// `[server] shutdown_timeout`, and stops the GC between two batches.
     pub async fn serve(
-        self,
+        mut self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
+        // Before anything accepts: the control channel is there by the time the API answers.
+        // The API serves even if the control channel cannot (say, a root path too long for a
+        // Unix socket); the CLI then reports that it cannot reach the server.
+        if let Err(e) = self.bind_admin() {
+            tracing::error!(error = %e, "no control channel: CLI commands cannot reach this server");
+        }
         let metrics_listener = match self.core.config.metrics_listen {
             Some(addr) if self.core.config.metrics_enabled => {
                 let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -229,15 +266,42 @@ impl Registry {
         let limits = self.core.config.limits;
         let metrics = self.core.metrics.clone();
         self.check_auth(&listener).await;
+        if let Some(bucket) = self.core.store.bucket().cloned() {
+            // A wrong endpoint, bucket or key fails the start, not the first pull.
+            let b = bucket.clone();
+            store::s3::io(async move { b.check().await })
+                .await
+                .map_err(|e| Error::Command(format!("storage.s3: {e}")))?;
+            tracing::info!(bucket = ?bucket, redirect = bucket.config().redirect, "blobs in S3");
+            let local = gc::blob_files(self.core.store.root()).map_or(0, |f| f.len());
+            if local > 0 {
+                tracing::warn!(
+                    files = local,
+                    "blob files under blobs/ are not served with backend \"s3\": stop the \
+                     server and run `dockyard migrate-storage --to s3`"
+                );
+            }
+        }
         let gc_stop = self.core.stopping.clone();
         if let Ok(a) = listener.local_addr() {
             self.core.events.set_source_addr(a.to_string());
         }
         let hooks = start_webhooks(&self.core, &stop_rx).await?;
         let gc_timer = tokio::spawn(gc_timer(self.core.clone(), stopped(stop_rx.clone())));
-        // The API serves even if the control channel cannot (say, a root path too long for a
-        // Unix socket); the CLI then reports that it cannot reach the server.
-        let admin = tokio::spawn(admin::serve(self.core.clone(), stopped(stop_rx.clone())));
+        // With the S3 backend: the database into the bucket, at start, every interval, and
+        // once more after the last request has been answered.
+        let (served_tx, served_rx) = tokio::sync::watch::channel(false);
+        let snapshots = tokio::spawn(portability::snapshots::timer(
+            self.core.clone(),
+            stopped(served_rx),
+        ));
+        let admin = self.admin.take().map(|bound| {
+            tokio::spawn(admin::serve(
+                self.core.clone(),
+                bound,
+                stopped(stop_rx.clone()),
+            ))
+        });
         let state = Arc::new(http::State::new(self.core));
         let metrics_server = metrics_listener.map(|l| {
             let svc = warp::service(http::metrics_only(state.clone()));
@@ -271,6 +335,7 @@ impl Registry {
         }
         let _ = stop_tx.send(true);
         gc_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = served_tx.send(true);
         if let Some(m) = metrics_server {
             let _ = m.await;
         }
@@ -280,10 +345,15 @@ impl Registry {
         if let Err(e) = gc_timer.await {
             tracing::error!(error = %e, "gc timer task failed");
         }
-        match admin.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "admin socket failed"),
-            Err(e) => tracing::error!(error = %e, "admin socket task failed"),
-            Ok(Ok(())) => {}
+        if let Err(e) = snapshots.await {
+            tracing::error!(error = %e, "snapshot timer task failed");
+        }
+        if let Some(task) = admin {
+            match task.await {
+                Ok(Err(e)) => tracing::error!(error = %e, "admin socket failed"),
+                Err(e) => tracing::error!(error = %e, "admin socket task failed"),
+                Ok(Ok(())) => {}
+            }
         }
         Ok(())
     }

@@ -2,36 +2,20 @@
 //! its admin socket, taking effect at once) and against a stopped one (opening the files).
 
 use std::path::Path;
-use std::process::Command;
 
 use dockyard::config::AuthMode;
 
 use crate::util::*;
 
-/// `dockyard ARGS --root ROOT` with `stdin` piped in: (success, stdout, stderr).
-async fn dockyard(root: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dockyard"));
-    cmd.args(args).arg("--root").arg(root);
-    let stdin = stdin.to_string();
-    let out = tokio::task::spawn_blocking(move || run_with_stdin(&mut cmd, &stdin))
-        .await
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
 async fn ok(root: &Path, args: &[&str], stdin: &str) -> String {
-    let (success, out, err) = dockyard(root, args, stdin).await;
+    let (success, out, err) = dockyard_at(root, args, stdin).await;
     assert!(success, "dockyard {args:?} failed: {err}");
     out
 }
 
 /// Asserts the command fails with exactly one line, `dockyard: …` containing `want`.
 async fn refused(root: &Path, args: &[&str], stdin: &str, want: &str) {
-    let (success, out, err) = dockyard(root, args, stdin).await;
+    let (success, out, err) = dockyard_at(root, args, stdin).await;
     assert!(!success, "dockyard {args:?} should fail; printed {out}");
     assert_eq!(err.lines().count(), 1, "one line: {err:?}");
     assert!(err.starts_with("dockyard: "), "{err:?}");
@@ -243,7 +227,7 @@ async fn empty_listings_say_so_and_unused_flags_are_refused() {
         (&["user", "list"][..], "no users yet"),
         (&["acl", "list"][..], "no grants yet"),
     ] {
-        let (success, out, err) = dockyard(root, args, "").await;
+        let (success, out, err) = dockyard_at(root, args, "").await;
         assert!(success, "{args:?}: {err}");
         assert_eq!(out, "", "{args:?}");
         assert!(err.contains(want), "{args:?}: {err:?}");
@@ -254,9 +238,9 @@ async fn empty_listings_say_so_and_unused_flags_are_refused() {
         "pw-1\n",
     )
     .await;
-    let (_, out, err) = dockyard(root, &["user", "list"], "").await;
+    let (_, out, err) = dockyard_at(root, &["user", "list"], "").await;
     assert_eq!((out.trim(), err.as_str()), ("alice", ""));
-    let (success, out, err) = dockyard(root, &["acl", "list", "alice"], "").await;
+    let (success, out, err) = dockyard_at(root, &["acl", "list", "alice"], "").await;
     assert!(success, "{err}");
     assert_eq!(out, "");
     assert!(err.contains("no grants for alice"), "{err:?}");
@@ -270,7 +254,7 @@ async fn empty_listings_say_so_and_unused_flags_are_refused() {
     ] {
         let mut args = cmd.to_vec();
         args.extend(["--listen", "127.0.0.1:5000"]);
-        let (success, _, err) = dockyard(root, &args, "").await;
+        let (success, _, err) = dockyard_at(root, &args, "").await;
         assert!(!success, "{args:?} accepted --listen");
         assert!(
             err.contains("unexpected argument '--listen'"),

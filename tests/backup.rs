@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::util::*;
@@ -129,12 +129,15 @@ async fn backups_taken_under_pushes_deletes_and_gc_serve_and_are_incremental() {
     let base = server.url("");
     let pushed: Pushed = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
+    // Images whose manifest PUT was answered: each backup waits for new ones.
+    let acked = Arc::new(AtomicUsize::new(0));
 
     // Two pushers, each pushing images with two fresh layers under fresh tags; one deleter
     // deleting every third image by digest (its blobs become garbage the GC takes at once).
     let mut load = Vec::new();
     for w in 0..2 {
         let (base, pushed, stop) = (base.clone(), pushed.clone(), stop.clone());
+        let acked = acked.clone();
         load.push(tokio::spawn(async move {
             let c = fresh_client();
             let mut i = 0;
@@ -155,6 +158,7 @@ async fn backups_taken_under_pushes_deletes_and_gc_serve_and_are_incremental() {
                     .unwrap()
                     .insert((repo.clone(), tag.clone()), manifest.clone());
                 put_manifest(&c, base.as_str(), &repo, &tag, &manifest).await;
+                acked.fetch_add(1, Ordering::SeqCst);
                 if i % 3 == 2 {
                     let resp = c
                         .delete(format!("{base}/v2/{repo}/manifests/{}", sha256(&manifest)))
@@ -171,7 +175,12 @@ async fn backups_taken_under_pushes_deletes_and_gc_serve_and_are_incremental() {
 
     let mut summaries = Vec::new();
     for round in 0..3 {
-        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        // Four more images acknowledged since the last backup (an observable point, not a
+        // delay: on a loaded machine 400 ms once passed before the first push was answered).
+        let want = 4 * (round + 1);
+        while acked.load(Ordering::SeqCst) < want {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let (r, d) = (root.clone(), dest.clone());
         let out = tokio::task::spawn_blocking(move || backup(&r, &d))
             .await
@@ -312,8 +321,29 @@ async fn a_backup_killed_midway_leaves_the_previous_backup_whole() {
     seed_images(&p.url(""), &pushed, "second/app", 40, 3 << 20).await;
     assert!(p.stop().success());
 
+    // Kills at fixed delays (early ones land before the new database exists), then kills a
+    // moment after `dockyard.redb.new` appears, which land while the blobs are copied
+    // however slow the machine is: with delays alone, a loaded machine once had every
+    // kill land before the copy began.
     let mut midway = 0;
-    for delay_ms in [30u64, 60, 100, 150, 250, 400] {
+    let kills = [
+        (true, 0u64),
+        (true, 5),
+        (true, 20),
+        (true, 60),
+        (false, 30),
+        (false, 100),
+        (false, 250),
+    ];
+    // The new database file this run made (a killed run may have left an older one).
+    let new_db_path = dest.join("dockyard.redb.new");
+    let inode = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).ok().map(|m| m.ino())
+    };
+    for (after_new_db, delay_ms) in kills {
+        let stale = inode(&new_db_path);
+        let fresh = || inode(&new_db_path).is_some_and(|i| Some(i) != stale);
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dockyard"))
             .args([
                 "backup".as_ref(),
@@ -325,13 +355,18 @@ async fn a_backup_killed_midway_leaves_the_previous_backup_whole() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        if after_new_db {
+            while !fresh() && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         let status = child.wait().unwrap();
         if status.success() {
             break; // finished before the kill: nothing to check at this delay or later
         }
-        let new_db = dest.join("dockyard.redb.new").exists();
+        let new_db = fresh();
         let unchanged = std::fs::read(dest.join("dockyard.redb")).unwrap() == before;
         if new_db && unchanged {
             midway += 1;

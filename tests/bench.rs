@@ -144,6 +144,39 @@ fn the_benchmark_runs_every_workload_at_tiny_size() {
             "the upstream sent the herd's image {times} times through the mirror: {herd}"
         );
     }
+    // Workload 10 runs on the Garage cluster of .ci/garage.sh, side by side with Distribution's
+    // s3 driver on the same bucket.
+    if crate::util::require_s3().is_some() {
+        for key in [
+            "s3.push",
+            "s3.pull",
+            "s3.images",
+            "s3.head_blob.c16",
+            "s3.manifest.c16",
+            "s3.gc",
+        ] {
+            let row = rows
+                .iter()
+                .find(|r| r["key"] == key)
+                .unwrap_or_else(|| panic!("no row {key} in the report"));
+            let mut columns = vec!["dockyard"];
+            if with_distribution {
+                columns.push("distribution");
+            }
+            for c in columns {
+                assert!(
+                    row[c]["value"].as_f64().is_some_and(|v| v > 0.0),
+                    "{key}: no {c} figure in {row}"
+                );
+                assert_eq!(row[c]["errors"], 0, "{key}: {c} had errors: {row}");
+            }
+        }
+        let pull = rows.iter().find(|r| r["key"] == "s3.pull").unwrap();
+        assert!(
+            pull["limit"].as_f64().is_some_and(|v| v > 0.0),
+            "Garage's own GET of the object: {pull}"
+        );
+    }
     for limit in ["limit.sha256", "limit.copy_fsync", "limit.loopback"] {
         let row = rows.iter().find(|r| r["key"] == limit).unwrap();
         assert!(row["limit"].as_f64().is_some_and(|v| v > 0.0), "{row}");

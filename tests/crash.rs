@@ -10,7 +10,6 @@
 //! power cut under the server.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -596,16 +595,9 @@ async fn verify(model: &Shared, base: &str, when: &str) {
     }
 }
 
-fn cli(args: &[&str], config: &Path) -> (bool, String, String) {
-    let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-    all.push(OsStr::new("--config"));
-    all.push(config.as_os_str());
-    dockyard(&all)
-}
-
 /// fsck finds only what GC removes (returns how many); after a GC pass, nothing.
 fn fsck_then_gc_then_clean(config: &Path, when: &str, gc: bool) -> usize {
-    let (ok, _, err) = cli(&["fsck"], config);
+    let (ok, _, err) = dockyard_with_config(&["fsck"], config);
     let mut found = 0;
     if !ok {
         let problems: Vec<&str> = err.lines().filter(|l| l.starts_with("  ")).collect();
@@ -622,9 +614,9 @@ fn fsck_then_gc_then_clean(config: &Path, when: &str, gc: bool) -> usize {
         found = problems.len();
     }
     if gc {
-        let (ok, _, err) = cli(&["gc"], config);
+        let (ok, _, err) = dockyard_with_config(&["gc"], config);
         assert!(ok, "{when}: gc: {err}");
-        let (ok, out, err) = cli(&["fsck"], config);
+        let (ok, out, err) = dockyard_with_config(&["fsck"], config);
         assert!(ok, "{when}: fsck after gc: {out}{err}");
     }
     found
@@ -638,6 +630,8 @@ pub(crate) struct Summary {
     pub tags: usize,
     /// Problems fsck found after crashes, every one of them the next GC pass's to remove.
     pub leftovers: usize,
+    /// The most of them after any one crash.
+    pub most_leftovers: usize,
     pub crashes: Vec<String>,
 }
 
@@ -675,7 +669,7 @@ pub(crate) async fn chaos(
     let pool: Arc<Vec<Vec<u8>>> = Arc::new((0..8).map(|_| random_bytes(20_000)).collect());
     let model: Shared = Arc::default();
     let mut crashes = Vec::new();
-    let mut leftovers = 0;
+    let (mut leftovers, mut most_leftovers) = (0, 0);
     for i in 0..rounds {
         let when = format!("restart {i} (crashes after {crashes:?})");
         if i > 0 {
@@ -683,10 +677,12 @@ pub(crate) async fn chaos(
             // stopped instance is collected and checked clean; otherwise the restarted
             // server's timer collects them, and fsck through it is clean after a pass.
             let (cfg, w) = (stopped.clone(), when.clone());
-            leftovers +=
+            let found =
                 tokio::task::spawn_blocking(move || fsck_then_gc_then_clean(&cfg, &w, i % 2 == 0))
                     .await
                     .unwrap();
+            leftovers += found;
+            most_leftovers = most_leftovers.max(found);
         }
         let p = Process::spawn_with_config_env(root, &served, env);
         let base = p.url("");
@@ -739,9 +735,11 @@ pub(crate) async fn chaos(
     }
     let when = format!("after the last crash (crashes after {crashes:?})");
     let (cfg, w) = (stopped.clone(), when.clone());
-    leftovers += tokio::task::spawn_blocking(move || fsck_then_gc_then_clean(&cfg, &w, true))
+    let found = tokio::task::spawn_blocking(move || fsck_then_gc_then_clean(&cfg, &w, true))
         .await
         .unwrap();
+    leftovers += found;
+    most_leftovers = most_leftovers.max(found);
     let p = Process::spawn_with_config_env(root, &served, env);
     verify(&model, &p.url(""), &when).await;
     assert!(p.stop().success());
@@ -752,6 +750,7 @@ pub(crate) async fn chaos(
         gc_passes: m.gc_passes,
         tags: m.tags.len(),
         leftovers,
+        most_leftovers,
         crashes,
     }
 }
@@ -836,7 +835,7 @@ async fn small_pusher(
     base: String,
     client: usize,
     round: usize,
-    acks: Arc<tokio::sync::Notify>,
+    acks: Arc<std::sync::atomic::AtomicUsize>,
 ) -> (Vec<(Key, Vec<u8>)>, Vec<String>) {
     let c = fresh_client();
     let repo = format!("small/c{client}");
@@ -865,7 +864,7 @@ async fn small_pusher(
         match outcome {
             Ok(_) => {
                 acked.push(((repo.clone(), tag), manifest));
-                acks.notify_one();
+                acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
             Err(e) if e.starts_with("HTTP ") => failures.push(format!("{repo}:{tag}: {e}")),
             // The kill.
@@ -886,14 +885,7 @@ async fn sigkill_during_concurrent_small_image_pushes_loses_no_acknowledged_imag
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
-    let config = write_config(
-        dir.path(),
-        "registry.toml",
-        &format!(
-            "[storage]\nroot = {:?}\n[gc]\ninterval = \"off\"\ngrace = \"0s\"\npush_window = \"0s\"\n",
-            root.display().to_string()
-        ),
-    );
+    let config = gc_by_hand_config(dir.path(), &root);
     let mut acked: Vec<(Key, Vec<u8>)> = Vec::new();
     let mut failures = Vec::new();
     let mut kills = Vec::new();
@@ -901,25 +893,24 @@ async fn sigkill_during_concurrent_small_image_pushes_loses_no_acknowledged_imag
         let p = Process::spawn_with_config(&root, &config);
         let base = p.url("");
         let c = fresh_client();
-        let when = format!(
-            "restart {round} (kills {kills:?} ms after each round's first acknowledgement)"
-        );
+        let when = format!("restart {round} (kills after {kills:?} acknowledged images)");
         for ((repo, tag), manifest) in &acked {
             assert_pulls(&c, &base, repo, tag, manifest, &when).await;
         }
-        let acks = Arc::new(tokio::sync::Notify::new());
+        let acks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let tasks: Vec<_> = (0..CLIENTS)
             .map(|i| tokio::spawn(small_pusher(base.clone(), i, round, acks.clone())))
             .collect();
-        // Kill at a random instant after the round's first acknowledgement, not after a fixed
-        // delay from the start: on a loaded machine a fixed delay can fall before any push
-        // is answered, and the round would prove nothing.
-        tokio::time::timeout(Duration::from_secs(120), acks.notified())
-            .await
-            .unwrap_or_else(|_| panic!("{when}: no image acknowledged within 120 s"));
-        let delay = rand::thread_rng().gen_range(0..450);
-        kills.push(delay);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+        // The kill comes after a random number of this round's images were acknowledged (an
+        // observable point, not a delay: on a loaded machine a fixed delay could pass before
+        // the first push finished), while the other clients are in the middle of theirs.
+        let after = rand::thread_rng().gen_range(1..=CLIENTS);
+        kills.push(after);
+        while acks.load(std::sync::atomic::Ordering::SeqCst) < after
+            && !tasks.iter().all(|t| t.is_finished())
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         drop(p); // SIGKILL, then reap
         for t in tasks {
             let (a, f) = t.await.unwrap();
@@ -946,8 +937,5 @@ async fn sigkill_during_concurrent_small_image_pushes_loses_no_acknowledged_imag
         acked.len(),
         started.elapsed()
     );
-    assert!(
-        acked.len() >= ROUNDS,
-        "every round acknowledged an image before its kill"
-    );
+    assert!(acked.len() >= ROUNDS, "the kills left room for work");
 }

@@ -18,21 +18,11 @@ use crate::util::*;
 /// A registry whose GC never runs by itself and keeps nothing for time's sake: grace and
 /// push window zero, untagged manifests kept; `tweak` changes that.
 async fn start(tweak: impl FnOnce(&mut dockyard::config::GcConfig)) -> TestRegistry {
-    TestRegistry::start_configured(|c| {
-        c.gc.interval = None;
-        c.gc.grace = Duration::ZERO;
-        c.gc.push_window = Duration::ZERO;
-        tweak(&mut c.gc);
-    })
-    .await
+    TestRegistry::start_gc_by_hand(|c| tweak(&mut c.gc)).await
 }
 
 async fn gc_with(r: &TestRegistry, opts: GcOptions) -> GcReport {
-    let core = r.core.clone();
-    tokio::task::spawn_blocking(move || gc::run_once(&core, &opts))
-        .await
-        .expect("gc task")
-        .expect("gc pass")
+    r.gc_pass(opts).await
 }
 
 async fn run_gc(r: &TestRegistry) -> GcReport {

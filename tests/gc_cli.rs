@@ -1,20 +1,12 @@
 //! `dockyard gc`, `fsck` and `du` as a person runs them: the real binary, through a running
 //! server's control channel and directly on a stopped instance.
 
-use std::ffi::OsStr;
 use std::path::Path;
 
 use dockyard::db::schema::{decode, encode, BlobRecord, BLOBS};
 use redb::ReadableTable;
 
 use crate::util::*;
-
-fn cli(args: &[&str], config: &Path) -> (bool, String, String) {
-    let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-    all.push(OsStr::new("--config"));
-    all.push(config.as_os_str());
-    dockyard(&all)
-}
 
 async fn push(c: &reqwest::Client, base: &str, repo: &str, tag: &str, layers: &[&[u8]]) -> Vec<u8> {
     let config = serde_json::to_vec(&serde_json::json!({"os": "linux", "repo": repo})).unwrap();
@@ -61,14 +53,7 @@ async fn edit_blob_row(
 async fn gc_fsck_and_du_through_a_running_server_and_on_a_stopped_instance() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
-    let config = write_config(
-        dir.path(),
-        "registry.toml",
-        &format!(
-            "[storage]\nroot = {:?}\n[gc]\ninterval = \"off\"\ngrace = \"0s\"\npush_window = \"0s\"\n",
-            root.display().to_string()
-        ),
-    );
+    let config = gc_by_hand_config(dir.path(), &root);
     let c = fresh_client();
     let (l1, l2, l3) = (random_bytes(4000), random_bytes(5000), random_bytes(6000));
 
@@ -86,7 +71,7 @@ async fn gc_fsck_and_du_through_a_running_server_and_on_a_stopped_instance() {
     assert_eq!(resp.status(), 202);
     let before = blob_files(&root);
 
-    let (ok, out, err) = cli(&["du"], &config);
+    let (ok, out, err) = dockyard_with_config(&["du"], &config);
     assert!(ok, "du: {err}");
     assert!(
         out.contains("REPOSITORY") && out.contains("team/a") && out.contains("team/b"),
@@ -101,17 +86,17 @@ async fn gc_fsck_and_du_through_a_running_server_and_on_a_stopped_instance() {
         "{out}"
     );
 
-    let (ok, out, err) = cli(&["gc", "--dry-run"], &config);
+    let (ok, out, err) = dockyard_with_config(&["gc", "--dry-run"], &config);
     assert!(ok, "gc --dry-run: {err}");
     assert!(out.starts_with("gc: would free 2 blobs"), "{out}");
     assert_eq!(blob_files(&root), before, "a dry run deletes nothing");
 
-    let (ok, out, err) = cli(&["gc"], &config);
+    let (ok, out, err) = dockyard_with_config(&["gc"], &config);
     assert!(ok, "gc: {err}");
     assert!(out.starts_with("gc: freed 2 blobs"), "{out}");
     assert_eq!(blob_files(&root).len(), before.len() - 2);
 
-    let (ok, out, err) = cli(&["fsck", "--verify-hashes"], &config);
+    let (ok, out, err) = dockyard_with_config(&["fsck", "--verify-hashes"], &config);
     assert!(ok, "fsck: {err}");
     assert!(out.starts_with("fsck: consistent"), "{out}");
 
@@ -120,14 +105,14 @@ async fn gc_fsck_and_du_through_a_running_server_and_on_a_stopped_instance() {
     let lost = sha256(&l2);
     let saved = std::fs::read(blob_path(&root, &lost)).unwrap();
     std::fs::remove_file(blob_path(&root, &lost)).unwrap();
-    let (ok, _, err) = cli(&["fsck", "--repair"], &config);
+    let (ok, _, err) = dockyard_with_config(&["fsck", "--repair"], &config);
     assert!(!ok, "a lost referenced file is not repairable");
     assert!(
         err.contains(&lost) && err.contains("needs a person"),
         "{err}"
     );
     std::fs::write(blob_path(&root, &lost), &saved).unwrap();
-    let (ok, _, err) = cli(&["fsck"], &config);
+    let (ok, _, err) = dockyard_with_config(&["fsck"], &config);
     assert!(
         ok,
         "the row was kept, so putting the file back makes it whole: {err}"
@@ -149,7 +134,7 @@ async fn gc_fsck_and_du_through_a_running_server_and_on_a_stopped_instance() {
     std::fs::create_dir_all(blob_path(&root, &ds).parent().unwrap()).unwrap();
     std::fs::write(blob_path(&root, &ds), &stray).unwrap();
 
-    let (ok, out, err) = cli(&["fsck"], &config);
+    let (ok, out, err) = dockyard_with_config(&["fsck"], &config);
     assert!(!ok, "fsck exits non-zero on problems: {out}");
     assert!(err.starts_with("dockyard: fsck: 3 problems"), "{err}");
     assert!(err.contains("counts 7 references"), "{err}");
@@ -161,10 +146,10 @@ async fn gc_fsck_and_du_through_a_running_server_and_on_a_stopped_instance() {
     );
     assert!(err.contains(&format!("blob file {ds} has no row")), "{err}");
 
-    let (ok, out, err) = cli(&["fsck", "--repair"], &config);
+    let (ok, out, err) = dockyard_with_config(&["fsck", "--repair"], &config);
     assert!(ok, "repair fixes all three: {err}");
     assert!(out.contains("repaired 3"), "{out}");
-    let (ok, out, err) = cli(&["fsck"], &config);
+    let (ok, out, err) = dockyard_with_config(&["fsck"], &config);
     assert!(ok && out.starts_with("fsck: consistent"), "{out}{err}");
     assert!(!blob_path(&root, &ds).exists(), "the stray file is gone");
 
@@ -174,23 +159,23 @@ async fn gc_fsck_and_du_through_a_running_server_and_on_a_stopped_instance() {
     let mut rotten = good.clone();
     rotten[100] ^= 0x40;
     std::fs::write(&victim, &rotten).unwrap();
-    let (ok, _, _) = cli(&["fsck"], &config);
+    let (ok, _, _) = dockyard_with_config(&["fsck"], &config);
     assert!(
         ok,
         "without --verify-hashes sizes match and nothing is noticed"
     );
-    let (ok, _, err) = cli(&["fsck", "--verify-hashes", "--repair"], &config);
+    let (ok, _, err) = dockyard_with_config(&["fsck", "--verify-hashes", "--repair"], &config);
     assert!(!ok);
     assert!(err.contains(&format!("blob {shared} is corrupt")), "{err}");
     assert!(victim.exists(), "a corrupt blob is reported, not deleted");
-    let (ok, out, _) = cli(&["gc"], &config);
+    let (ok, out, _) = dockyard_with_config(&["gc"], &config);
     assert!(ok && out.starts_with("gc: freed 0 blobs"), "{out}");
     std::fs::write(&victim, &good).unwrap();
 
     // Whole again: served byte for byte.
     let p = Process::spawn_with_config(&root, &config);
     assert_pulls(&c, &p.url(""), "team/a", "v1", &ma, "after the repairs").await;
-    let (ok, out, err) = cli(&["fsck", "--verify-hashes"], &config);
+    let (ok, out, err) = dockyard_with_config(&["fsck", "--verify-hashes"], &config);
     assert!(ok && out.starts_with("fsck: consistent"), "{out}{err}");
     assert!(p.stop().success());
 }
@@ -203,14 +188,7 @@ async fn gc_fsck_and_du_through_a_running_server_and_on_a_stopped_instance() {
 async fn gc_keeps_a_blob_a_manifest_names_even_when_its_row_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
-    let config = write_config(
-        dir.path(),
-        "registry.toml",
-        &format!(
-            "[storage]\nroot = {:?}\n[gc]\ninterval = \"off\"\ngrace = \"0s\"\npush_window = \"0s\"\n",
-            root.display().to_string()
-        ),
-    );
+    let config = gc_by_hand_config(dir.path(), &root);
     let c = fresh_client();
     let (l1, l2) = (random_bytes(4000), random_bytes(5000));
     let p = Process::spawn_with_config(&root, &config);
@@ -228,22 +206,21 @@ async fn gc_keeps_a_blob_a_manifest_names_even_when_its_row_is_lost() {
         .set_modified(old)
         .unwrap();
 
-    let (ok, out, err) = cli(&["gc"], &config);
+    let (ok, out, err) = dockyard_with_config(&["gc"], &config);
     assert!(ok, "gc on the stopped files: {err}");
     assert!(out.starts_with("gc: freed 0 blobs"), "{out}");
     assert_eq!(std::fs::read(blob_path(&root, &lost)).unwrap(), l2);
 
     let p = Process::spawn_with_config(&root, &config);
-    wait_for_admin_socket(&root);
-    let (ok, out, err) = cli(&["gc"], &config);
+    let (ok, out, err) = dockyard_with_config(&["gc"], &config);
     assert!(ok, "gc through the server: {err}");
     assert!(out.starts_with("gc: freed 0 blobs"), "{out}");
     assert_eq!(std::fs::read(blob_path(&root, &lost)).unwrap(), l2);
-    let (ok, _, err) = cli(&["fsck"], &config);
+    let (ok, _, err) = dockyard_with_config(&["fsck"], &config);
     assert!(!ok && err.contains(&lost), "fsck names the lost row: {err}");
-    let (ok, out, err) = cli(&["fsck", "--repair"], &config);
+    let (ok, out, err) = dockyard_with_config(&["fsck", "--repair"], &config);
     assert!(ok, "--repair restores the row from the file: {out}{err}");
-    let (ok, out, err) = cli(&["fsck"], &config);
+    let (ok, out, err) = dockyard_with_config(&["fsck"], &config);
     assert!(ok, "{out}{err}");
     assert_pulls(
         &c,
@@ -283,7 +260,7 @@ async fn gc_says_what_it_keeps_and_when_it_becomes_collectable() {
         .unwrap();
     assert_eq!(resp.status(), 202);
     for args in [&["gc", "--dry-run"][..], &["gc"]] {
-        let (ok, out, err) = cli(args, &config);
+        let (ok, out, err) = dockyard_with_config(args, &config);
         assert!(ok, "{args:?}: {err}");
         let out = out.trim();
         assert!(

@@ -424,9 +424,7 @@ async fn made_up_methods_and_huge_headers_are_bounded() {
 /// them, and the right password works from elsewhere once the window has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_wrong_passwords_are_throttled_before_bcrypt() {
-    // Long enough that the burst of 100 (slow on a loaded 2-core machine) fits in one window:
-    // a burst longer than the window would start a second one and verify more than 5.
-    let window = Duration::from_secs(10);
+    let window = Duration::from_secs(3);
     let r = TestRegistry::start_auth(dockyard::config::AuthMode::Basic, |a| {
         a.max_failures = 5;
         a.failure_window = window;
@@ -462,7 +460,13 @@ async fn concurrent_wrong_passwords_are_throttled_before_bcrypt() {
     let burst_end = Instant::now();
     let verified = answers.iter().filter(|s| s.as_u16() == 401).count();
     let throttled = answers.iter().filter(|s| s.as_u16() == 429).count();
-    assert!(verified <= 5, "{verified} wrong passwords were checked");
+    // At most five per window: on a loaded machine the burst can outlast one window, and
+    // each window it reaches allows five more (a full suite at load 25 once saw 10).
+    let windows = 1 + (burst_end - started).as_millis() / window.as_millis();
+    assert!(
+        verified as u128 <= 5 * windows,
+        "{verified} wrong passwords were checked in {windows} windows of {window:?}"
+    );
     assert_eq!(verified + throttled, 100, "{answers:?}");
     // bob, behind the same address, is not locked out by alice's failures.
     let resp = client_as("bob", "bobs")
@@ -482,9 +486,10 @@ async fn concurrent_wrong_passwords_are_throttled_before_bcrypt() {
         })
         .build()
         .unwrap();
-    // Only with a clear margin: the request must reach the server inside the window too.
-    if started.elapsed() < window / 2 {
-        let resp = elsewhere.get(r.url("/v2/")).send().await.unwrap();
+    // Checked after the answer: one that came back before `started + window` was decided
+    // inside the window (checking before sending raced with the window's end under load).
+    let resp = elsewhere.get(r.url("/v2/")).send().await.unwrap();
+    if started.elapsed() < window {
         assert_eq!(resp.status(), 429);
     }
     tokio::time::sleep(window.saturating_sub(burst_end.elapsed()) + Duration::from_millis(200))

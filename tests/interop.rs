@@ -40,13 +40,19 @@ fn config_blob(arch: &str) -> Vec<u8> {
 /// Pushes a three-layer image (one layer larger than a chunk) and pulls it back.
 async fn round_trip_image(monolithic: bool) {
     let r = TestRegistry::start().await;
+    oci_client_round_trip(&r, monolithic).await;
+    r.stop().await;
+}
+
+/// [`round_trip_image`] against any registry (the S3 backend's tests reuse it).
+pub async fn oci_client_round_trip(r: &TestRegistry, monolithic: bool) {
     let client = oci_client(monolithic);
     let layers: Vec<ImageLayer> = [3 << 20, 100_000, 1]
         .iter()
         .map(|&n| ImageLayer::oci_v1_gzip(random_bytes(n), None))
         .collect();
     let config = Config::oci_v1(config_blob("amd64"), None);
-    let image = reference(&r, "oci-client/multi-layer:v1");
+    let image = reference(r, "oci-client/multi-layer:v1");
     // The manifest the client pushes, built as its `push` would, so the pull can be compared
     // with what went in rather than with what the server says about itself.
     let manifest = OciImageManifest::build(&layers, &config, None);
@@ -97,7 +103,6 @@ async fn round_trip_image(monolithic: bool) {
         serde_json::to_value(&manifest).unwrap(),
         "the pulled manifest is the pushed one"
     );
-    r.stop().await;
 }
 
 #[tokio::test]

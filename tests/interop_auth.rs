@@ -24,43 +24,6 @@ async fn registry(mode: AuthMode) -> TestRegistry {
     r
 }
 
-/// The digest the registry serves for `repo:tag`, read with alice's credentials.
-async fn served_digest(r: &TestRegistry, repo: &str, tag: &str) -> String {
-    let resp = client_as("alice", PW)
-        .head(r.url(&format!("/v2/{repo}/manifests/{tag}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "HEAD {repo}:{tag}");
-    resp.headers()["docker-content-digest"]
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-/// Runs a command that must fail; returns its stderr.
-async fn fails(mut cmd: Command) -> String {
-    let out = tokio::task::spawn_blocking(move || run_with_stdin(&mut cmd, ""))
-        .await
-        .unwrap();
-    assert!(!out.status.success(), "should have failed");
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
-
-async fn succeeds_with_stdin(mut cmd: Command, input: &str) -> String {
-    let input = input.to_string();
-    let desc = format!("{cmd:?}");
-    let out = tokio::task::spawn_blocking(move || run_with_stdin(&mut cmd, &input))
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{desc}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 async fn podman_logs_in_pushes_and_pulls(mode: AuthMode) {
     if !require_tool("podman") {
         return;
@@ -79,7 +42,7 @@ async fn podman_logs_in_pushes_and_pulls(mode: AuthMode) {
     run_async(p.command(&["import", w.join("rootfs.tar").to_str().unwrap(), &image])).await;
 
     // Without logging in, the push is refused.
-    let err = fails(p.command(&[
+    let err = fails_async(p.command(&[
         "push",
         "--tls-verify=false",
         "--authfile",
@@ -93,7 +56,7 @@ async fn podman_logs_in_pushes_and_pulls(mode: AuthMode) {
         err.contains("authentication required") || err.contains("unauthorized"),
         "{err}"
     );
-    let err = fails(p.command(&[
+    let err = fails_async(p.command(&[
         "login",
         "--tls-verify=false",
         "--authfile",
@@ -106,53 +69,21 @@ async fn podman_logs_in_pushes_and_pulls(mode: AuthMode) {
     ]))
     .await;
     assert!(err.contains("invalid username/password"), "{err}");
-    succeeds_with_stdin(
-        p.command(&[
-            "login",
-            "--tls-verify=false",
-            "--authfile",
-            authfile,
-            "-u",
-            "alice",
-            "--password-stdin",
-            &host,
-        ]),
-        PW,
-    )
-    .await;
-    let digestfile = w.join("digest");
-    run_async(p.command(&[
-        "push",
-        "--tls-verify=false",
-        "--authfile",
-        authfile,
-        "--signature-policy",
-        &policy,
-        "--digestfile",
-        digestfile.to_str().unwrap(),
-        &image,
-    ]))
-    .await;
-    let pushed = std::fs::read_to_string(&digestfile).unwrap();
-    assert_eq!(pushed.trim(), served_digest(&r, "alice/podman", "v1").await);
+    p.login(authfile, &host, "alice", PW).await;
+    let pushed = p.push(authfile, &image).await;
+    assert_eq!(
+        pushed,
+        r.served_digest_as("alice", PW, "alice/podman", "v1").await
+    );
     run_async(p.command(&["rmi", &image])).await;
-    run_async(p.command(&[
-        "pull",
-        "--tls-verify=false",
-        "--authfile",
-        authfile,
-        "--signature-policy",
-        &policy,
-        &image,
-    ]))
-    .await;
+    p.pull(authfile, &image).await;
     let pulled = run_async(p.command(&["inspect", "--format", "{{.Digest}}", &image])).await;
-    assert_eq!(pulled.trim(), pushed.trim());
+    assert_eq!(pulled.trim(), pushed);
 
     // alice may not push where she may only pull: podman shows the server's DENIED.
     let theirs = format!("{host}/shared/podman:v1");
     run_async(p.command(&["tag", &image, &theirs])).await;
-    let err = fails(p.command(&[
+    let err = fails_async(p.command(&[
         "push",
         "--tls-verify=false",
         "--authfile",
@@ -209,7 +140,10 @@ async fn skopeo_copies_with_creds(mode: AuthMode) {
         &format!("docker://{host}/alice/skopeo:v1"),
     ]))
     .await;
-    assert_eq!(served_digest(&r, "alice/skopeo", "v1").await, want);
+    assert_eq!(
+        r.served_digest_as("alice", PW, "alice/skopeo", "v1").await,
+        want
+    );
     let inspected = run_async(skopeo(&[
         "inspect",
         "--tls-verify=false",
@@ -233,7 +167,7 @@ async fn skopeo_copies_with_creds(mode: AuthMode) {
     .await;
     assert_eq!(layout_digest(&back, "v1"), want);
     // bob may read alice's images but not write them.
-    let err = fails(skopeo(&[
+    let err = fails_async(skopeo(&[
         "copy",
         "--dest-tls-verify=false",
         "--dest-creds",
@@ -246,7 +180,7 @@ async fn skopeo_copies_with_creds(mode: AuthMode) {
         err.contains("requested access to the resource is denied"),
         "{err}"
     );
-    let err = fails(skopeo(&[
+    let err = fails_async(skopeo(&[
         "inspect",
         "--tls-verify=false",
         "--creds",
@@ -290,25 +224,23 @@ async fn docker_logs_in_and_pushes(mode: AuthMode) {
     let cfg = w.join("docker-config");
     let image = format!("{host}/alice/docker:v1");
     run_async(docker(&cfg, &["import", tar.to_str().unwrap(), &image])).await;
-    let err = fails(docker(
+    let err = fails_async(docker(
         &cfg,
         &["login", "-u", "alice", "-p", "wrong", &host],
     ))
     .await;
     assert!(err.to_lowercase().contains("unauthorized"), "{err}");
-    succeeds_with_stdin(
+    run_async_with_stdin(
         docker(&cfg, &["login", "-u", "alice", "--password-stdin", &host]),
         PW,
     )
     .await;
     let out = run_async(docker(&cfg, &["push", &image])).await;
-    let pushed = out
-        .lines()
-        .find_map(|l| l.split("digest: ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no digest in docker push output:\n{out}"))
-        .to_string();
-    assert_eq!(pushed, served_digest(&r, "alice/docker", "v1").await);
+    let pushed = docker_push_digest(&out);
+    assert_eq!(
+        pushed,
+        r.served_digest_as("alice", PW, "alice/docker", "v1").await
+    );
     run_async(docker(&cfg, &["rmi", &image])).await;
     run_async(docker(&cfg, &["pull", &image])).await;
 
@@ -397,7 +329,7 @@ async fn anonymous_pulls_with_skopeo_and_podman(mode: AuthMode) {
     .await;
     assert_eq!(layout_digest(&back, "v1"), want);
     // What anonymous may not pull stays closed, and what it may pull it may not overwrite.
-    let err = fails(skopeo(&[
+    let err = fails_async(skopeo(&[
         "inspect",
         "--tls-verify=false",
         &format!("docker://{host}/alice/img:v1"),
@@ -407,7 +339,7 @@ async fn anonymous_pulls_with_skopeo_and_podman(mode: AuthMode) {
         err.contains("authentication required") || err.to_lowercase().contains("unauthorized"),
         "{err}"
     );
-    let err = fails(skopeo(&[
+    let err = fails_async(skopeo(&[
         "copy",
         "--dest-tls-verify=false",
         &format!("oci:{}:v1", layout.display()),

@@ -20,6 +20,13 @@ async fn skopeo_copies_an_oci_layout_in_and_out_and_converts_to_schema2() {
         return;
     }
     let r = TestRegistry::start().await;
+    skopeo_round_trip(&r).await;
+    r.stop().await;
+}
+
+/// The round trip of [`skopeo_copies_an_oci_layout_in_and_out_and_converts_to_schema2`] against any registry (the S3 backend's tests reuse it);
+/// the caller has checked the client is there.
+pub async fn skopeo_round_trip(r: &TestRegistry) {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let policy = write_policy(w);
@@ -43,7 +50,7 @@ async fn skopeo_copies_an_oci_layout_in_and_out_and_converts_to_schema2() {
     ]))
     .await;
     let pushed = std::fs::read_to_string(&digestfile).unwrap();
-    let (served, media_type, _) = served_manifest(&r, "skopeo/image", "v1").await;
+    let (served, media_type, _) = served_manifest(r, "skopeo/image", "v1").await;
     assert_eq!(pushed.trim(), want, "skopeo kept the layout's manifest");
     assert_eq!(served, want);
     assert_eq!(media_type, OCI_MANIFEST);
@@ -76,7 +83,7 @@ async fn skopeo_copies_an_oci_layout_in_and_out_and_converts_to_schema2() {
         &format!("docker://{host}/skopeo/converted:v1"),
     ]))
     .await;
-    let (served, media_type, body) = served_manifest(&r, "skopeo/converted", "v1").await;
+    let (served, media_type, body) = served_manifest(r, "skopeo/converted", "v1").await;
     assert_eq!(std::fs::read_to_string(&v2file).unwrap().trim(), served);
     assert_eq!(
         media_type,
@@ -94,7 +101,6 @@ async fn skopeo_copies_an_oci_layout_in_and_out_and_converts_to_schema2() {
         200,
         "the mounted layer reads from the target repository"
     );
-    r.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,6 +147,13 @@ async fn podman_pushes_and_pulls() {
         return;
     }
     let r = TestRegistry::start().await;
+    podman_round_trip(&r).await;
+    r.stop().await;
+}
+
+/// The round trip of [`podman_pushes_and_pulls`] against any registry (the S3 backend's tests reuse it);
+/// the caller has checked the client is there.
+pub async fn podman_round_trip(r: &TestRegistry) {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let p = Podman::new(w);
@@ -173,7 +186,7 @@ async fn podman_pushes_and_pulls() {
         .unwrap()
         .trim()
         .to_string();
-    let (served, _, _) = served_manifest(&r, "podman/image", "v1").await;
+    let (served, _, _) = served_manifest(r, "podman/image", "v1").await;
     assert_eq!(pushed, served);
     run_async(podman(&["rmi", &image])).await;
     run_async(podman(&[
@@ -195,7 +208,6 @@ async fn podman_pushes_and_pulls() {
         after, before,
         "podman pulled the config and layers it pushed"
     );
-    r.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,6 +219,13 @@ async fn docker_pushes_and_pulls_through_a_real_engine() {
         return;
     };
     let r = TestRegistry::start().await;
+    docker_round_trip(&r).await;
+    r.stop().await;
+}
+
+/// The round trip of [`docker_pushes_and_pulls_through_a_real_engine`] against any registry (the S3 backend's tests reuse it);
+/// the caller has checked the client is there.
+pub async fn docker_round_trip(r: &TestRegistry) {
     let work = tempfile::tempdir().unwrap();
     let tar = work.path().join("rootfs.tar");
     std::fs::write(&tar, rootfs_tar(3, 30_000)).unwrap();
@@ -228,7 +247,7 @@ async fn docker_pushes_and_pulls_through_a_real_engine() {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no digest in docker push output:\n{out}"))
         .to_string();
-    let (served, media_type, _) = served_manifest(&r, "docker/image", "v1").await;
+    let (served, media_type, _) = served_manifest(r, "docker/image", "v1").await;
     assert_eq!(pushed, served);
     assert_eq!(
         media_type,
@@ -254,7 +273,6 @@ async fn docker_pushes_and_pulls_through_a_real_engine() {
         "docker pulled the config and layers it pushed"
     );
     run_async(docker(&["rmi", &image])).await;
-    r.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,6 +284,13 @@ async fn ctr_pushes_and_pulls_through_containerd() {
         return;
     };
     let r = TestRegistry::start().await;
+    ctr_round_trip(&r).await;
+    r.stop().await;
+}
+
+/// The round trip of [`ctr_pushes_and_pulls_through_containerd`] against any registry (the S3 backend's tests reuse it);
+/// the caller has checked the client is there.
+pub async fn ctr_round_trip(r: &TestRegistry) {
     let work = tempfile::tempdir().unwrap();
     let layout = work.path().join("layout");
     let want = oci_layout(&layout, "v1", &["amd64"]);
@@ -297,7 +322,7 @@ async fn ctr_pushes_and_pulls_through_containerd() {
     ]))
     .await;
     run_async(ctr(&["images", "push", "--plain-http", &image])).await;
-    let (served, _, _) = served_manifest(&r, "ctr/image", "v1").await;
+    let (served, _, _) = served_manifest(r, "ctr/image", "v1").await;
     assert_eq!(served, want);
     run_async(ctr(&["images", "rm", &image])).await;
     run_async(ctr(&["images", "pull", "--plain-http", &image])).await;
@@ -307,12 +332,22 @@ async fn ctr_pushes_and_pulls_through_containerd() {
         "ctr lists the pulled image with its digest:\n{listed}"
     );
     run_async(ctr(&["images", "rm", &image])).await;
-    r.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oras_pushes_and_pulls_an_artifact() {
-    let python = std::env::var("ORAS_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    if !require_oras() {
+        return;
+    }
+    let r = TestRegistry::start().await;
+    oras_round_trip(&r).await;
+    r.stop().await;
+}
+
+/// Whether the oras Python SDK is importable by `$ORAS_PYTHON` (default python3): a loud
+/// skip outside CI, a failure in it.
+pub fn require_oras() -> bool {
+    let python = oras_python();
     let has_oras = Command::new(&python)
         .args(["-c", "import oras.client"])
         .output()
@@ -323,9 +358,18 @@ async fn oras_pushes_and_pulls_an_artifact() {
             panic!("the oras Python SDK is required in CI (ORAS_PYTHON={python})");
         }
         eprintln!("\n!!!!! SKIPPED: the `oras` Python package is not importable by {python}; `pip install oras` to run this test !!!!!\n");
-        return;
     }
-    let r = TestRegistry::start().await;
+    has_oras
+}
+
+fn oras_python() -> String {
+    std::env::var("ORAS_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+/// The round trip of [`oras_pushes_and_pulls_an_artifact`] against any registry (the S3 backend's tests reuse it);
+/// the caller has checked the client is there.
+pub async fn oras_round_trip(r: &TestRegistry) {
+    let python = oras_python();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let artifact = random_bytes(50_000);
@@ -348,12 +392,11 @@ print(resp.headers["Docker-Content-Digest"])
         c
     })
     .await;
-    let (served, media_type, _) = served_manifest(&r, "oras/artifact", "v1").await;
+    let (served, media_type, _) = served_manifest(r, "oras/artifact", "v1").await;
     assert_eq!(printed.trim().lines().last(), Some(served.as_str()));
     assert_eq!(media_type, OCI_MANIFEST);
     assert_eq!(
         std::fs::read(out_dir.join("artifact.bin")).unwrap(),
         artifact
     );
-    r.stop().await;
 }

@@ -29,6 +29,8 @@ mod powercut_fs;
 mod protocol;
 mod refcount;
 mod restart;
+mod s3;
+mod s3_cluster;
 mod secrets;
 mod sparse;
 mod spec;

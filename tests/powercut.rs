@@ -81,7 +81,8 @@ async fn power_cuts_during_pushes_deletes_and_gc_lose_nothing_acknowledged() {
     eprintln!(
         "powercut: {n} power cuts (after {:?}), {} pushes, {} deletes and {} GC passes \
          acknowledged, {} tags at the end; {fsyncs} file and {dir_fsyncs} directory fsyncs; \
-         lost per cut (entries, files): {:?}; {} leftovers for gc; {:.1?}",
+         lost per cut (entries, files): {:?}; {} leftovers for gc (at most {} after one \
+         cut); {:.1?}",
         s.crashes,
         s.pushes,
         s.deletes,
@@ -91,9 +92,20 @@ async fn power_cuts_during_pushes_deletes_and_gc_lose_nothing_acknowledged() {
             .map(|l| (l.entries, l.files))
             .collect::<Vec<_>>(),
         s.leftovers,
+        s.most_leftovers,
         started.elapsed()
     );
     assert!(s.pushes >= n, "every round acknowledges a push");
+    // A cut may leave what was in flight: the two pushers' upload or promoted blob whose
+    // row did not commit, the stalled upload. Before the GC fsynced the shard directories of
+    // its unlinks, every pass's deleted files came back at each cut, piling up (3,872
+    // leftovers over 40 cuts, 97 a cut on average and growing; with the fsync, 4 in all).
+    assert!(
+        s.most_leftovers <= 4,
+        "one cut left {} leftovers (in all {}): deleted files came back?",
+        s.most_leftovers,
+        s.leftovers
+    );
     assert!(
         lost.iter().any(|l| l.entries > 0 || l.files > 0),
         "the cuts threw something away (else they tested nothing)"

@@ -4,7 +4,6 @@
 //! contain a password, a Basic credential, a bcrypt hash, a token or the signing key.
 
 use std::path::Path;
-use std::process::Command;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -18,17 +17,8 @@ const WRONG: &str = "wrong-Pa55word-77ab";
 
 /// `dockyard ARGS --root ROOT` with `stdin` piped in; asserts success.
 async fn cli(root: &Path, args: &[&str], stdin: &str) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dockyard"));
-    cmd.args(args).arg("--root").arg(root);
-    let stdin = stdin.to_string();
-    let out = tokio::task::spawn_blocking(move || run_with_stdin(&mut cmd, &stdin))
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "dockyard {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, _, err) = dockyard_at(root, args, stdin).await;
+    assert!(ok, "dockyard {args:?}: {err}");
 }
 
 /// One session against a server in `mode` logging in `format`; returns what it printed and
@@ -47,7 +37,6 @@ async fn session(mode: &str, format: &str) -> (String, Vec<String>) {
     );
     let p = Process::spawn_with_config_env(&root, &config, &[("RUST_LOG", "debug")]);
     let base = p.url("");
-    wait_for_admin_socket(&root);
     cli(&root, &["user", "add", "alice", "--password-stdin"], FIRST).await;
     cli(&root, &["acl", "grant", "alice", "**", "pull,push"], "").await;
     let mut tokens = Vec::new();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dockyard::config::Untagged;
 use dockyard::gc::fsck::{self, FsckOptions};
-use dockyard::gc::{self, GcOptions, GcReport};
+use dockyard::gc::{GcOptions, GcReport};
 
 use crate::util::*;
 
@@ -19,22 +19,15 @@ const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+
 
 /// Zero grace and push window, untagged manifests collected at once, no timer.
 async fn start(sparse: bool) -> TestRegistry {
-    TestRegistry::start_configured(|c| {
+    TestRegistry::start_gc_by_hand(|c| {
         c.sparse_indexes = sparse;
-        c.gc.interval = None;
-        c.gc.grace = Duration::ZERO;
-        c.gc.push_window = Duration::ZERO;
         c.gc.untagged = Untagged::After(Duration::ZERO);
     })
     .await
 }
 
 async fn run_gc(r: &TestRegistry) -> GcReport {
-    let core = r.core.clone();
-    tokio::task::spawn_blocking(move || gc::run_once(&core, &GcOptions::default()))
-        .await
-        .expect("gc task")
-        .expect("gc pass")
+    r.gc_pass(GcOptions::default()).await
 }
 
 async fn assert_clean(r: &TestRegistry, step: &str) {

@@ -53,7 +53,10 @@ impl TestRegistry {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let registry = dockyard::Registry::open(config).expect("open registry");
+        let mut registry = dockyard::Registry::open(config).expect("open registry");
+        // As `dockyard serve` does: the control channel exists before anyone is told the
+        // address, so a test may use the CLI at once.
+        registry.bind_admin().expect("bind the admin socket");
         let core = registry.core().clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let serve = registry.serve(listener, async {
@@ -455,14 +458,14 @@ impl Drop for Process {
     }
 }
 
-/// Waits (up to 10 s) for the control socket of the server on `root`: the listening line
-/// can come before it exists, and a CLI run before it opens the files and finds them locked.
+/// Asserts that the control socket of the server on `root` exists. A server binds it before
+/// it prints the listening line (which `Process::spawn*` waits for), so there is nothing to
+/// wait for any more; kept for the tests that still call it, where it checks that order.
 pub fn wait_for_admin_socket(root: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !dockyard::admin::socket_path(root).exists() {
-        assert!(Instant::now() < deadline, "no admin socket under {root:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    assert!(
+        dockyard::admin::socket_path(root).exists(),
+        "no admin socket under {root:?} after the listening line"
+    );
 }
 
 /// Runs `dockyard ARGS…` to completion: (success, stdout, stderr).
@@ -477,6 +480,78 @@ pub fn dockyard<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String)
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `dockyard ARGS… --config CONFIG` to completion: (success, stdout, stderr).
+pub fn dockyard_with_config(args: &[&str], config: &Path) -> (bool, String, String) {
+    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    all.push(std::ffi::OsStr::new("--config"));
+    all.push(config.as_os_str());
+    dockyard(&all)
+}
+
+/// `dockyard ARGS… --root ROOT` with `stdin` piped in, on the blocking pool (so an
+/// in-process server keeps serving): (success, stdout, stderr).
+pub async fn dockyard_at(root: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dockyard"));
+    cmd.args(args).arg("--root").arg(root).env("NO_COLOR", "1");
+    let stdin = stdin.to_string();
+    let out = tokio::task::spawn_blocking(move || run_with_stdin(&mut cmd, &stdin))
+        .await
+        .expect("dockyard task");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A config for `root` whose GC runs only when asked and keeps nothing for time's sake
+/// (`[gc] interval = "off"`, grace and push window zero), written as `dir/registry.toml`.
+pub fn gc_by_hand_config(dir: &Path, root: &Path) -> PathBuf {
+    write_config(
+        dir,
+        "registry.toml",
+        &format!(
+            "[storage]\nroot = {:?}\n[gc]\ninterval = \"off\"\ngrace = \"0s\"\npush_window = \"0s\"\n",
+            root.display().to_string()
+        ),
+    )
+}
+
+/// Runs a client command on the blocking pool with `input` on its stdin (a password); it
+/// must succeed. Returns its stdout.
+pub async fn run_async_with_stdin(mut cmd: Command, input: &str) -> String {
+    let input = input.to_string();
+    let desc = format!("{cmd:?}");
+    let out = tokio::task::spawn_blocking(move || run_with_stdin(&mut cmd, &input))
+        .await
+        .expect("command task");
+    assert!(
+        out.status.success(),
+        "{desc}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a client command on the blocking pool; it must fail. Returns its stderr.
+pub async fn fails_async(mut cmd: Command) -> String {
+    let desc = format!("{cmd:?}");
+    let out = tokio::task::spawn_blocking(move || run_with_stdin(&mut cmd, ""))
+        .await
+        .expect("command task");
+    assert!(!out.status.success(), "{desc} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The digest `docker push` says it pushed.
+pub fn docker_push_digest(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.split("digest: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no digest in docker push output:\n{out}"))
+        .to_string()
 }
 
 /// A tar archive of a few random files, as a container root filesystem.
@@ -634,6 +709,58 @@ impl Podman {
         self.dir.join("policy.json").to_string_lossy().into_owned()
     }
 
+    /// `podman login --password-stdin`, keeping the login in `authfile`.
+    pub async fn login(&self, authfile: &str, host: &str, user: &str, password: &str) {
+        let args = [
+            "login",
+            "--tls-verify=false",
+            "--authfile",
+            authfile,
+            "-u",
+            user,
+            "--password-stdin",
+            host,
+        ];
+        run_async_with_stdin(self.command(&args), password).await;
+    }
+
+    /// `podman push` with the login in `authfile`; returns the digest it pushed.
+    pub async fn push(&self, authfile: &str, image: &str) -> String {
+        let digestfile = self.dir.join("digest");
+        let (policy, digestfile_arg) = (self.policy(), digestfile.to_string_lossy());
+        run_async(self.command(&[
+            "push",
+            "--tls-verify=false",
+            "--authfile",
+            authfile,
+            "--signature-policy",
+            &policy,
+            "--digestfile",
+            &digestfile_arg,
+            image,
+        ]))
+        .await;
+        std::fs::read_to_string(&digestfile)
+            .expect("podman's digest file")
+            .trim()
+            .to_string()
+    }
+
+    /// `podman pull` with the login in `authfile`.
+    pub async fn pull(&self, authfile: &str, image: &str) {
+        let policy = self.policy();
+        run_async(self.command(&[
+            "pull",
+            "--tls-verify=false",
+            "--authfile",
+            authfile,
+            "--signature-policy",
+            &policy,
+            image,
+        ]))
+        .await;
+    }
+
     pub fn command(&self, args: &[&str]) -> Command {
         let w = &self.dir;
         let mut c = Command::new("podman");
@@ -739,13 +866,7 @@ impl TestRegistry {
     /// Runs a control command through the server's admin socket: `Ok` with its text, or
     /// `Err` with its one-line refusal.
     pub async fn admin(&self, command: dockyard::admin::Command) -> Result<String, String> {
-        let sock = dockyard::admin::socket_path(&self.root);
-        for _ in 0..200 {
-            if sock.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // `start_with` binds the socket before it returns: no waiting for it.
         match dockyard::admin::call(&self.root, &command)
             .await
             .expect("admin socket")
@@ -773,6 +894,47 @@ impl TestRegistry {
         })
         .await
         .expect("acl grant");
+    }
+
+    /// A fresh registry whose GC never runs by itself and keeps nothing for time's sake (no
+    /// timer, grace and push window zero); `tweak` changes that and the rest.
+    pub async fn start_gc_by_hand(tweak: impl FnOnce(&mut dockyard::Config)) -> TestRegistry {
+        TestRegistry::start_configured(|c| {
+            c.gc.interval = None;
+            c.gc.grace = Duration::ZERO;
+            c.gc.push_window = Duration::ZERO;
+            tweak(c);
+        })
+        .await
+    }
+
+    /// One GC pass on the served instance, on the blocking pool.
+    pub async fn gc_pass(&self, opts: dockyard::gc::GcOptions) -> dockyard::gc::GcReport {
+        let core = self.core.clone();
+        tokio::task::spawn_blocking(move || dockyard::gc::run_once(&core, &opts))
+            .await
+            .expect("gc task")
+            .expect("gc pass")
+    }
+
+    /// The digest `repo:reference` is served under (a `HEAD`), asked as `user`.
+    pub async fn served_digest_as(
+        &self,
+        user: &str,
+        password: &str,
+        repo: &str,
+        reference: &str,
+    ) -> String {
+        let resp = client_as(user, password)
+            .head(self.url(&format!("/v2/{repo}/manifests/{reference}")))
+            .send()
+            .await
+            .expect("HEAD manifest");
+        assert_eq!(resp.status(), 200, "HEAD {repo}:{reference} as {user}");
+        resp.headers()["docker-content-digest"]
+            .to_str()
+            .expect("digest header")
+            .to_string()
     }
 
     /// Serves a fresh temporary root with the defaults changed by `tweak` (a smaller limit,
@@ -1051,4 +1213,108 @@ pub fn fresh_client() -> reqwest::Client {
         .pool_max_idle_per_host(0)
         .build()
         .expect("reqwest client")
+}
+
+/// Where `.ci/garage.sh start` writes its env file when `DOCKYARD_GARAGE_DIR` is not set.
+pub const GARAGE_ENV_FILE: &str = "/tmp/dockyard-garage/env";
+
+/// The S3 bucket of the three-node Garage cluster that `.ci/garage.sh start` runs on loopback:
+/// the five `DOCKYARD_S3_*` values it writes to its env file.
+#[derive(Clone, Debug)]
+pub struct S3Env {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl S3Env {
+    /// Writes the secret key to `dir/s3-secret` (mode 0600) and returns a `[storage]` section
+    /// for `backend = "s3"` under `prefix` (give each test its own, see [`s3_prefix`]).
+    /// `extra` lines go into `[storage.s3]` (`redirect = true`, `snapshot_interval = "2s"` …).
+    pub fn storage_toml(&self, dir: &Path, prefix: &str, extra: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let secret = dir.join("s3-secret");
+        std::fs::write(&secret, &self.secret_access_key).expect("write s3 secret");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod s3 secret");
+        format!(
+            "[storage]\nbackend = \"s3\"\n\n[storage.s3]\nendpoint = \"{}\"\nregion = \"{}\"\n\
+             bucket = \"{}\"\nprefix = \"{prefix}\"\naccess_key_id = \"{}\"\n\
+             secret_access_key_file = \"{}\"\npath_style = true\n{extra}\n",
+            self.endpoint,
+            self.region,
+            self.bucket,
+            self.access_key_id,
+            secret.display()
+        )
+    }
+}
+
+/// A prefix inside the shared bucket that no other test (or earlier run) uses.
+pub fn s3_prefix(test: &str) -> String {
+    let mut r = [0u8; 6];
+    rand::thread_rng().fill_bytes(&mut r);
+    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    format!("tests/{test}-{hex}")
+}
+
+/// The Garage cluster's bucket: from `DOCKYARD_S3_*` variables when all five are set, else
+/// from the env file named by `DOCKYARD_S3_ENV` (default [`GARAGE_ENV_FILE`]). Missing means
+/// Garage is not running: fatal in CI, loudly reported elsewhere (the test returns early).
+pub fn require_s3() -> Option<S3Env> {
+    const KEYS: [&str; 5] = [
+        "DOCKYARD_S3_ENDPOINT",
+        "DOCKYARD_S3_REGION",
+        "DOCKYARD_S3_BUCKET",
+        "DOCKYARD_S3_ACCESS_KEY_ID",
+        "DOCKYARD_S3_SECRET_ACCESS_KEY",
+    ];
+    let mut values: std::collections::HashMap<String, String> = KEYS
+        .iter()
+        .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    let file = std::env::var("DOCKYARD_S3_ENV").unwrap_or_else(|_| GARAGE_ENV_FILE.to_string());
+    if values.len() < KEYS.len() {
+        values.clear();
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            for line in text.lines() {
+                let line = line.trim().trim_start_matches("export ");
+                if let Some((k, v)) = line.split_once('=') {
+                    values.insert(k.trim().to_string(), v.trim().to_string());
+                }
+            }
+        }
+    }
+    let get = |k: &str| values.get(k).filter(|v| !v.is_empty()).cloned();
+    match (
+        get(KEYS[0]),
+        get(KEYS[1]),
+        get(KEYS[2]),
+        get(KEYS[3]),
+        get(KEYS[4]),
+    ) {
+        (Some(endpoint), Some(region), Some(bucket), Some(access_key_id), Some(secret)) => {
+            Some(S3Env {
+                endpoint,
+                region,
+                bucket,
+                access_key_id,
+                secret_access_key: secret,
+            })
+        }
+        _ => {
+            let hint = format!(
+                "start Garage with `bash .ci/garage.sh start` (it writes {file}; or set \
+                 DOCKYARD_S3_ENV to its env file)"
+            );
+            if in_ci() {
+                panic!("the S3 test cluster is required in CI but {file} is missing or incomplete; .ci/run must {hint}");
+            }
+            eprintln!("\n!!!!! SKIPPED: no S3 test cluster; {hint} to run this S3 test !!!!!\n");
+            None
+        }
+    }
 }

@@ -29,7 +29,7 @@ fn require_busybox() -> bool {
     if Path::new(BUSYBOX).is_file() {
         return true;
     }
-    if std::env::var("CI").as_deref() == Ok("true") {
+    if in_ci() {
         panic!("{BUSYBOX} is required in CI (.ci/run installs busybox-static)");
     }
     eprintln!(
@@ -60,34 +60,6 @@ fn mode_name(mode: Option<AuthMode>) -> &'static str {
         Some(AuthMode::Token) => "token",
         Some(AuthMode::None) => "none",
     }
-}
-
-/// The digest the registry serves for `team/app:1`, as alice (or anyone, with auth off).
-async fn served(r: &TestRegistry) -> String {
-    let resp = client_as("alice", PW)
-        .head(r.url("/v2/team/app/manifests/1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "HEAD team/app:1");
-    resp.headers()["docker-content-digest"]
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-async fn run_with_input(mut cmd: Command, input: &str) -> String {
-    let input = input.to_string();
-    let desc = format!("{cmd:?}");
-    let out = tokio::task::spawn_blocking(move || run_with_stdin(&mut cmd, &input))
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{desc}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 async fn docker_workflow(mode: Option<AuthMode>) {
@@ -123,20 +95,18 @@ async fn docker_workflow(mode: Option<AuthMode>) {
     ]))
     .await;
     if mode.is_some() {
-        run_with_input(
+        run_async_with_stdin(
             docker(&["login", "-u", "alice", "--password-stdin", &host]),
             PW,
         )
         .await;
     }
     let out = run_async(docker(&["push", &image])).await;
-    let pushed = out
-        .lines()
-        .find_map(|l| l.split("digest: ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no digest in docker push output:\n{out}"))
-        .to_string();
-    assert_eq!(pushed, served(&r).await);
+    let pushed = docker_push_digest(&out);
+    assert_eq!(
+        pushed,
+        r.served_digest_as("alice", PW, "team/app", "1").await
+    );
     run_async(docker(&["rmi", &image])).await;
     run_async(docker(&["pull", &image])).await;
     let printed = run_async(docker(&["run", "--rm", "--network", "none", &image])).await;
@@ -171,7 +141,6 @@ async fn podman_workflow(mode: Option<AuthMode>) {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let p = Podman::new(w);
-    let policy = p.policy();
     let message = format!("hello from team/app, podman, {}", mode_name(mode));
     let ctx = context(w, &message);
     let host = r.addr.to_string();
@@ -181,45 +150,15 @@ async fn podman_workflow(mode: Option<AuthMode>) {
     let authfile = authfile.to_str().unwrap();
     run_async(p.command(&["build", "-t", &image, ctx.to_str().unwrap()])).await;
     if mode.is_some() {
-        run_with_input(
-            p.command(&[
-                "login",
-                "--tls-verify=false",
-                "--authfile",
-                authfile,
-                "-u",
-                "alice",
-                "--password-stdin",
-                &host,
-            ]),
-            PW,
-        )
-        .await;
+        p.login(authfile, &host, "alice", PW).await;
     }
-    let digestfile = w.join("digest");
-    run_async(p.command(&[
-        "push",
-        "--tls-verify=false",
-        "--authfile",
-        authfile,
-        "--digestfile",
-        digestfile.to_str().unwrap(),
-        &image,
-    ]))
-    .await;
-    let pushed = std::fs::read_to_string(&digestfile).unwrap();
-    assert_eq!(pushed.trim(), served(&r).await);
+    let pushed = p.push(authfile, &image).await;
+    assert_eq!(
+        pushed,
+        r.served_digest_as("alice", PW, "team/app", "1").await
+    );
     run_async(p.command(&["rmi", &image])).await;
-    run_async(p.command(&[
-        "pull",
-        "--tls-verify=false",
-        "--authfile",
-        authfile,
-        "--signature-policy",
-        &policy,
-        &image,
-    ]))
-    .await;
+    p.pull(authfile, &image).await;
     // runc, and rlimits within this machine's hard limits: podman's defaults (nofile
     // 1048576) are refused here, and crun refuses the hybrid cgroup layout of this VM.
     let printed = run_async(p.command(&[

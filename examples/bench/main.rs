@@ -14,6 +14,7 @@
 mod client;
 mod mirror;
 mod portability;
+mod s3;
 mod servers;
 mod workloads;
 
@@ -52,7 +53,7 @@ struct Args {
     #[arg(long)]
     baseline_bin: Option<PathBuf>,
     /// Run only these workloads (comma-separated: push, images, small, catalog, startup,
-    /// portability, mirror); `push` includes the pull of workload 2.
+    /// portability, mirror, s3); `push` includes the pull of workload 2.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// How many small images workload 3 pushes [default: 200, 50 with --quick].
@@ -191,6 +192,8 @@ enum Goal {
     RatioNoErrors(f64),
     /// Dockyard at most this fraction slower than the reference column (a time).
     AtMostSlower(f64),
+    /// Dockyard at least this fraction of the limit, with zero errors.
+    Limit(f64),
 }
 
 #[derive(Serialize, Default, Clone)]
@@ -265,6 +268,13 @@ impl Row {
             Goal::AtMostSlower(x) => (
                 format!("<= {:.0}% slower", x * 100.0),
                 self.ratio.map(|r| r >= 1.0 / (1.0 + x) && clean),
+            ),
+            Goal::Limit(f) => (
+                format!(">= {:.0}% of limit", f * 100.0),
+                match (d, self.limit) {
+                    (Some(d), Some(l)) => Some(d >= f * l && clean),
+                    _ => None,
+                },
             ),
         };
         self.target = Some(text);
@@ -795,6 +805,56 @@ async fn run(args: Args) -> Result<bool> {
         "MiB",
         false,
     );
+    t.row(
+        "s3.push",
+        &format!("10. S3 (Garage x3): push {blob_label} blob (POST, PUT)"),
+        "MB/s",
+        true,
+    )
+    .goal = Some(Goal::Ratio(2.0));
+    t.row(
+        "s3.pull",
+        "10. S3: pull it, following the redirect (limit: Garage GET)",
+        "MB/s",
+        true,
+    )
+    .goal = Some(Goal::Limit(1.0));
+    t.row(
+        "s3.images",
+        &format!(
+            "10. S3: {} small images by {} clients",
+            s.images, s.image_clients
+        ),
+        "images/s",
+        true,
+    )
+    .goal = Some(Goal::RatioNoErrors(3.0));
+    for p in [Probe::HeadBlob, Probe::Manifest] {
+        t.row(
+            &format!("s3.{}.c16", p.key()),
+            &format!(
+                "10. S3: {} @16: rate{}",
+                p.label(),
+                if matches!(p, Probe::HeadBlob) {
+                    " (redirects followed)"
+                } else {
+                    ""
+                }
+            ),
+            "req/s",
+            true,
+        )
+        .goal = Some(Goal::Ratio(10.0));
+    }
+    t.row(
+        "s3.gc",
+        &format!(
+            "10. S3: GC pass after deleting the {} images and the big blob",
+            s.images
+        ),
+        "s",
+        false,
+    );
 
     // 6 (idle). Measured before anything ran, after a short settle.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1231,6 +1291,21 @@ async fn run(args: Args) -> Result<bool> {
         }
     }
 
+    if want("s3") {
+        // 10. Blobs on S3: a pair of registries of their own on the Garage cluster.
+        match s3::garage() {
+            None => {
+                eprintln!(
+                    "\n{}\n!!! NO S3 WORKLOAD: no Garage cluster (run `bash .ci/garage.sh start`;\n\
+                     !!! its env file is read from DOCKYARD_S3_ENV or /tmp/dockyard-garage/env).\n{}\n",
+                    "!".repeat(78),
+                    "!".repeat(78)
+                );
+            }
+            Some(g) => s3_workload(&mut b, &bin, dist_bin.as_deref(), &g).await?,
+        }
+    }
+
     if want("startup") {
         // 7. Start-up with everything stored so far.
         println!("-- 7. restarting each registry {} times", b.sizes.startups);
@@ -1430,6 +1505,155 @@ fn record_mirror(t: &mut Table, f: mirror::Figures) {
     let r = t.get("mirror.herd_upstream");
     r.limit = Some(1.0);
     r.limit_what = Some(format!("the image once, {mb:.0} MB"));
+}
+
+/// Workload 10 on the Garage cluster `g`; records into `b.table`.
+async fn s3_workload(b: &mut Bench, bin: &Path, dist: Option<&Path>, g: &s3::Garage) -> Result<()> {
+    let prefix = s3::run_prefix();
+    println!("-- 10. S3: Dockyard (backend s3) and Distribution (s3 driver) on {} bucket {}, prefix {prefix}", g.endpoint, g.bucket);
+    let secrets = tempfile::Builder::new().prefix("bench-s3-").tempdir()?;
+    let mut servers = vec![s3::start_dockyard(bin, g, &prefix, secrets.path()).await?];
+    if let Some(d) = dist {
+        servers.push(s3::start_distribution(d, g, &prefix).await?);
+    }
+    let sz = &b.sizes;
+    let (blob_len, images_n, clients, level_time, reps) = (
+        sz.blob,
+        sz.images,
+        sz.image_clients,
+        sz.level_time,
+        // One repetition: each pushed GiB is three GiB on the cluster's (here: one) disk.
+        1,
+    );
+    println!("   push and pull of {}", sz.size_label(blob_len));
+    let mut big = Vec::new();
+    let mut locations = Vec::new();
+    for rep in 0..reps {
+        // New bytes each repetition: an object already in the bucket would make a push free.
+        let blob = Bytes::from(random_bytes(
+            blob_len,
+            0x53_33 ^ ((rep as u64) << 32) ^ std::process::id() as u64,
+        ));
+        let digest = sha256(&blob);
+        let order: Vec<usize> = if rep % 2 == 0 {
+            (0..servers.len()).collect()
+        } else {
+            (0..servers.len()).rev().collect()
+        };
+        for &i in &order {
+            // A fresh repository each time, so the registry cannot answer "already there".
+            let repo = format!("s3big/r{rep}");
+            let (blob, d) = (blob.clone(), digest.clone());
+            let r = s3::push_big(servers[i].addr, &repo, blob, &d).await;
+            b.record("s3.push", servers[i].kind, r.map(|t| mbps(blob_len, t)));
+        }
+        for &i in &order {
+            let repo = format!("s3big/r{rep}");
+            big.push((i, repo.clone(), digest.clone()));
+            let r = s3::pull_following(servers[i].addr, &repo, &digest, blob_len as u64).await;
+            let r = r.map(|(t, loc)| {
+                if servers[i].kind == Kind::Dockyard {
+                    locations.extend(loc);
+                }
+                mbps(blob_len, t)
+            });
+            b.record("s3.pull", servers[i].kind, r);
+        }
+    }
+    // The limit: Garage's own GET of the object Dockyard redirected to, best of as many.
+    let mut limit: Option<f64> = None;
+    for loc in &locations {
+        match s3::store_get(loc, blob_len as u64).await {
+            Ok(t) => limit = Some(limit.unwrap_or(0.0).max(mbps(blob_len, t))),
+            Err(e) => eprintln!("  !! limit s3.pull: {e}"),
+        }
+    }
+    if locations.is_empty() {
+        eprintln!("  !! Dockyard answered no redirect: no Garage GET limit");
+    }
+    let row = b.table.get("s3.pull");
+    row.limit = limit;
+    row.limit_what = Some("Garage GET of the same object".into());
+
+    println!("   {images_n} small images by {clients} clients");
+    let images = Arc::new(make_images(images_n, b.sizes.layer_max, 0x5301));
+    for s in &servers {
+        let batch = push_images(s.addr, images.clone(), clients).await;
+        let rate = batch.ok as f64 / secs(batch.elapsed);
+        b.table.record(
+            "s3.images",
+            s.kind,
+            Some(rate),
+            batch.errors,
+            batch.first_error,
+        );
+    }
+
+    println!("   HEAD blob and GET manifest at 16 connections, {level_time:?} each");
+    let mut hots = Vec::new();
+    for s in &servers {
+        hots.push(Arc::new(seed_hot(s.addr, b.sizes.tags, 0x5302).await?));
+    }
+    for p in [Probe::HeadBlob, Probe::Manifest] {
+        for i in 0..servers.len() {
+            let load = match p {
+                // Distribution's s3 driver redirects HEAD to the store: followed, as a client
+                // does.
+                Probe::HeadBlob => {
+                    s3::hammer_head(servers[i].addr, hots[i].clone(), 16, level_time).await
+                }
+                _ => hammer(servers[i].addr, p, hots[i].clone(), 16, level_time).await,
+            };
+            let ok = load.ok > 0;
+            b.table.record(
+                &format!("s3.{}.c16", p.key()),
+                servers[i].kind,
+                ok.then_some(load.rps),
+                load.errors,
+                load.first_error,
+            );
+        }
+    }
+
+    println!("   GC pass after deleting the {images_n} small images and the big blob");
+    let manifests: Vec<(String, Bytes)> = images
+        .iter()
+        .map(|im| (im.repo.clone(), im.manifest.clone()))
+        .collect();
+    for (i, s) in servers.iter().enumerate() {
+        let mut r = s3::delete_manifests(s.addr, &manifests).await;
+        for (_, repo, d) in big.iter().filter(|(j, _, _)| *j == i) {
+            if r.is_ok() {
+                r = s3::delete_blob(s.addr, repo, d).await;
+            }
+        }
+        if let Err(e) = r {
+            b.table
+                .record("s3.gc", s.kind, None, 1, Some(e.to_string()));
+        }
+    }
+    // Dockyard keeps an unreferenced blob for [gc] grace (6 s here) after its count fell.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    for s in servers.iter_mut() {
+        let cli = match s.kind {
+            Kind::Distribution => dist.unwrap_or(bin).to_path_buf(),
+            _ => bin.to_path_buf(),
+        };
+        match s3::gc_pass(s, &cli).await {
+            Ok((took, last)) => {
+                println!("   {} gc: {took:.2} s: {last}", s.kind.name());
+                b.table.record("s3.gc", s.kind, Some(took), 0, None);
+            }
+            Err(e) => b
+                .table
+                .record("s3.gc", s.kind, None, 1, Some(e.to_string())),
+        }
+    }
+    for s in servers.iter_mut() {
+        let _ = s.stop().await;
+    }
+    drop(secrets);
+    Ok(())
 }
 
 async fn first_page(addr: std::net::SocketAddr) -> Result<f64> {

@@ -52,11 +52,19 @@ pub struct Server {
     /// Holds the data root, the config file and the log; removed on drop.
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// A config of the caller's instead of the default one (`{ADDR}` and `{ROOT}` filled in).
+    config: Option<String>,
 }
 
 impl Server {
     /// Starts a registry with an empty root and waits for its first 200 on `/v2/`.
     pub async fn start(kind: Kind, bin: &Path) -> Result<Server> {
+        Server::start_with(kind, bin, None).await
+    }
+
+    /// [`Server::start`] with this config text (`{ADDR}`: the listen address, `{ROOT}`: the
+    /// data root).
+    pub async fn start_with(kind: Kind, bin: &Path, config: Option<String>) -> Result<Server> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("bench-{}-", kind.name().to_lowercase()))
             .tempdir()?;
@@ -68,6 +76,7 @@ impl Server {
             bin: bin.to_path_buf(),
             dir,
             child: None,
+            config,
         };
         let mut last_err = None;
         for _ in 0..3 {
@@ -111,7 +120,11 @@ impl Server {
             }
             Kind::Distribution => {
                 let mut c = Command::new(&self.bin);
-                c.arg("serve").arg(self.write_distribution_config()?);
+                // Its AWS SDK refuses any custom CA bundle with its own transport (a panic at
+                // start), and this variable names one on some machines.
+                c.arg("serve")
+                    .arg(self.write_distribution_config()?)
+                    .env_remove("AWS_CA_BUNDLE");
                 c
             }
         };
@@ -135,8 +148,30 @@ impl Server {
         up
     }
 
+    /// The config file it was started with.
+    pub fn config_path(&self) -> PathBuf {
+        match self.kind {
+            Kind::Distribution => self.dir.path().join("config.yml"),
+            _ => self.dir.path().join("registry.toml"),
+        }
+    }
+
+    fn custom_config(&self, path: &Path) -> Result<bool> {
+        let Some(text) = &self.config else {
+            return Ok(false);
+        };
+        let text = text
+            .replace("{ADDR}", &self.addr.to_string())
+            .replace("{ROOT}", &self.root().display().to_string());
+        std::fs::write(path, text)?;
+        Ok(true)
+    }
+
     fn write_dockyard_config(&self) -> Result<PathBuf> {
         let path = self.dir.path().join("registry.toml");
+        if self.custom_config(&path)? {
+            return Ok(path);
+        }
         // Defaults otherwise; warn-level logging as for Distribution.
         std::fs::write(&path, "[log]\nlevel = \"warn\"\n")?;
         Ok(path)
@@ -146,6 +181,9 @@ impl Server {
     /// stock `registry:2` configuration enables, warn-level logs and no access log.
     fn write_distribution_config(&self) -> Result<PathBuf> {
         let path = self.dir.path().join("config.yml");
+        if self.custom_config(&path)? {
+            return Ok(path);
+        }
         let yml = format!(
             "version: 0.1\n\
              log:\n  level: warn\n  accesslog:\n    disabled: true\n\

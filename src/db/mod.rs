@@ -161,6 +161,12 @@ impl Db {
         Ok(out)
     }
 
+    /// How many transactions this process has committed: equal readings mean nothing changed
+    /// in between (the database snapshots skip a tick that would copy the same state).
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::SeqCst)
+    }
+
     /// The answer remembered under `key` (see `memo`), if no commit happened since it was
     /// read. Never blocks on the database: callable on an async thread.
     pub fn remembered<V: Clone + 'static>(&self, key: &str) -> Option<V> {

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant, SystemTime};
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use crate::db::{self, schema::*};
-use crate::gc::{blob_files, human_bytes, upload_files, Progress};
+use crate::gc::{human_bytes, upload_files, Progress};
 use crate::oci::{Digest, RegistryError};
-use crate::store::{Location, Sink};
+use crate::store::Location;
 use crate::{Core, Error};
 
 #[derive(Clone, Default)]
@@ -777,11 +777,10 @@ fn notes(s: &Snapshot, out: &mut Vec<String>) {
 }
 
 fn blob_file_sizes(core: &Core) -> Result<Files, Error> {
+    // The files under `blobs/`, or (S3) one listing of the bucket's blob objects.
     let mut files = Files::new();
-    for (d, path) in blob_files(core.store.root())? {
-        if let Ok(m) = fs::metadata(&path) {
-            files.insert(d.to_string(), m.len());
-        }
+    for (d, size, _) in core.store.list_blobs()? {
+        files.insert(d.to_string(), size);
     }
     Ok(files)
 }
@@ -841,7 +840,10 @@ fn uploads(
     let lease = core.config.gc.lease();
     let mut in_flight = 0;
     for (name, path) in upload_files(core.store.root())? {
-        if snap.uploads.contains(&name) {
+        let session = name
+            .strip_suffix(crate::store::s3::JOURNAL_SUFFIX)
+            .unwrap_or(&name);
+        if snap.uploads.contains(session) {
             continue;
         }
         let Ok(meta) = fs::metadata(&path) else {
@@ -854,6 +856,19 @@ fn uploads(
             .unwrap_or_default();
         if age < lease {
             in_flight += 1;
+            continue;
+        }
+        if name.ends_with(crate::store::s3::JOURNAL_SUFFIX) {
+            // No fix here: removing the journal would forget the upload's id, not abort it.
+            problems.push(problem(
+                Kind::StrayUpload,
+                Remedy::Gc,
+                format!(
+                    "a multipart upload into the bucket was cut off (journal {name}); the \
+                     next GC pass aborts it"
+                ),
+                None,
+            ));
             continue;
         }
         let has_row = core
@@ -897,7 +912,11 @@ fn still_there(core: &Core, p: &Problem) -> bool {
         .db
         .read_blocking(|tx| Ok(tx.open_table(BLOBS)?.get(d.to_string().as_str())?.is_some()))
         .unwrap_or(true);
-    let has_file = core.store.path_for(Location::Blob(&d)).exists();
+    // An unreadable bucket says nothing: keep the problem only if it was "no bytes".
+    let has_file = core
+        .store
+        .has_blob(&d)
+        .unwrap_or(p.kind != Kind::RowWithoutFile);
     match p.kind {
         Kind::RowWithoutFile => has_row && !has_file,
         Kind::FileWithoutRow => has_file && !has_row,
@@ -923,10 +942,8 @@ fn verify(
         let Ok(digest) = d.parse::<Digest>() else {
             continue;
         };
-        let path = core.store.path_for(Location::Blob(&digest));
-        match Sink::rehash(&path, digest.algorithm()) {
-            Ok(sink) => {
-                let actual = sink.digest();
+        match core.store.rehash_blob(&digest) {
+            Ok(actual) => {
                 if actual != digest {
                     problems.push(problem(
                         Kind::CorruptBlob,
@@ -1009,7 +1026,7 @@ fn repair(core: &Core) -> Result<Vec<Problem>, Error> {
                 .db
                 .read_blocking(|tx| Ok(tx.open_table(BLOBS)?.get(ds.as_str())?.is_some()))?;
             if !has_row && !named.contains(&ds) {
-                let _ = fs::remove_file(core.store.path_for(Location::Blob(d)));
+                let _ = core.store.remove_blob(d);
                 fixed.push(p);
             }
         }

@@ -17,7 +17,9 @@
 //!    seen (HEAD/GET, mount, upload) within `max(grace, push_window)`, nor since this pass
 //!    took its snapshot, loses its row and every repository link in a committed transaction,
 //!    then its file. Its stripe (`blob_locks`) is held from the re-check, inside the write
-//!    transaction, through the unlink; a stripe busy at that moment defers the blob.
+//!    transaction, through the unlink; a stripe busy at that moment defers the blob. The
+//!    shard directories of a batch's unlinks are fsynced (`Store::sync_dirs`) once its
+//!    stripes are released, so a power cut cannot bring deleted files back.
 //! 3. Upload sessions untouched (row start, file mtime) for longer than `upload_expiry`:
 //!    rows first, then files.
 //! 4. Leftovers of crashes: files in `blobs/` without a row, older than `grace` (never one a
@@ -34,7 +36,7 @@ pub mod evict;
 pub mod fsck;
 pub mod usage;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -744,16 +746,22 @@ impl Pass<'_> {
                 for (d, size) in removed {
                     by_stripe.entry(stripe_of(&d)).or_default().push((d, size));
                 }
+                let mut unlinked = BTreeSet::new();
                 for (stripe, guard) in guards.into_stripes() {
                     for (d, size) in by_stripe.remove(&stripe).unwrap_or_default() {
                         self.hook(Stage::BlobRowRemoved, &d);
                         let digest = parse_digest(&d)?;
-                        remove_file(&core.store.path_for(Location::Blob(&digest)))?;
+                        // A file under `blobs/`, or (S3) the object: row before bytes.
+                        core.store.remove_blob(&digest)?;
+                        unlinked.extend(core.store.blob_dir(&digest));
                         self.report.blobs += 1;
                         self.report.blob_bytes += size;
                     }
                     drop(guard);
                 }
+                // The batch's unlinks made durable, stripes released: a power cut now cannot
+                // bring the files back as leftovers.
+                core.store.sync_dirs(&unlinked)?;
                 done += batch.len();
                 self.ticker.tick(|| format!("gc: blobs {done}/{total}"));
                 if self.stopped() {
@@ -821,28 +829,44 @@ impl Pass<'_> {
                 })
                 .collect()
         };
+        let mut unlinked = BTreeSet::new();
         for (path, size) in gone {
             if !self.opts.dry_run {
                 remove_file(&path)?;
+                unlinked.extend(path.parent().map(Path::to_path_buf));
+                if let Some(bucket) = core.store.bucket().cloned() {
+                    // An S3 session's bytes are a multipart upload: aborted with the session.
+                    let id = path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or_default()
+                        .to_string();
+                    let journal = core.store.journal_for(&id);
+                    crate::store::s3::wait(
+                        async move { bucket.discard_upload(&id, journal).await },
+                    );
+                }
             }
             // The session is gone either way: its row went first.
             self.report.uploads += 1;
             self.report.upload_bytes += size;
         }
+        core.store.sync_dirs(&unlinked)?;
         Ok(())
     }
 
-    /// Files in `blobs/` whose digest has no row, older than the grace period.
+    /// Files in `blobs/` (objects in the bucket, with S3) whose digest has no row, older than
+    /// the grace period.
     fn stray_blobs(&mut self) -> Result<(), Error> {
         let core = self.core;
         let grace = core.config.gc.grace;
-        let files = blob_files(core.store.root())?;
-        let strays: Vec<(Digest, PathBuf)> = core.db.read_blocking(|tx| {
+        let files = core.store.blob_digests()?;
+        let strays: Vec<(Digest, Option<(u64, Duration)>)> = core.db.read_blocking(|tx| {
             let blobs = tx.open_table(BLOBS)?;
             let mut out = Vec::new();
-            for (digest, path) in files {
+            for (digest, meta) in files {
                 if blobs.get(digest.to_string().as_str())?.is_none() {
-                    out.push((digest, path));
+                    out.push((digest, meta));
                 }
             }
             Ok(out)
@@ -852,16 +876,17 @@ impl Pass<'_> {
         }
         // Never delete bytes a manifest names, even if their row is lost: fsck restores it.
         let named = named_blobs(core)?;
-        for (digest, path) in strays {
+        let mut unlinked = BTreeSet::new();
+        for (digest, meta) in strays {
             let d = digest.to_string();
             if named.contains(&d) {
                 self.report.kept_named += 1;
                 continue;
             }
-            let Ok(meta) = fs::metadata(&path) else {
+            let Some((size, age)) = meta.or_else(|| core.store.blob_age(&digest)) else {
                 continue;
             };
-            if file_age(&meta) < grace {
+            if age < grace {
                 continue;
             }
             // Under the stripe a push is either before its promote or past its record.
@@ -872,11 +897,42 @@ impl Pass<'_> {
             if has_row {
                 continue;
             }
-            if self.opts.dry_run || remove_file(&path)? {
+            if self.opts.dry_run || core.store.remove_blob(&digest)? {
+                if !self.opts.dry_run {
+                    unlinked.extend(core.store.blob_dir(&digest));
+                }
                 self.report.stray_files += 1;
-                self.report.stray_bytes += meta.len();
+                self.report.stray_bytes += size;
             }
         }
+        core.store.sync_dirs(&unlinked)?;
+        Ok(())
+    }
+
+    /// A journal of a multipart upload into the bucket (`store::s3`) older than the lease: a
+    /// promote that crashed, unless one is still running, which holds the blob's stripe
+    /// until its journal is gone. Aborts the multipart upload (its parts are stored bytes
+    /// no object names) and removes the journal.
+    fn stale_multipart(&mut self, journal: &Path) -> Result<(), Error> {
+        let core = self.core;
+        let Some(bucket) = core.store.bucket() else {
+            // Written under the S3 backend, now on the filesystem one: nothing to abort here.
+            if self.opts.dry_run || remove_file(journal)? {
+                self.report.stray_files += 1;
+            }
+            return Ok(());
+        };
+        let digest = crate::store::s3::journal_digest(journal);
+        let _guard = digest.as_ref().map(|d| core.blob_locks.lock(d));
+        if !journal.exists() {
+            return Ok(());
+        }
+        if !self.opts.dry_run {
+            let (b, j) = (bucket.clone(), journal.to_path_buf());
+            crate::store::s3::wait(async move { b.abort_journaled(&j).await })?;
+            tracing::info!(journal = %journal.display(), "gc: aborted a stale multipart upload");
+        }
+        self.report.stray_files += 1;
         Ok(())
     }
 
@@ -885,11 +941,22 @@ impl Pass<'_> {
     fn stray_uploads(&mut self) -> Result<(), Error> {
         let core = self.core;
         let age = core.config.gc.lease();
+        let mut unlinked = BTreeSet::new();
         for (id, path) in upload_files(core.store.root())? {
             let Ok(meta) = fs::metadata(&path) else {
                 continue;
             };
             if file_age(&meta) < age {
+                continue;
+            }
+            if let Some(session) = id.strip_suffix(crate::store::s3::JOURNAL_SUFFIX) {
+                // A live session's upload is its own (aborted when the session expires).
+                let live = core
+                    .db
+                    .read_blocking(|tx| Ok(tx.open_table(UPLOADS)?.get(session)?.is_some()))?;
+                if !live {
+                    self.stale_multipart(&path)?;
+                }
                 continue;
             }
             let has_row = core
@@ -899,10 +966,14 @@ impl Pass<'_> {
                 continue;
             }
             if self.opts.dry_run || remove_file(&path)? {
+                if !self.opts.dry_run {
+                    unlinked.extend(path.parent().map(Path::to_path_buf));
+                }
                 self.report.stray_files += 1;
                 self.report.stray_bytes += meta.len();
             }
         }
+        core.store.sync_dirs(&unlinked)?;
         Ok(())
     }
 }

@@ -7,6 +7,8 @@ use super::{reply, Request, State};
 use crate::db::{self, schema::*};
 use crate::oci::{Digest, ErrorCode, RegistryError, RepoName};
 use crate::store::read::FileChunks;
+use crate::store::s3::ObjectChunks;
+use crate::store::BlobBytes;
 
 pub async fn get(
     state: &State,
@@ -19,15 +21,9 @@ pub async fn get(
     // The hot HEAD (a client checking before it uploads): answered here, without a trip to
     // the blocking pool, when the blob's stripe is free and its record remembered.
     if head {
-        if let Some(mut guard) = state.blob_locks.try_lock(&digest) {
-            if let Some(rec) = state.db.remembered::<Option<BlobRecord>>(&key) {
-                let Some(rec) = rec else {
-                    return Err(RegistryError::code(ErrorCode::BlobUnknown));
-                };
-                guard.touch(&digest);
-                drop(guard);
-                return found(rec, None, digest, req);
-            }
+        if let Some(rec) = remembered_head(state, &key, &digest) {
+            let rec = rec.ok_or_else(|| RegistryError::code(ErrorCode::BlobUnknown))?;
+            return found(rec, None, digest, req).await;
         }
     }
     let (n, d, db, store) = (
@@ -38,7 +34,8 @@ pub async fn get(
     );
     // A client that sees the blob here may PUT a manifest naming it without uploading it:
     // the sighting renews the blob's grace, atomically with the read (see `blob_locks`).
-    // The same trip to the blocking pool opens the file.
+    // The same trip to the blocking pool opens the file (with S3, the object is read or
+    // redirected to once back here: a HEAD never touches the bucket, the row knows the size).
     let (rec, file) = state
         .with_blob(&digest, move |guard| {
             let rec = db.read_remembered_blocking(
@@ -60,7 +57,7 @@ pub async fn get(
             let file = if head {
                 None
             } else {
-                Some(store.open_blob(&d).map_err(|e| match e.kind() {
+                Some(store.blob_bytes(&d).map_err(|e| match e.kind() {
                     // Collected since the read above: possible only with a zero lease
                     // (`[gc] grace` and `push_window` both zero), where a sighting protects
                     // nothing.
@@ -74,17 +71,43 @@ pub async fn get(
         })
         .await?
         .ok_or_else(|| RegistryError::code(ErrorCode::BlobUnknown))?;
-    found(rec, file, digest, req)
+    found(rec, file, digest, req).await
+}
+
+/// The hot HEAD's record, when the blob's stripe is free and its record remembered (the
+/// sighting stamped under the stripe); `None` sends the request the slow way. Not async: the
+/// stripe's guard must not live across an await.
+fn remembered_head(state: &State, key: &str, digest: &Digest) -> Option<Option<BlobRecord>> {
+    let mut guard = state.blob_locks.try_lock(digest)?;
+    let rec = state.db.remembered::<Option<BlobRecord>>(key)?;
+    if rec.is_some() {
+        guard.touch(digest);
+    }
+    Some(rec)
 }
 
 /// The answer for a blob that exists: its headers, and its bytes unless `file` is `None`.
-fn found(
+async fn found(
     rec: BlobRecord,
-    file: Option<std::fs::File>,
+    file: Option<BlobBytes>,
     digest: Digest,
     req: &Request,
 ) -> Result<Response, RegistryError> {
     let size = rec.size;
+    if let Some(BlobBytes::Object(bucket)) = &file {
+        if bucket.config().redirect {
+            // The bytes flow from the object store: a short-lived presigned URL, to which the
+            // client sends its own Range header (the store answers it).
+            let (b, d) = (bucket.clone(), digest.clone());
+            let url = crate::store::s3::io(async move { b.presigned_get(&d).await })
+                .await
+                .map_err(|e| RegistryError::internal(format!("presigning {digest}: {e}")))?;
+            let resp = reply::builder(StatusCode::TEMPORARY_REDIRECT)
+                .header(header::LOCATION, url)
+                .header("Docker-Content-Digest", digest.to_string());
+            return Ok(reply::finish(resp, ""));
+        }
+    }
     let range = match req.header("range").map(|h| parse_range(h, size)) {
         None => None,
         Some(Ok(r)) => r,
@@ -107,7 +130,18 @@ fn found(
         );
     }
     match file {
-        Some(file) => Ok(reply::stream(b, FileChunks::new(file, start, len))),
+        Some(BlobBytes::File(file)) => Ok(reply::stream(b, FileChunks::new(file, start, len))),
+        Some(BlobBytes::Object(bucket)) => {
+            let chunks = ObjectChunks::open(&bucket, &digest, start, len)
+                .await
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => RegistryError::code(ErrorCode::BlobUnknown),
+                    _ => RegistryError::internal(format!(
+                        "blob {digest} has a row but its object is unreadable: {e}"
+                    )),
+                })?;
+            Ok(reply::stream(b, chunks))
+        }
         None => Ok(reply::finish(b, "")),
     }
 }

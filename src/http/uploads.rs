@@ -9,6 +9,9 @@
 //! the commit leaves a file without a row, which the GC removes; never a row without a file.
 //! The promote and the record happen under the blob's lock (`blob_locks`), which also stamps
 //! the blob as seen, so the GC cannot delete it between this and the manifest PUT.
+//!
+//! With the S3 backend the body streams into a multipart upload of the bucket instead
+//! (`store::s3_sink`), and the finishing PUT completes the object before the same commit.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -66,6 +69,22 @@ pub async fn start(
     let id = uuid::Uuid::new_v4().hyphenated().to_string();
     if let Some(digest) = req.query("digest") {
         let expected = parse_digest(digest)?;
+        if let Some(bucket) = state.store.bucket() {
+            // Straight into the bucket (`store::s3_sink`): no file under uploads/.
+            bucket.begin_upload(&id);
+            let journal = state.store.journal_for(&id);
+            let result = async {
+                let sink = bucket
+                    .append(&id, &journal, Sink::new(), body, state.config.max_blob_size)
+                    .await?;
+                commit_blob(state, &name, &id, sink, &expected, false).await
+            }
+            .await;
+            if result.is_err() {
+                discard(state, &id).await;
+            }
+            return result;
+        }
         let path = state.store.path_for(Location::Upload(&id));
         let result = async {
             let sink = Sink::new()
@@ -78,6 +97,9 @@ pub async fn start(
             state.store.remove_upload(&id)?;
         }
         return result;
+    }
+    if let Some(bucket) = state.store.bucket() {
+        bucket.begin_upload(&id);
     }
     let (n, i) = (name.clone(), id.clone());
     // A session lost in a crash only makes the client start its upload again.
@@ -228,6 +250,18 @@ async fn current(state: &State, id: &str, slot: &mut Option<Sink>) -> Result<Sin
     if let Some(s) = slot.take() {
         return Ok(s);
     }
+    if let Some(bucket) = state.store.bucket() {
+        // Nothing to rebuild from: the bytes are parts in the bucket and a tail in memory.
+        // Only a session that holds nothing yet starts from an empty hash.
+        return if bucket.upload_len(id) == Some(0) {
+            Ok(Sink::new())
+        } else {
+            Err(RegistryError::new(
+                ErrorCode::BlobUploadUnknown,
+                "the upload's state was lost (the registry restarted): start the upload again",
+            ))
+        };
+    }
     let path = state.store.path_for(Location::Upload(id));
     tokio::task::spawn_blocking(
         move || match Sink::rehash(&path, crate::oci::Algorithm::Sha256) {
@@ -352,6 +386,26 @@ async fn append(
 ) -> Result<(Sink, Sink), RegistryError> {
     let before = sink.snapshot();
     let (body, declared) = check_range(req, sink.len, body)?;
+    if let Some(bucket) = state.store.bucket() {
+        // The S3 sink undoes a failed append itself; a body shorter than its Content-Range
+        // must fail inside it too, so that the session is left as it was.
+        let body = match &declared {
+            Some((len, _)) => short_body_fails(body, *len),
+            None => body,
+        };
+        let journal = state.store.journal_for(id);
+        return match bucket
+            .append(id, &journal, sink, body, state.config.max_blob_size)
+            .await
+        {
+            Ok(after) => Ok((before, after)),
+            Err(_) if declared.is_some() => Err(range_error(format!(
+                "the body does not hold the bytes its Content-Range {:?} names",
+                req.header("content-range").unwrap_or("")
+            ))),
+            Err(e) => Err(e),
+        };
+    }
     let path = state.store.path_for(Location::Upload(id));
     let result = sink
         .append(&path, body, state.config.max_blob_size, durability)
@@ -372,6 +426,31 @@ async fn append(
     Err(error)
 }
 
+/// `body`, failing at its end when it held fewer than `len` bytes.
+fn short_body_fails(body: BodyStream, len: u64) -> BodyStream {
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = seen.clone();
+    let body = body.map(move |chunk| {
+        let chunk = chunk?;
+        counted.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Ok(chunk)
+    });
+    let end = futures_util::stream::once(async move {
+        (seen.load(Ordering::Relaxed) < len)
+            .then(|| Err(std::io::Error::other("body shorter than its Content-Range")))
+    })
+    .filter_map(|e| async move { e });
+    body.chain(end).boxed()
+}
+
+/// Forgets an S3 upload session's bytes: its multipart upload aborted, its spool dropped.
+async fn discard(state: &State, id: &str) {
+    if let Some(bucket) = state.store.bucket().cloned() {
+        let (i, journal) = (id.to_string(), state.store.journal_for(id));
+        crate::store::s3::io(async move { bucket.discard_upload(&i, journal).await }).await;
+    }
+}
+
 pub async fn patch(
     state: &State,
     name: RepoName,
@@ -383,7 +462,13 @@ pub async fn patch(
     ensure_space(state)?;
     let sink = current(state, &id, &mut slot).await?;
     let len = sink.len;
-    match append(state, &id, sink, req, body, Durability::Lazy).await {
+    // The S3 sink keeps no file to rebuild the hash from: a refused chunk puts it back.
+    let keep = state.store.bucket().is_some().then(|| sink.snapshot());
+    let result = append(state, &id, sink, req, body, Durability::Lazy).await;
+    if result.is_err() {
+        *slot = keep;
+    }
+    match result {
         Ok((_, after)) => {
             let len = after.len;
             let (after, newly_kept) = after.park();
@@ -423,9 +508,21 @@ pub async fn finish(
         ensure_space(state)?;
     }
     let sink = current(state, &id, &mut slot).await?;
-    let (before, after) = append(state, &id, sink, req, body, Durability::Sync).await?;
+    let keep = state.store.bucket().is_some().then(|| sink.snapshot());
+    let (before, after) = match append(state, &id, sink, req, body, Durability::Sync).await {
+        Ok(v) => v,
+        Err(e) => {
+            *slot = keep;
+            return Err(e);
+        }
+    };
     let result = commit_blob(state, &name, &id, after, &expected, true).await;
-    if result.is_err() {
+    if result.is_err() && state.store.bucket().is_some() {
+        // The S3 sink cannot take the final chunk back: the upload is cancelled, as
+        // Distribution cancels an upload whose digest is wrong.
+        discard(state, &id).await;
+        state.cursors.lock().expect("cursor map lock").remove(&id);
+    } else if result.is_err() {
         // A wrong digest leaves the session as it was before this request.
         let path = state.store.path_for(Location::Upload(&id));
         let len = before.len;
@@ -451,6 +548,15 @@ async fn commit_blob(
     let size = sink.len;
     let actual = if expected.algorithm() == sink.hasher.algorithm() {
         sink.digest()
+    } else if state.store.bucket().is_some() {
+        return Err(RegistryError::new(
+            ErrorCode::DigestInvalid,
+            format!(
+                "with the S3 backend uploads are hashed with {} only, not {}",
+                sink.hasher.algorithm().as_str(),
+                expected.algorithm().as_str()
+            ),
+        ));
     } else {
         let p = path.clone();
         let alg = expected.algorithm();
@@ -473,14 +579,30 @@ async fn commit_blob(
     // back and the blob is stamped as seen. Never a row whose file GC is about to unlink.
     state
         .with_blob(expected, move |guard| {
-            if size == 0 && !path.exists() {
-                std::fs::File::create(&path)?.sync_all()?;
+            if let Some(bucket) = store.bucket().cloned() {
+                // The object is complete before the row's transaction begins.
+                let (ii, dd, journal) = (i.clone(), d.clone(), store.journal_for(&i));
+                crate::store::s3::wait(async move {
+                    bucket.finish_upload(&ii, journal, &dd, size).await
+                })
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        RegistryError::code(ErrorCode::BlobUploadUnknown)
+                    }
+                    _ => e.into(),
+                })?;
+            } else {
+                if size == 0 && !path.exists() {
+                    std::fs::File::create(&path)?.sync_all()?;
+                }
+                store.promote(&i, &d).map_err(|e| match e.kind() {
+                    // The session's file went away under us: the GC expired it.
+                    std::io::ErrorKind::NotFound => {
+                        RegistryError::code(ErrorCode::BlobUploadUnknown)
+                    }
+                    _ => e.into(),
+                })?;
             }
-            store.promote(&i, &d).map_err(|e| match e.kind() {
-                // The session's file went away under us: the GC expired it.
-                std::io::ErrorKind::NotFound => RegistryError::code(ErrorCode::BlobUploadUnknown),
-                _ => e.into(),
-            })?;
             let (digest, upload) = (d.clone(), session.then_some(i));
             db.write_grouped(move |tx| {
                 db::blobs::record(tx, &n, &digest, size, upload.as_deref())
@@ -508,6 +630,7 @@ pub async fn cancel(state: &State, name: RepoName, id: String) -> Result<Respons
         .write(move |tx| db::uploads::delete(tx, &i))
         .await?;
     state.store.remove_upload(&id)?;
+    discard(state, &id).await;
     state.cursors.lock().expect("cursor map lock").remove(&id);
     Ok(reply::finish(reply::empty(StatusCode::NO_CONTENT), ""))
 }

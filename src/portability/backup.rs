@@ -120,6 +120,14 @@ fn fail(message: String) -> Error {
 /// Blocking: run it on the blocking pool.
 pub fn run(core: &Core, opts: &BackupOptions) -> Result<BackupReport, Error> {
     let started = Instant::now();
+    if core.store.bucket().is_some() {
+        // The copy places blob files; with the S3 backend there are none under the root.
+        return Err(Error::Command(
+            "backup/restore copy blob files, but [storage] backend is \"s3\": the blobs are \
+             in the bucket; back the bucket up with the object store's own tools"
+                .into(),
+        ));
+    }
     let root = resolve(core.store.root())?;
     let dest = resolve(&opts.dest)?;
     check_dest(&root, &dest, &opts.mode)?;

@@ -60,11 +60,7 @@ pub fn present(core: &Core, digest: &Digest) -> Result<Option<u64>, Error> {
     let size = core
         .db
         .read_blocking(move |tx| Ok(db::snapshot::blob_size(tx, &d)?))?;
-    Ok(size.filter(|_| {
-        core.store
-            .path_for(crate::store::Location::Blob(digest))
-            .is_file()
-    }))
+    Ok(size.filter(|_| core.store.has_blob(digest).unwrap_or(false)))
 }
 
 /// Puts a verified plan in place (see the module documentation). On error the staged files

@@ -10,6 +10,8 @@ pub mod backup;
 pub mod distribution;
 pub mod ingest;
 pub mod layout;
+pub mod migrate_storage;
+pub mod snapshots;
 
 use std::path::{Path, PathBuf};
 

@@ -13,6 +13,8 @@
 
 mod dir_sync;
 pub mod read;
+pub mod s3;
+mod s3_sink;
 pub mod upload;
 
 use std::fs;
@@ -29,7 +31,22 @@ pub struct Store {
     root: PathBuf,
     /// Shard-directory fsyncs of concurrent promotes, batched.
     dirs: Arc<dir_sync::DirSync>,
+    /// With `[storage] backend = "s3"`: where blobs live instead of `<root>/blobs/`. Uploads
+    /// still spool in `<root>/uploads/`.
+    bucket: Option<s3::Bucket>,
 }
+
+/// A blob's bytes, wherever they are.
+pub enum BlobBytes {
+    /// The open file under `<root>/blobs/` (filesystem backend).
+    File(fs::File),
+    /// An object in the bucket, read (or redirected to) once the caller is back on the async
+    /// side.
+    Object(s3::Bucket),
+}
+
+/// A stored blob's size and age (time since it was last written).
+pub type SizeAge = (u64, std::time::Duration);
 
 /// How [`Store::place_into`] got a blob into the other root.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,12 +68,30 @@ impl Store {
     /// Creates the directory skeleton if it is missing, private to its owner (0700): the
     /// database holds the token signing key and password hashes, the blobs private images.
     pub fn open(root: &Path) -> io::Result<Store> {
+        Store::open_with(root, &crate::config::Backend::Filesystem)
+    }
+
+    /// [`Store::open`] with blobs on `backend`; for S3 the client is built (no request is
+    /// made: see [`s3::Bucket::check`]).
+    pub fn open_with(root: &Path, backend: &crate::config::Backend) -> io::Result<Store> {
         create_dir_durable(&root.join("blobs"))?;
         create_dir_durable(&root.join("uploads"))?;
+        let bucket = match backend {
+            crate::config::Backend::Filesystem => None,
+            crate::config::Backend::S3(c) => {
+                Some(s3::Bucket::connect(c).map_err(io::Error::other)?)
+            }
+        };
         Ok(Store {
             root: root.to_path_buf(),
             dirs: Arc::default(),
+            bucket,
         })
+    }
+
+    /// The bucket blobs live in, with the S3 backend.
+    pub fn bucket(&self) -> Option<&s3::Bucket> {
+        self.bucket.as_ref()
     }
 
     pub fn root(&self) -> &Path {
@@ -81,8 +116,16 @@ impl Store {
     /// rename durable (the shard directory's fsync is shared with concurrent promotes, see
     /// `dir_sync`). If the blob is already there the upload file is simply dropped: the
     /// content is identical by construction.
+    ///
+    /// With the S3 backend the file is copied into the blob's object instead (a multipart
+    /// upload for anything bigger than a part, see `s3::Bucket::put_file`) and removed once
+    /// the object is complete; the caller commits the row after this returns: object before
+    /// row. Blocking: call it from the blocking pool.
     pub fn promote(&self, upload_id: &str, digest: &Digest) -> io::Result<()> {
         let from = self.path_for(Location::Upload(upload_id));
+        if let Some(bucket) = &self.bucket {
+            return self.put_object(bucket, upload_id, digest, &from);
+        }
         let to = self.path_for(Location::Blob(digest));
         if to.exists() {
             fs::remove_file(&from)?;
@@ -107,6 +150,10 @@ impl Store {
         let mut dirs = std::collections::BTreeSet::new();
         for (upload_id, digest) in uploads {
             let from = self.path_for(Location::Upload(upload_id));
+            if let Some(bucket) = &self.bucket {
+                self.put_object(bucket, upload_id, digest, &from)?;
+                continue;
+            }
             let to = self.path_for(Location::Blob(digest));
             if to.exists() {
                 fs::remove_file(&from)?;
@@ -122,6 +169,29 @@ impl Store {
             fs::File::open(dir)?.sync_all()?;
         }
         Ok(())
+    }
+
+    /// The S3 side of a promote: the upload file into the bucket, then the file removed.
+    fn put_object(
+        &self,
+        bucket: &s3::Bucket,
+        upload_id: &str,
+        digest: &Digest,
+        from: &Path,
+    ) -> io::Result<()> {
+        let size = fs::metadata(from)?.len();
+        let journal = self.journal_for(upload_id);
+        let (b, f, d) = (bucket.clone(), from.to_path_buf(), digest.clone());
+        s3::wait(async move { b.put_file(&f, &journal, &d, size).await })?;
+        fs::remove_file(from)
+    }
+
+    /// Where the id of the multipart upload that copies upload `upload_id` into the bucket
+    /// is written while it runs (see `s3`).
+    pub fn journal_for(&self, upload_id: &str) -> PathBuf {
+        self.root
+            .join("uploads")
+            .join(format!("{upload_id}{}", s3::JOURNAL_SUFFIX))
     }
 
     /// Makes the skeleton durable once the database file exists in it: the root's entries
@@ -154,6 +224,163 @@ impl Store {
     /// Opens a blob's file for reading (blocking: call it from the blocking pool).
     pub fn open_blob(&self, digest: &Digest) -> io::Result<fs::File> {
         fs::File::open(self.path_for(Location::Blob(digest)))
+    }
+
+    /// What a GET of the blob reads: the open file, or (S3) the bucket, which the caller reads
+    /// or redirects to on the async side. Blocking: call it from the blocking pool.
+    pub fn blob_bytes(&self, digest: &Digest) -> io::Result<BlobBytes> {
+        match &self.bucket {
+            Some(b) => Ok(BlobBytes::Object(b.clone())),
+            None => self.open_blob(digest).map(BlobBytes::File),
+        }
+    }
+
+    /// Up to `max` bytes from the start of a blob (a config blob for the UI), from either
+    /// backend. Blocking.
+    pub fn read_head(&self, digest: &Digest, max: u64) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        match &self.bucket {
+            Some(b) => {
+                let (b, d) = (b.clone(), digest.clone());
+                s3::wait(async move {
+                    let size = b.size(&d).await?.ok_or(io::ErrorKind::NotFound)?;
+                    let mut stream = b.read(&d, 0, size.min(max)).await?;
+                    let mut out = Vec::new();
+                    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+                        out.extend_from_slice(&chunk?);
+                    }
+                    Ok(out)
+                })
+            }
+            None => {
+                let mut out = Vec::new();
+                self.open_blob(digest)?.take(max).read_to_end(&mut out)?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// Whether the blob's bytes are stored (a HEAD request to the bucket with S3). Blocking.
+    pub fn has_blob(&self, digest: &Digest) -> io::Result<bool> {
+        match &self.bucket {
+            Some(b) => {
+                let (b, d) = (b.clone(), digest.clone());
+                Ok(s3::wait(async move { b.size(&d).await })?.is_some())
+            }
+            None => Ok(self.path_for(Location::Blob(digest)).is_file()),
+        }
+    }
+
+    /// The digest a blob's stored bytes hash to (streamed, never held whole). Blocking.
+    pub fn rehash_blob(&self, digest: &Digest) -> io::Result<Digest> {
+        match &self.bucket {
+            Some(b) => {
+                let (b, d) = (b.clone(), digest.clone());
+                s3::wait(async move {
+                    let size = b.size(&d).await?.ok_or(io::ErrorKind::NotFound)?;
+                    let mut hasher = crate::oci::Hasher::new(d.algorithm());
+                    let mut stream = b.read(&d, 0, size).await?;
+                    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+                        hasher.update(&chunk?);
+                    }
+                    Ok(hasher.finish())
+                })
+            }
+            None => Ok(
+                Sink::rehash(&self.path_for(Location::Blob(digest)), digest.algorithm())?.digest(),
+            ),
+        }
+    }
+
+    /// Removes a blob's bytes; `false` when they were already gone. Blocking.
+    /// The directory a blob's file lives in, to fsync after unlinks there; `None` with S3,
+    /// where a deleted object is gone once the DELETE is answered.
+    pub fn blob_dir(&self, digest: &Digest) -> Option<PathBuf> {
+        match &self.bucket {
+            Some(_) => None,
+            None => self
+                .path_for(Location::Blob(digest))
+                .parent()
+                .map(Path::to_path_buf),
+        }
+    }
+
+    pub fn remove_blob(&self, digest: &Digest) -> io::Result<bool> {
+        match &self.bucket {
+            Some(b) => {
+                let (b, d) = (b.clone(), digest.clone());
+                s3::wait(async move { b.delete(&d).await })?;
+                Ok(true)
+            }
+            None => match fs::remove_file(self.path_for(Location::Blob(digest))) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Every stored blob's digest, cheaply: the file names under `blobs/` (no `stat` of each:
+    /// the GC's stray sweep reads sizes and ages only of the few without a row, see
+    /// [`Store::blob_age`]), or (S3) the listing, which carries size and age anyway.
+    pub fn blob_digests(&self) -> io::Result<Vec<(Digest, Option<SizeAge>)>> {
+        match &self.bucket {
+            Some(_) => Ok(self
+                .list_blobs()?
+                .into_iter()
+                .map(|(d, size, age)| (d, Some((size, age))))
+                .collect()),
+            None => Ok(crate::gc::blob_files(&self.root)?
+                .into_iter()
+                .map(|(d, _)| (d, None))
+                .collect()),
+        }
+    }
+
+    /// A blob file's size and age (time since its last change); `None` when it is gone.
+    pub fn blob_age(&self, digest: &Digest) -> Option<SizeAge> {
+        let meta = fs::metadata(self.path_for(Location::Blob(digest))).ok()?;
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+            .unwrap_or_default();
+        Some((meta.len(), age))
+    }
+
+    /// Every stored blob: digest, size and age. The files under `blobs/`, or (S3) the objects
+    /// under the prefix's `blobs/`. Blocking.
+    pub fn list_blobs(&self) -> io::Result<Vec<(Digest, u64, std::time::Duration)>> {
+        let now = std::time::SystemTime::now();
+        match &self.bucket {
+            Some(b) => {
+                let b = b.clone();
+                let objects = s3::wait(async move { b.list_blobs().await })?;
+                let now = now
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs() as i64;
+                Ok(objects
+                    .into_iter()
+                    .map(|(d, size, modified)| {
+                        let age = (now - modified).max(0) as u64;
+                        (d, size, std::time::Duration::from_secs(age))
+                    })
+                    .collect())
+            }
+            None => Ok(crate::gc::blob_files(&self.root)?
+                .into_iter()
+                .filter_map(|(d, path)| {
+                    let meta = fs::metadata(&path).ok()?;
+                    let age = meta
+                        .modified()
+                        .ok()
+                        .and_then(|m| now.duration_since(m).ok())
+                        .unwrap_or_default();
+                    Some((d, meta.len(), age))
+                })
+                .collect()),
+        }
     }
 
     /// Puts the file of `digest` (`size` bytes) into another root `dest`: nothing when `dest`
@@ -193,6 +420,14 @@ impl Store {
         };
         if fs::metadata(to).is_ok_and(|m| m.len() == size) && (!verify || hashes_to(to)?) {
             return Ok(Placed::Present);
+        }
+        if let Some(bucket) = &self.bucket {
+            // From the bucket: downloaded into `staging`, hashed on the way, renamed into place.
+            fs::create_dir_all(to.parent().expect("blob paths have a shard directory"))?;
+            let (b, d, st) = (bucket.clone(), digest.clone(), staging.to_path_buf());
+            s3::wait(async move { b.download(&d, size, &st).await })?;
+            fs::rename(staging, to)?;
+            return Ok(Placed::Copied);
         }
         let on_disk = fs::metadata(&from)?.len();
         if on_disk != size {
@@ -295,6 +530,30 @@ impl Store {
             fs::File::open(&dir)?.sync_all()?;
         }
         Ok(())
+    }
+
+    /// Makes unlinks (and renames) already done in the given directories durable: one fsync
+    /// per directory, through the same batching as promotes (a promote's round that starts
+    /// after the unlink covers it too), several directories at once. The GC calls it after
+    /// the unlinks of a batch: without it a power cut brings deleted files back (as files
+    /// without rows, which the next pass removes again).
+    pub fn sync_dirs(&self, dirs: &std::collections::BTreeSet<PathBuf>) -> io::Result<()> {
+        // Concurrent directory fsyncs share journal commits; a serial loop would not.
+        const WORKERS: usize = 8;
+        let dirs: Vec<&PathBuf> = dirs.iter().collect();
+        if dirs.len() <= 1 {
+            return dirs.iter().try_for_each(|d| self.dirs.sync(d));
+        }
+        let per = dirs.len().div_ceil(WORKERS);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = dirs
+                .chunks(per)
+                .map(|share| scope.spawn(move || share.iter().try_for_each(|d| self.dirs.sync(d))))
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().expect("directory fsync thread"))
+        })
     }
 
     /// Removes every blob file whose digest is not in `keep`: what a new copy of the database

@@ -123,6 +123,21 @@ impl Sink {
         }
     }
 
+    /// A session's state with no writer open: a sink whose bytes go elsewhere (S3) is only
+    /// its length and hash.
+    pub fn from_parts(len: u64, hasher: Hasher) -> Sink {
+        Sink {
+            len,
+            hasher,
+            writer: None,
+        }
+    }
+
+    /// Its length and hash, closing the writer if one is open.
+    pub fn into_parts(self) -> (u64, Hasher) {
+        (self.len, self.hasher)
+    }
+
     /// The session's state without its writer: what to go back to if a request fails.
     pub fn snapshot(&self) -> Sink {
         Sink {

@@ -2,7 +2,6 @@
 //! children by platform, and the referrers that name it.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 
 use redb::ReadTransaction;
 use serde::Serialize;
@@ -215,13 +214,7 @@ pub fn manifest(
 /// then shows the descriptor only).
 fn read_config(store: &Store, digest: &str) -> Option<ConfigView> {
     let digest: Digest = digest.parse().ok()?;
-    let mut bytes = Vec::new();
-    store
-        .open_blob(&digest)
-        .ok()?
-        .take(MAX_CONFIG)
-        .read_to_end(&mut bytes)
-        .ok()?;
+    let bytes = store.read_head(&digest, MAX_CONFIG).ok()?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
     let c = &v["config"];
     Some(ConfigView {
