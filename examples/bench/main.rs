@@ -1560,6 +1560,21 @@ async fn s3_workload(b: &mut Bench, bin: &Path, dist: Option<&Path>, g: &s3::Gar
             b.record("s3.pull", servers[i].kind, r);
         }
     }
+    // The push's limit: Garage's own multipart PUT of the same bytes, best of two.
+    let mut put_limit: Option<f64> = None;
+    for _ in 0..2 {
+        let blob = Bytes::from(random_bytes(
+            blob_len,
+            0x0050_5554 ^ std::process::id() as u64,
+        ));
+        match s3::store_put(g, &prefix, blob).await {
+            Ok(t) => put_limit = Some(put_limit.unwrap_or(0.0).max(mbps(blob_len, t))),
+            Err(e) => eprintln!("  !! limit s3.push: {e}"),
+        }
+    }
+    let row = b.table.get("s3.push");
+    row.limit = put_limit;
+    row.limit_what = Some("Garage multipart PUT of the same bytes".into());
     // The limit: Garage's own GET of the object Dockyard redirected to, best of as many.
     let mut limit: Option<f64> = None;
     for loc in &locations {

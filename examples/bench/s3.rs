@@ -391,3 +391,32 @@ pub async fn hammer_head(
         p99_us: 0.0,
     }
 }
+
+/// Garage's own PUT of `blob` by the same library Dockyard uses (object_store, 8 MiB parts,
+/// four in flight, as `store::s3` uploads): the limit of a push, which no registry in front
+/// of this cluster can beat. The object is deleted afterwards.
+pub async fn store_put(g: &Garage, prefix: &str, blob: Bytes) -> Result<Duration> {
+    use object_store::{ObjectStoreExt, WriteMultipart};
+    // reqwest is built without a default TLS provider (see src/http_client.rs).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&g.endpoint)
+        .with_allow_http(g.endpoint.starts_with("http://"))
+        .with_region(&g.region)
+        .with_bucket_name(&g.bucket)
+        .with_access_key_id(&g.access_key_id)
+        .with_secret_access_key(&g.secret_access_key)
+        .with_virtual_hosted_style_request(false)
+        .build()?;
+    let key = object_store::path::Path::from(format!("{prefix}/limit/put"));
+    let t = Instant::now();
+    let mut w = WriteMultipart::new_with_chunk_size(s3.put_multipart(&key).await?, 8 << 20);
+    for part in blob.chunks(8 << 20) {
+        w.wait_for_capacity(4).await?;
+        w.write(part);
+    }
+    w.finish().await?;
+    let elapsed = t.elapsed();
+    s3.delete(&key).await?;
+    Ok(elapsed)
+}
