@@ -66,30 +66,6 @@ async fn digest_of(c: &reqwest::Client, base: &str, repo: &str, tag: &str) -> St
     sha256(&resp.bytes().await.unwrap())
 }
 
-/// POST, then PUT ?digest= with the body: Distribution 2.8 has no monolithic POST.
-async fn dist_blob(c: &reqwest::Client, base: &str, repo: &str, bytes: &[u8]) {
-    let resp = c
-        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let loc = resp.headers()["location"].to_str().unwrap().to_string();
-    let loc = if loc.starts_with("http") {
-        loc
-    } else {
-        format!("{base}{loc}")
-    };
-    let sep = if loc.contains('?') { '&' } else { '?' };
-    let resp = c
-        .put(format!("{loc}{sep}digest={}", sha256(bytes)))
-        .body(bytes.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-}
-
 fn skopeo_copy(from: &str, to: &str) {
     run(Command::new("skopeo").args([
         "copy",
@@ -139,8 +115,8 @@ async fn a_distribution_store_moves_in_with_every_digest_unchanged() {
     let subject = digest_of(&c, &dbase, "app/single", "v1").await;
     let empty = b"{}".to_vec();
     let payload = random_bytes(500);
-    dist_blob(&c, &dbase, "app/single", &empty).await;
-    dist_blob(&c, &dbase, "app/single", &payload).await;
+    push_blob_in_two_steps(&c, dbase.as_str(), "app/single", &empty).await;
+    push_blob_in_two_steps(&c, dbase.as_str(), "app/single", &payload).await;
     let artifact = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -151,8 +127,8 @@ async fn a_distribution_store_moves_in_with_every_digest_unchanged() {
     .unwrap();
     put_manifest(&c, dbase.as_str(), "app/single", "sig", &artifact).await;
     let (layer, config) = (random_bytes(800), b"{\"os\":\"linux\"}".to_vec());
-    dist_blob(&c, &dbase, "app/gone", &layer).await;
-    dist_blob(&c, &dbase, "app/gone", &config).await;
+    push_blob_in_two_steps(&c, dbase.as_str(), "app/gone", &layer).await;
+    push_blob_in_two_steps(&c, dbase.as_str(), "app/gone", &config).await;
     let gone_manifest = image_manifest(&config, &[&layer]);
     put_manifest(&c, dbase.as_str(), "app/gone", "v1", &gone_manifest).await;
     let gone = sha256(&gone_manifest);

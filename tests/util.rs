@@ -158,6 +158,38 @@ pub async fn push_blob(
     d
 }
 
+/// Pushes a blob as POST, then PUT `?digest=` with the body, and asserts 202 then 201: the
+/// only upload Distribution 2.8 takes (it has no monolithic POST).
+pub async fn push_blob_in_two_steps(
+    c: &reqwest::Client,
+    r: &(impl Serves + ?Sized),
+    repo: &str,
+    bytes: &[u8],
+) -> String {
+    let d = sha256(bytes);
+    let resp = c
+        .post(r.url(&format!("/v2/{repo}/blobs/uploads/")))
+        .send()
+        .await
+        .expect("start upload");
+    assert_eq!(resp.status(), 202, "start upload");
+    let loc = resp.headers()["location"].to_str().unwrap().to_string();
+    let loc = if loc.starts_with("http") {
+        loc
+    } else {
+        r.url(&loc)
+    };
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let resp = c
+        .put(format!("{loc}{sep}digest={d}"))
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .expect("finish upload");
+    assert_eq!(resp.status(), 201, "finish upload");
+    d
+}
+
 /// PUTs an OCI image manifest under `reference` and asserts 201.
 pub async fn put_manifest(
     c: &reqwest::Client,

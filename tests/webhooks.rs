@@ -663,27 +663,8 @@ async fn the_envelope_has_every_field_distribution_2_8_sends() {
     let digest = sha256(&manifest);
     for base in [format!("http://{dist_addr}"), r.url("")] {
         for blob in [&config_blob[..], &layer] {
-            // POST then PUT ?digest=: Distribution 2.8 has no monolithic POST.
-            let resp = c
-                .post(format!("{base}/v2/same/app/blobs/uploads/"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 202);
-            let loc = resp.headers()["location"].to_str().unwrap().to_string();
-            let loc = if loc.starts_with("http") {
-                loc
-            } else {
-                format!("{base}{loc}")
-            };
-            let sep = if loc.contains('?') { '&' } else { '?' };
-            let resp = c
-                .put(format!("{loc}{sep}digest={}", sha256(blob)))
-                .body(blob.to_vec())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 201);
+            // Distribution 2.8 has no monolithic POST.
+            push_blob_in_two_steps(&c, base.as_str(), "same/app", blob).await;
         }
         put_manifest(&c, base.as_str(), "same/app", "v1", &manifest).await;
         let resp = c

@@ -148,28 +148,7 @@ impl Distribution {
     /// Pushes a blob: POST, then PUT `?digest=` with the body (Distribution 2.8 has no
     /// monolithic POST). Returns its digest.
     pub async fn push_blob(&self, c: &reqwest::Client, repo: &str, bytes: &[u8]) -> String {
-        let d = super::sha256(bytes);
-        let resp = c
-            .post(self.url(&format!("/v2/{repo}/blobs/uploads/")))
-            .send()
-            .await
-            .expect("start upload");
-        assert_eq!(resp.status(), 202, "start upload at distribution");
-        let loc = resp.headers()["location"].to_str().unwrap().to_string();
-        let loc = if loc.starts_with("http") {
-            loc
-        } else {
-            self.url(&loc)
-        };
-        let sep = if loc.contains('?') { '&' } else { '?' };
-        let resp = c
-            .put(format!("{loc}{sep}digest={d}"))
-            .body(bytes.to_vec())
-            .send()
-            .await
-            .expect("finish upload");
-        assert_eq!(resp.status(), 201, "finish upload at distribution");
-        d
+        super::push_blob_in_two_steps(c, self.url("").as_str(), repo, bytes).await
     }
 
     /// Pushes a config, `layers` and an OCI image manifest over them as `repo:tag`; returns
