@@ -41,6 +41,63 @@ fn fixture_copy_of(fixture: &str) -> (tempfile::TempDir, serde_json::Value) {
     (dir, serde_json::from_slice(&contents).unwrap())
 }
 
+/// Every manifest of the fixture's CONTENTS.json, byte for byte with its media type; every
+/// tag, naming its manifest; every blob, byte for byte (as `user`, when auth is on).
+async fn assert_serves_everything(
+    c: &reqwest::Client,
+    r: &TestRegistry,
+    contents: &serde_json::Value,
+    user: Option<(&str, &str)>,
+) {
+    let get = |method: reqwest::Method, path: String| {
+        let req = c.request(method, r.url(&path));
+        match user {
+            Some((u, p)) => req.basic_auth(u, Some(p)),
+            None => req,
+        }
+    };
+    for m in contents["manifests"].as_array().unwrap() {
+        let (repo, digest) = (m["repo"].as_str().unwrap(), m["digest"].as_str().unwrap());
+        let resp = get(
+            reqwest::Method::GET,
+            format!("/v2/{repo}/manifests/{digest}"),
+        )
+        .header("Accept", "*/*")
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200, "{repo}@{digest}");
+        assert_eq!(
+            resp.headers()["content-type"],
+            m["media_type"].as_str().unwrap()
+        );
+        assert_eq!(sha256(&resp.bytes().await.unwrap()), digest);
+    }
+    for (repo, tags) in contents["tags"].as_object().unwrap() {
+        for (tag, digest) in tags.as_object().unwrap() {
+            let resp = get(reqwest::Method::HEAD, format!("/v2/{repo}/manifests/{tag}"))
+                .header("Accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{repo}:{tag}");
+            assert_eq!(
+                resp.headers()["docker-content-digest"],
+                digest.as_str().unwrap()
+            );
+        }
+    }
+    for b in contents["blobs"].as_array().unwrap() {
+        let (repo, digest) = (b["repo"].as_str().unwrap(), b["digest"].as_str().unwrap());
+        let resp = get(reqwest::Method::GET, format!("/v2/{repo}/blobs/{digest}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{repo}@{digest}");
+        assert_eq!(sha256(&resp.bytes().await.unwrap()), digest);
+    }
+}
+
 fn schema_version(root: &Path) -> u64 {
     let db = redb::Database::open(root.join("dockyard.redb")).unwrap();
     let tx = db.begin_read().unwrap();
@@ -68,50 +125,7 @@ async fn a_schema_1_root_is_migrated_once_and_keeps_everything() {
     let c = client();
     let (bob, bob_pw) = ("bob", contents["users"]["bob"].as_str().unwrap());
 
-    // Every manifest, byte for byte with its media type; every tag; every blob.
-    for m in contents["manifests"].as_array().unwrap() {
-        let (repo, digest) = (m["repo"].as_str().unwrap(), m["digest"].as_str().unwrap());
-        let resp = c
-            .get(r.url(&format!("/v2/{repo}/manifests/{digest}")))
-            .basic_auth(bob, Some(bob_pw))
-            .header("Accept", "*/*")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "{repo}@{digest}");
-        assert_eq!(
-            resp.headers()["content-type"],
-            m["media_type"].as_str().unwrap()
-        );
-        assert_eq!(sha256(&resp.bytes().await.unwrap()), digest);
-    }
-    for (repo, tags) in contents["tags"].as_object().unwrap() {
-        for (tag, digest) in tags.as_object().unwrap() {
-            let resp = c
-                .head(r.url(&format!("/v2/{repo}/manifests/{tag}")))
-                .basic_auth(bob, Some(bob_pw))
-                .header("Accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200, "{repo}:{tag}");
-            assert_eq!(
-                resp.headers()["docker-content-digest"],
-                digest.as_str().unwrap()
-            );
-        }
-    }
-    for b in contents["blobs"].as_array().unwrap() {
-        let (repo, digest) = (b["repo"].as_str().unwrap(), b["digest"].as_str().unwrap());
-        let resp = c
-            .get(r.url(&format!("/v2/{repo}/blobs/{digest}")))
-            .basic_auth(bob, Some(bob_pw))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "{repo}@{digest}");
-        assert_eq!(sha256(&resp.bytes().await.unwrap()), digest);
-    }
+    assert_serves_everything(&c, &r, &contents, Some((bob, bob_pw))).await;
 
     // Users and grants: alice may push to team-a/** only, anonymous may pull library/**.
     let alice_pw = contents["users"]["alice"].as_str().unwrap();
@@ -298,41 +312,7 @@ async fn a_schema_2_root_gains_blob_uses_and_an_outbox_and_keeps_everything() {
     };
     let r = TestRegistry::start_with(config.clone()).await;
     let c = client();
-    for m in contents["manifests"].as_array().unwrap() {
-        let (repo, digest) = (m["repo"].as_str().unwrap(), m["digest"].as_str().unwrap());
-        let resp = c
-            .get(r.url(&format!("/v2/{repo}/manifests/{digest}")))
-            .header("Accept", "*/*")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "{repo}@{digest}");
-        assert_eq!(sha256(&resp.bytes().await.unwrap()), digest);
-    }
-    for (repo, tags) in contents["tags"].as_object().unwrap() {
-        for (tag, digest) in tags.as_object().unwrap() {
-            let resp = c
-                .head(r.url(&format!("/v2/{repo}/manifests/{tag}")))
-                .header("Accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200, "{repo}:{tag}");
-            assert_eq!(
-                resp.headers()["docker-content-digest"],
-                digest.as_str().unwrap()
-            );
-        }
-    }
-    for b in contents["blobs"].as_array().unwrap() {
-        let (repo, digest) = (b["repo"].as_str().unwrap(), b["digest"].as_str().unwrap());
-        let resp = c
-            .get(r.url(&format!("/v2/{repo}/blobs/{digest}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "{repo}@{digest}");
-    }
+    assert_serves_everything(&c, &r, &contents, None).await;
     let users = r.admin(dockyard::admin::Command::UserList).await.unwrap();
     for u in contents["users"].as_object().unwrap().keys() {
         assert!(users.contains(u.as_str()), "user {u} kept: {users}");
