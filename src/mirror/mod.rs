@@ -187,12 +187,8 @@ pub async fn manifest(
     head: bool,
 ) -> Result<ManifestAnswer, RegistryError> {
     let m = &core.mirrors;
-    if let Some(p) = pending(m, t, reference) {
-        if !head {
-            prefetch(core, &p);
-        }
-        core.metrics.mirror_lookup(true);
-        return Ok(p.answer());
+    if let Some(answer) = answer_pending(core, t, reference, head) {
+        return Ok(answer);
     }
     let local = stored(core, t, reference).await?;
     if let Some(found) = &local {
@@ -233,6 +229,22 @@ pub async fn manifest(
     result
 }
 
+/// A manifest fetched but not yet stored (its blobs are still coming) is served from memory;
+/// a GET also starts fetching those blobs.
+fn answer_pending(
+    core: &Core,
+    t: &Target,
+    reference: &Reference,
+    head: bool,
+) -> Option<ManifestAnswer> {
+    let p = pending(&core.mirrors, t, reference)?;
+    if !head {
+        prefetch(core, &p);
+    }
+    core.metrics.mirror_lookup(true);
+    Some(p.answer())
+}
+
 async fn revalidate_or_fetch(
     core: &Core,
     t: &Target,
@@ -242,12 +254,8 @@ async fn revalidate_or_fetch(
 ) -> Result<ManifestAnswer, RegistryError> {
     let m = &core.mirrors;
     // A request that waited behind another's fetch finds its result.
-    if let Some(p) = pending(m, t, reference) {
-        if !head {
-            prefetch(core, &p);
-        }
-        core.metrics.mirror_lookup(true);
-        return Ok(p.answer());
+    if let Some(answer) = answer_pending(core, t, reference, head) {
+        return Ok(answer);
     }
     let tag = match reference {
         Reference::Tag(tag) => Some(tag),
