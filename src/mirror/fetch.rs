@@ -146,7 +146,8 @@ impl Recent {
             let end = offset + c.len() as u64;
             if pos < end {
                 let to = end.min(until);
-                return (to > pos).then(|| c.slice((pos - offset) as usize..(to - offset) as usize));
+                return (to > pos)
+                    .then(|| c.slice((pos - offset) as usize..(to - offset) as usize));
             }
             offset = end;
         }
@@ -234,12 +235,7 @@ pub fn start(core: &Core, t: &Target, digest: &Digest) -> Arc<Flight> {
 }
 
 /// Fetches, verifies and stores the blob; returns its size.
-async fn run(
-    core: &Core,
-    t: &Target,
-    digest: &Digest,
-    f: &Arc<Flight>,
-) -> Result<u64, Failure> {
+async fn run(core: &Core, t: &Target, digest: &Digest, f: &Arc<Flight>) -> Result<u64, Failure> {
     // Stored meanwhile (the previous fetch committed between the caller's check and ours)?
     if super::is_linked(core, &t.stored, digest)
         .await
@@ -576,8 +572,8 @@ impl Reader {
                     return Err(io::Error::other("read buffers lost"));
                 };
                 let back = self.back.clone();
-                let held = (self.flight.recent.lock().expect("recent lock"))
-                    .at(self.pos, p.released);
+                let held =
+                    (self.flight.recent.lock().expect("recent lock")).at(self.pos, p.released);
                 if let Some(chunk) = held {
                     self.pos += chunk.len() as u64;
                     let chunk = Some(chunk);
