@@ -1265,9 +1265,10 @@ pub struct S3Env {
 }
 
 /// A test that kills a Garage node takes this lock exclusively; every other test on the
-/// cluster takes it shared. Garage's object listings can still name an object for a moment
-/// after its DELETE was answered while a node dies or comes back (seen: a GC's stray object
-/// listed after the pass deleted it), so counts of objects mean nothing during that test.
+/// cluster takes it shared, so that no other test sees the cluster with a replica missing
+/// (slower requests, and listings that lag further: Garage filters deleted objects out on
+/// each replica before it merges a listing's replies, so a replica that has not applied a
+/// DELETE yet makes the listing name the object for a moment).
 pub static GARAGE_NODES: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// A held share of [`GARAGE_NODES`] (a poisoned lock, left by a failed test, still guards).
