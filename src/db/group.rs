@@ -146,8 +146,7 @@ impl Shared {
     /// task starts on the blocking pool.
     pub(super) fn submit(self: &Arc<Self>, job: Box<dyn Work>) {
         if let Role::Lead = self.queue.push(job) {
-            let shared = self.clone();
-            tokio::task::spawn_blocking(move || Shared::lead(shared, &mut || false));
+            Leader::spawn(self.clone());
         }
     }
 
@@ -207,11 +206,32 @@ impl Shared {
             }
             if let Some(s) = shared.as_ref() {
                 if done() {
-                    let s = s.clone();
-                    tokio::task::spawn_blocking(move || Shared::lead(s, &mut || false));
+                    Leader::spawn(s.clone());
                     return;
                 }
             }
+        }
+    }
+}
+
+/// A leader started on the blocking pool. If the runtime drops it unrun (it is shutting
+/// down and takes no more blocking tasks), it leads on the thread that drops it: otherwise
+/// the queued bodies would never be answered, and a thread blocked on one of them (in
+/// `submit_blocking`, say a mirror fetch recording its blob) would keep the runtime's
+/// shutdown waiting for ever.
+struct Leader(Option<Arc<Shared>>);
+
+impl Leader {
+    fn spawn(shared: Arc<Shared>) {
+        let leader = Leader(Some(shared));
+        tokio::task::spawn_blocking(move || drop(leader));
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            Shared::lead(s, &mut || false);
         }
     }
 }
