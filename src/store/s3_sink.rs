@@ -123,6 +123,7 @@ impl Bucket {
         let mut spool = self.spools.take(id).ok_or_else(lost)?;
         let before = (spool.parts.len(), spool.tail.clone(), spool.tail_len);
         let (mut len, hasher) = sink.into_parts();
+        let before_len = len;
         // Out while a batch is hashed on the blocking pool (one batch at a time: the hash
         // sees the bytes in the order they came).
         let mut hasher = Some(hasher);
@@ -132,6 +133,9 @@ impl Bucket {
         // Parts on their way, oldest first: their ids join `spool.parts` in that order.
         let mut sending: VecDeque<JoinHandle<object_store::Result<PartId>>> = VecDeque::new();
         let mut body_done = false;
+        // For the debug log: how long the body waited for the store (every place in flight
+        // taken and a whole part ready), against the request's time.
+        let (started, mut waited) = (std::time::Instant::now(), std::time::Duration::ZERO);
         let result: Result<(), RegistryError> = async {
             loop {
                 if hashing.is_none()
@@ -170,6 +174,8 @@ impl Bucket {
                 {
                     return Ok(());
                 }
+                let store_bound = spool.tail_len >= PART;
+                let t = std::time::Instant::now();
                 tokio::select! {
                     biased;
                     h = async { hashing.as_mut().expect("guarded").await }, if hashing.is_some() => {
@@ -209,9 +215,19 @@ impl Bucket {
                         }
                     },
                 }
+                if store_bound {
+                    waited += t.elapsed();
+                }
             }
         }
         .await;
+        tracing::debug!(
+            upload = id,
+            bytes = len - before_len,
+            ms = started.elapsed().as_millis() as u64,
+            waited_for_store_ms = waited.as_millis() as u64,
+            "request body sent to the bucket"
+        );
         // Nothing of this request may still be on its way once the session is put back: a
         // late part could land after a later request sent that number again.
         for part in sending {
