@@ -184,9 +184,20 @@ impl Bucket {
                     }
                     sent = async { sending.front_mut().expect("guarded").await }, if !sending.is_empty() => {
                         sending.pop_front();
-                        let part_id = sent
+                        let part_id = match sent
                             .map_err(|e| RegistryError::internal(format!("part task: {e}")))?
-                            .map_err(s3_error)?;
+                        {
+                            Ok(p) => p,
+                            // The store no longer knows the multipart upload (aborted behind
+                            // our back): the client's only way on is to start again.
+                            Err(object_store::Error::NotFound { .. }) => {
+                                return Err(RegistryError::new(
+                                    ErrorCode::BlobUploadUnknown,
+                                    "the object store lost the upload's multipart upload: start the upload again",
+                                ))
+                            }
+                            Err(e) => return Err(s3_error(e)),
+                        };
                         spool.parts.push(part_id);
                         touch(journal).await;
                     }
