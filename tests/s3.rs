@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use dockyard::gc::{GcOptions, Stage};
 use dockyard::oci::Digest;
+use object_store::ObjectStoreExt;
 
 use crate::interop::oci_client_round_trip;
 use crate::interop_cli::*;
@@ -707,5 +708,123 @@ async fn a_misdescribed_chunk_is_refused_whole_and_a_wrong_digest_cancels() {
             .is_none(),
         "no journal left"
     );
+    r.stop().await;
+}
+
+/// Aborts the multipart upload a journal's text names behind the registry's back, as a store
+/// that lost it would (through a copy of the journal, which `abort_journaled` removes).
+async fn abort_behind_the_back(r: &TestRegistry, dir: &Path, journal_text: &str) {
+    let copy = dir.join("behind-the-back.multipart");
+    std::fs::write(&copy, journal_text).unwrap();
+    let bucket = r.core.store.bucket().unwrap().clone();
+    dockyard::store::s3::io(async move { bucket.abort_journaled(&copy).await })
+        .await
+        .unwrap();
+    assert!(!multipart_alive(r, journal_text).await);
+}
+
+/// A part the store refuses (its multipart upload is gone) fails the request that sent it
+/// with the spec's error body (BLOB_UPLOAD_UNKNOWN: the client starts again); the session
+/// stays where it was, nothing is committed, and the finish that cannot complete cancels the
+/// upload and leaves no journal and no object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_the_store_refuses_fails_its_request_and_commits_nothing() {
+    let Some(s3) = require_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let r = start_s3(&s3, dir.path(), "part-refused", "").await;
+    let c = client();
+    // Two parts sent, 4 MiB of tail held.
+    let first = random_bytes(20 << 20);
+    let location = {
+        let resp = c
+            .post(r.url("/v2/app/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        resp.headers()["location"].to_str().unwrap().to_string()
+    };
+    let resp = c
+        .patch(r.url(&location))
+        .body(first.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let (journal, text) = journal_of(dir.path());
+    abort_behind_the_back(&r, dir.path(), &text).await;
+    // 4 MiB more make the third part, sent once the whole body is in: the store refuses it.
+    let more = random_bytes(4 << 20);
+    let resp = c.patch(r.url(&location)).body(more).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
+    let resp = c.get(r.url(&location)).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(
+        resp.headers()["range"].to_str().unwrap(),
+        format!("0-{}", first.len() - 1),
+        "the session is where it was"
+    );
+    // The session holds `first` (the refused chunk taken back), which the store can no
+    // longer complete.
+    let digest = sha256(&first);
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let resp = c
+        .put(r.url(&format!("{location}{sep}digest={digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "the multipart upload cannot complete");
+    assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
+    let resp = c
+        .head(r.url(&format!("/v2/app/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "nothing committed");
+    assert!(objects(&r).await.is_empty(), "no object under blobs/");
+    assert!(!journal.exists(), "the failed finish forgot the upload");
+    let report = fsck(&r, false).await;
+    assert!(report.clean(), "{report}");
+    r.stop().await;
+}
+
+/// A crash after a finishing PUT completed the session's temporary object
+/// (`uploads/<session>`) and before it was copied and deleted: the journal still names it,
+/// and when the session expires the GC deletes the object with the journal (the multipart
+/// upload itself is already gone: completed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gc_deletes_a_temporary_object_completed_before_a_crash() {
+    let Some(s3) = require_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = s3_prefix("temp-object");
+    let config = s3_config(&s3, dir.path(), &prefix, "", "");
+    let r = TestRegistry::start_with(config.clone()).await;
+    patched(&r, 9 << 20).await;
+    let (journal, text) = journal_of(dir.path());
+    let key = object_store::path::Path::from(text.lines().next().unwrap());
+    let store = r.core.store.bucket().unwrap().object_store();
+    // The state the crash leaves: the upload completed (no longer takes parts), its object
+    // there.
+    abort_behind_the_back(&r, dir.path(), &text).await;
+    let (s, k) = (store.clone(), key.clone());
+    dockyard::store::s3::io(async move {
+        s.put(&k, random_bytes(9 << 20).into()).await.unwrap();
+    })
+    .await;
+    r.stop().await;
+
+    let mut config = config;
+    config.upload_expiry = Duration::ZERO;
+    let r = TestRegistry::start_with(config).await;
+    let report = gc(&r, GcOptions::default()).await;
+    assert_eq!(report.uploads, 1, "{report}");
+    assert!(!journal.exists(), "the GC removed the journal");
+    let (s, k) = (store.clone(), key.clone());
+    let head = dockyard::store::s3::io(async move { s.head(&k).await }).await;
+    assert!(
+        matches!(head, Err(object_store::Error::NotFound { .. })),
+        "the temporary object is gone: {head:?}"
+    );
+    assert!(fsck(&r, false).await.clean());
     r.stop().await;
 }

@@ -1302,7 +1302,10 @@ async fn run(args: Args) -> Result<bool> {
                     "!".repeat(78)
                 );
             }
-            Some(g) => s3_workload(&mut b, &bin, dist_bin.as_deref(), &g).await?,
+            Some(g) => {
+                let base = args.baseline_bin.as_deref();
+                s3_workload(&mut b, &bin, base, dist_bin.as_deref(), &g).await?
+            }
         }
     }
 
@@ -1508,11 +1511,22 @@ fn record_mirror(t: &mut Table, f: mirror::Figures) {
 }
 
 /// Workload 10 on the Garage cluster `g`; records into `b.table`.
-async fn s3_workload(b: &mut Bench, bin: &Path, dist: Option<&Path>, g: &s3::Garage) -> Result<()> {
+/// With `base`, the baseline build runs beside them, on a prefix of its own.
+async fn s3_workload(
+    b: &mut Bench,
+    bin: &Path,
+    base: Option<&Path>,
+    dist: Option<&Path>,
+    g: &s3::Garage,
+) -> Result<()> {
     let prefix = s3::run_prefix();
     println!("-- 10. S3: Dockyard (backend s3) and Distribution (s3 driver) on {} bucket {}, prefix {prefix}", g.endpoint, g.bucket);
     let secrets = tempfile::Builder::new().prefix("bench-s3-").tempdir()?;
-    let mut servers = vec![s3::start_dockyard(bin, g, &prefix, secrets.path()).await?];
+    let mut servers =
+        vec![s3::start_dockyard(Kind::Dockyard, bin, g, &prefix, secrets.path()).await?];
+    if let Some(base) = base {
+        servers.push(s3::start_dockyard(Kind::Baseline, base, g, &prefix, secrets.path()).await?);
+    }
     if let Some(d) = dist {
         servers.push(s3::start_distribution(d, g, &prefix).await?);
     }
@@ -1652,6 +1666,7 @@ async fn s3_workload(b: &mut Bench, bin: &Path, dist: Option<&Path>, g: &s3::Gar
     for s in servers.iter_mut() {
         let cli = match s.kind {
             Kind::Distribution => dist.unwrap_or(bin).to_path_buf(),
+            Kind::Baseline => base.unwrap_or(bin).to_path_buf(),
             _ => bin.to_path_buf(),
         };
         match s3::gc_pass(s, &cli).await {

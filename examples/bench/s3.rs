@@ -63,8 +63,10 @@ pub fn run_prefix() -> String {
 
 /// Dockyard on the bucket: redirect on, snapshots every 5 s, and a GC whose grace (6 s, which
 /// must exceed the snapshot interval) the GC workload waits out. The secret key file goes
-/// into `secrets`, which must outlive the server (a restart reads it again).
+/// into `secrets`, which must outlive the server (a restart reads it again). `kind` is
+/// Dockyard or the baseline build, each on a prefix of its own.
 pub async fn start_dockyard(
+    kind: Kind,
     bin: &Path,
     g: &Garage,
     prefix: &str,
@@ -74,17 +76,18 @@ pub async fn start_dockyard(
     std::fs::write(&secret, &g.secret_access_key)?;
     let text = format!(
         "[log]\nlevel = \"warn\"\n\n[storage]\nbackend = \"s3\"\n\n[storage.s3]\n\
-         endpoint = \"{}\"\nregion = \"{}\"\nbucket = \"{}\"\nprefix = \"{prefix}/dockyard\"\n\
+         endpoint = \"{}\"\nregion = \"{}\"\nbucket = \"{}\"\nprefix = \"{prefix}/{}\"\n\
          access_key_id = \"{}\"\nsecret_access_key_file = \"{}\"\n\
          path_style = true\nredirect = true\nsnapshot_interval = \"5s\"\n\n\
          [gc]\ninterval = \"off\"\ngrace = \"6s\"\npush_window = \"1s\"\n",
         g.endpoint,
         g.region,
         g.bucket,
+        kind.name().to_lowercase(),
         g.access_key_id,
         secret.display()
     );
-    Server::start_with(Kind::Dockyard, bin, Some(text)).await
+    Server::start_with(kind, bin, Some(text)).await
 }
 
 /// Distribution 2.8 on the bucket: its `s3` driver with the region endpoint set to Garage

@@ -40,7 +40,7 @@ use crate::oci::Digest;
 /// what one upload holds in memory per part in flight.
 pub const PART: usize = 8 << 20;
 /// Parts of one blob uploaded at once.
-const PARTS_IN_FLIGHT: usize = 4;
+pub const PARTS_IN_FLIGHT: usize = 4;
 /// Suffix of the journal file that names a multipart upload in progress.
 pub const JOURNAL_SUFFIX: &str = ".multipart";
 
@@ -393,22 +393,33 @@ impl Bucket {
     }
 
     /// Aborts the multipart upload a journal file names (left by a crash in
-    /// [`Bucket::put_file`]) and removes the journal.
+    /// [`Bucket::put_file`] or an upload session) and removes the journal.
     pub async fn abort_journaled(&self, journal: &Path) -> io::Result<()> {
         let text = tokio::fs::read_to_string(journal).await?;
         let mut lines = text.lines();
         if let (Some(key), Some(id)) = (lines.next(), lines.next()) {
-            match self
-                .s3
-                .abort_multipart(&Key::from(key), &id.to_string())
-                .await
-            {
+            self.abort_multipart(&Key::from(key), id).await?;
+        }
+        // A journal torn by the crash (no id yet) names nothing that exists.
+        tokio::fs::remove_file(journal).await
+    }
+
+    /// Aborts a multipart upload (one already gone, aborted or completed, is not an error).
+    /// When it wrote a session's temporary object (`uploads/<session>`), that object is
+    /// deleted too: a crash between completing it and deleting it after the copy to the
+    /// blob's key leaves it behind, and nothing else ever reads it.
+    pub(super) async fn abort_multipart(&self, key: &Key, id: &str) -> io::Result<()> {
+        match self.s3.abort_multipart(key, &id.to_string()).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(to_io(e)),
+        }
+        if key.prefix_matches(&self.key("uploads")) {
+            match self.s3.delete(key).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(to_io(e)),
             }
         }
-        // A journal torn by the crash (no id yet) names nothing that exists.
-        tokio::fs::remove_file(journal).await
+        Ok(())
     }
 }
 
@@ -477,6 +488,13 @@ pub async fn io<T: Send + 'static>(f: impl std::future::Future<Output = T> + Sen
         Ok(v) => v,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
+}
+
+/// Starts `f` on the S3 runtime without waiting for it.
+pub(super) fn spawn<T: Send + 'static>(
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    runtime().spawn(f)
 }
 
 /// Runs `f` on the S3 runtime and waits for it; for blocking threads (never a runtime's
