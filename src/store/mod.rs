@@ -74,8 +74,7 @@ impl Store {
     /// [`Store::open`] with blobs on `backend`; for S3 the client is built (no request is
     /// made: see [`s3::Bucket::check`]).
     pub fn open_with(root: &Path, backend: &crate::config::Backend) -> io::Result<Store> {
-        create_dir_durable(&root.join("blobs"))?;
-        create_dir_durable(&root.join("uploads"))?;
+        create_dirs_durable(root, &["blobs", "uploads"])?;
         let bucket = match backend {
             crate::config::Backend::Filesystem => None,
             crate::config::Backend::S3(c) => {
@@ -646,6 +645,25 @@ fn create_dir_durable(dir: &Path) -> io::Result<()> {
         Some(parent) => sync_dir(parent),
         None => Ok(()),
     }
+}
+
+/// Creates the missing ones of `names` in `parent` (and `parent` itself if need be) with
+/// one fsync of `parent` for all of them: a first start pays one fsync, not one per
+/// directory.
+fn create_dirs_durable(parent: &Path, names: &[&str]) -> io::Result<()> {
+    if names.iter().all(|n| parent.join(n).is_dir()) {
+        return Ok(());
+    }
+    create_dir_durable(parent)?;
+    use std::os::unix::fs::DirBuilderExt;
+    for n in names {
+        // Private to the owner whatever the umask (see `Store::open`).
+        match fs::DirBuilder::new().mode(0o700).create(parent.join(n)) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            r => r?,
+        }
+    }
+    sync_dir(parent)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
