@@ -131,16 +131,6 @@ impl Server {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        if std::env::var_os("BENCH_SETSID").is_some() {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: setsid is async-signal-safe and touches no memory of ours.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::setsid();
-                    Ok(())
-                });
-            }
-        }
         let t0 = Instant::now();
         self.child = Some(cmd.spawn()?);
         let up = self.wait_ready(t0).await;
