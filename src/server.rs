@@ -173,12 +173,16 @@ pub async fn run<S>(
                     )
                 });
                 tokio::select! {
+                    biased;
                     _ = &mut shutdown => break,
                     p = slots.clone().acquire_owned() => p.expect("never closed"),
                 }
             }
         };
         let (stream, peer) = tokio::select! {
+            // Shutdown first: with connections waiting, an unbiased select could go on
+            // accepting them after the shutdown was announced ("no new connections").
+            biased;
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => {

@@ -385,8 +385,10 @@ async fn an_upstream_serving_wrong_bytes_is_refused_and_nothing_is_stored() {
     wrong[100] ^= 0xff;
     std::fs::write(up.blob_file(&d), &wrong).unwrap();
     let r = start_mirror(&mirror_table("up", &up.url(""), "")).await;
-    let (status, _, _) = get(&c, &r.url("/v2/up/lib/bad/manifests/v1")).await;
+    let (status, _, manifest) = get(&c, &r.url("/v2/up/lib/bad/manifests/v1")).await;
     assert_eq!(status, 200);
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let config = manifest["config"]["digest"].as_str().unwrap().to_string();
     // The body is cut short of its length: the client never gets the whole (wrong) blob.
     // The next request fetches again (nothing was kept) and is refused again.
     for _ in 0..2 {
@@ -404,6 +406,17 @@ async fn an_upstream_serving_wrong_bytes_is_refused_and_nothing_is_stored() {
     // Nothing stored: no blob file, no row, no upload file left.
     let hex = d.strip_prefix("sha256:").unwrap();
     assert!(!blob_files(&r.root).iter().any(|f| f.contains(hex)));
+    // The manifest's answer started the fetch of its (good) config, whose upload file is
+    // there until it lands: wait for it, then nothing may be left in uploads/.
+    let config_hex = config.strip_prefix("sha256:").unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !blob_files(&r.root).iter().any(|f| f.contains(&config_hex)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the config never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         std::fs::read_dir(r.root.join("uploads")).unwrap().count(),
         0

@@ -513,7 +513,17 @@ async fn a_gc_pass_cut_after_the_row_leaves_an_object_the_next_pass_deletes() {
         .all(|p| p.remedy == dockyard::gc::fsck::Remedy::Gc));
     let report = gc(&r, GcOptions::default()).await;
     assert_eq!(report.stray_files, 1, "{report}");
-    assert_eq!(objects(&r).await.len(), 2);
+    // Asked by key, not by listing: Garage filters deleted objects out on each node before it
+    // merges a listing's replies, so a listing can still name an object for a moment after
+    // its DELETE was answered (a replica that has not applied it yet). GC and fsck re-check
+    // every listed discrepancy by key for the same reason.
+    let core = r.core.clone();
+    let gd: Digest = g.parse().unwrap();
+    let kept = tokio::task::spawn_blocking(move || core.store.has_blob(&gd))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!kept, "the next pass deleted the object");
     assert!(fsck(&r, true).await.clean());
     assert_pulls(&c, &r.url(""), "app", "v1", &manifest, "after the GC").await;
     r.stop().await;

@@ -1259,6 +1259,31 @@ pub struct S3Env {
     pub bucket: String,
     pub access_key_id: String,
     pub secret_access_key: String,
+    /// The test's share of the cluster's nodes (see [`GARAGE_NODES`]), held as long as any
+    /// copy of this value lives; `None` where no cluster is touched.
+    pub nodes: Option<std::rc::Rc<GarageShare>>,
+}
+
+/// A test that kills a Garage node takes this lock exclusively; every other test on the
+/// cluster takes it shared, so that no other test sees the cluster with a replica missing
+/// (slower requests, and listings that lag further: Garage filters deleted objects out on
+/// each replica before it merges a listing's replies, so a replica that has not applied a
+/// DELETE yet makes the listing name the object for a moment).
+pub static GARAGE_NODES: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// A held share of [`GARAGE_NODES`] (a poisoned lock, left by a failed test, still guards).
+#[derive(Debug)]
+pub struct GarageShare(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>);
+
+/// Waits until no test has a Garage node down, and keeps it so while the share lives.
+pub fn garage_share() -> GarageShare {
+    GarageShare(GARAGE_NODES.read().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Waits until no other test uses the cluster, and keeps it so while the guard lives: for the
+/// test that kills and restarts nodes.
+pub fn garage_alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    GARAGE_NODES.write().unwrap_or_else(|e| e.into_inner())
 }
 
 impl S3Env {
@@ -1296,6 +1321,14 @@ pub fn s3_prefix(test: &str) -> String {
 /// from the env file named by `DOCKYARD_S3_ENV` (default [`GARAGE_ENV_FILE`]). Missing means
 /// Garage is not running: fatal in CI, loudly reported elsewhere (the test returns early).
 pub fn require_s3() -> Option<S3Env> {
+    let mut env = s3_env()?;
+    env.nodes = Some(std::rc::Rc::new(garage_share()));
+    Some(env)
+}
+
+/// [`require_s3`] without a share of the cluster's nodes: for the test that takes
+/// [`garage_alone`].
+pub fn s3_env() -> Option<S3Env> {
     const KEYS: [&str; 5] = [
         "DOCKYARD_S3_ENDPOINT",
         "DOCKYARD_S3_REGION",
@@ -1335,6 +1368,7 @@ pub fn require_s3() -> Option<S3Env> {
                 bucket,
                 access_key_id,
                 secret_access_key: secret,
+                nodes: None,
             })
         }
         _ => {

@@ -1015,6 +1015,9 @@ fn repair(core: &Core) -> Result<Vec<Problem>, Error> {
     let snap = core.db.read_blocking(|tx| snapshot_read(tx, false))?;
     let lease = core.config.gc.lease();
     let named = crate::gc::named_blobs(core)?;
+    // Unlinks are made durable once per directory at the end, as the GC does: otherwise a
+    // power cut could bring a removed file back (harmless, but fixed twice).
+    let mut unlinked = BTreeSet::new();
     for p in audit(&snap, &blob_file_sizes(core)?) {
         if let Some(Fix::RemoveFile {
             digest: Some(d), ..
@@ -1026,7 +1029,9 @@ fn repair(core: &Core) -> Result<Vec<Problem>, Error> {
                 .db
                 .read_blocking(|tx| Ok(tx.open_table(BLOBS)?.get(ds.as_str())?.is_some()))?;
             if !has_row && !named.contains(&ds) {
-                let _ = core.store.remove_blob(d);
+                if core.store.remove_blob(d).unwrap_or(false) {
+                    unlinked.extend(core.store.blob_dir(d));
+                }
                 fixed.push(p);
             }
         }
@@ -1045,11 +1050,14 @@ fn repair(core: &Core) -> Result<Vec<Problem>, Error> {
                 .and_then(|m| SystemTime::now().duration_since(m).ok())
                 .is_some_and(|age| age >= lease);
             if old {
-                let _ = fs::remove_file(path);
+                if fs::remove_file(&path).is_ok() {
+                    unlinked.extend(path.parent().map(std::path::Path::to_path_buf));
+                }
                 fixed.push(p);
             }
         }
     }
+    core.store.sync_dirs(&unlinked)?;
     Ok(fixed)
 }
 
