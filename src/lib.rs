@@ -122,7 +122,9 @@ impl Core {
     /// Opens the root named by `config`, creating it on first use. Fails if another process
     /// holds the database.
     pub fn open(config: Config) -> Result<Core, Error> {
-        let store = Store::open_with(&config.root, &config.backend)?;
+        // The skeleton and the database file are made durable together, by `sync_root`
+        // below, before anything is served.
+        let store = Store::open_unsynced(&config.root, &config.backend)?;
         let db = match Db::open(&store.path_for(Location::Database)) {
             Err(db::DbError::Redb(redb::Error::DatabaseAlreadyOpen)) => {
                 return Err(Error::Held(config.root.clone()))

@@ -74,7 +74,18 @@ impl Store {
     /// [`Store::open`] with blobs on `backend`; for S3 the client is built (no request is
     /// made: see [`s3::Bucket::check`]).
     pub fn open_with(root: &Path, backend: &crate::config::Backend) -> io::Result<Store> {
-        create_dirs_durable(root, &["blobs", "uploads"])?;
+        let store = Store::open_unsynced(root, backend)?;
+        sync_dir(root)?;
+        Ok(store)
+    }
+
+    /// [`Store::open_with`] without the final fsync of the root: the caller must call
+    /// [`Store::sync_root`] before it writes anything. The server does, once its database
+    /// file exists, so one fsync makes `blobs/`, `uploads/` and `dockyard.redb` durable
+    /// together (each directory fsync is a journal commit, which on a busy disk is most
+    /// of a first start-up).
+    pub fn open_unsynced(root: &Path, backend: &crate::config::Backend) -> io::Result<Store> {
+        create_dirs(root, &["blobs", "uploads"])?;
         let bucket = match backend {
             crate::config::Backend::Filesystem => None,
             crate::config::Backend::S3(c) => {
@@ -647,10 +658,10 @@ fn create_dir_durable(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Creates the missing ones of `names` in `parent` (and `parent` itself if need be) with
-/// one fsync of `parent` for all of them: a first start pays one fsync, not one per
-/// directory.
-fn create_dirs_durable(parent: &Path, names: &[&str]) -> io::Result<()> {
+/// Creates the missing ones of `names` in `parent` (and `parent` itself, durably, if need
+/// be). Their entries are durable only after an fsync of `parent`, which the caller makes
+/// once for all of them.
+fn create_dirs(parent: &Path, names: &[&str]) -> io::Result<()> {
     if names.iter().all(|n| parent.join(n).is_dir()) {
         return Ok(());
     }
@@ -663,7 +674,7 @@ fn create_dirs_durable(parent: &Path, names: &[&str]) -> io::Result<()> {
             r => r?,
         }
     }
-    sync_dir(parent)
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
