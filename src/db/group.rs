@@ -146,8 +146,7 @@ impl Shared {
     /// task starts on the blocking pool.
     pub(super) fn submit(self: &Arc<Self>, job: Box<dyn Work>) {
         if let Role::Lead = self.queue.push(job) {
-            let shared = self.clone();
-            tokio::task::spawn_blocking(move || Shared::lead(shared, &mut || false));
+            LeadTask::spawn(self.clone());
         }
     }
 
@@ -207,11 +206,36 @@ impl Shared {
             }
             if let Some(s) = shared.as_ref() {
                 if done() {
-                    let s = s.clone();
-                    tokio::task::spawn_blocking(move || Shared::lead(s, &mut || false));
+                    LeadTask::spawn(s.clone());
                     return;
                 }
             }
+        }
+    }
+}
+
+/// The lead handed to a blocking-pool task. A pool that is shutting down (the runtime is
+/// being dropped: SIGTERM, with a mirror fetch still writing) drops the task without running
+/// it; the lead is then taken where it is dropped. Otherwise `leading` would stay set with
+/// nobody leading, and every later writer, the blocking threads the runtime's drop waits
+/// for among them, would wait forever (a server that never exits on SIGTERM).
+struct LeadTask(Option<Arc<Shared>>);
+
+impl LeadTask {
+    fn spawn(shared: Arc<Shared>) {
+        let mut task = LeadTask(Some(shared));
+        tokio::task::spawn_blocking(move || {
+            if let Some(s) = task.0.take() {
+                Shared::lead(s, &mut || false);
+            }
+        });
+    }
+}
+
+impl Drop for LeadTask {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            Shared::lead(s, &mut || false);
         }
     }
 }
@@ -255,4 +279,29 @@ fn commit_batch(db: &Database, mut batch: Vec<Box<dyn Work>>) -> Answers {
 fn fail_all(mut answers: Answers, batch: Vec<Box<dyn Work>>, error: String) -> Answers {
     answers.extend(batch.into_iter().map(|job| (job, Err(error.clone()))));
     answers
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    /// SIGTERM drops the runtime while a mirror fetch may still write: the leader task
+    /// the write starts is then never run, and the write must be committed anyway (before,
+    /// it waited forever, and so did the runtime's drop).
+    #[test]
+    fn a_write_queued_while_the_runtime_shuts_down_is_still_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&dir.path().join("dockyard.redb")).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = rt.handle().clone();
+        // A runtime shut down: its blocking pool runs no new task.
+        rt.shutdown_background();
+        let _entered = handle.enter();
+        let answer = db.write(|_tx| Ok(7)).now_or_never();
+        assert_eq!(answer.map(|r| r.ok()), Some(Some(7)));
+    }
 }
