@@ -95,6 +95,11 @@ impl Server {
         Err(last_err.unwrap_or_else(|| "could not start".into()))
     }
 
+    /// The binary it runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("root")
     }
