@@ -544,6 +544,58 @@ async fn a_client_leaving_halfway_through_a_first_fetch_leaves_nothing_half_stor
     assert_fsck_clean(&r).await;
 }
 
+/// The first client of a blob gets the upstream's chunks from memory; one that stops
+/// reading falls behind what the fetch keeps there (a few MiB), and after the fetch has
+/// ended and the blob is in place it reads the rest from disk: the whole blob, identical,
+/// still from one upstream GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_first_client_that_falls_behind_the_fetch_reads_the_rest_from_disk() {
+    if !require_tool("docker-registry") {
+        return;
+    }
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let up = Distribution::start(&dir.path().join("upstream"));
+    let c = client();
+    // Larger than the socket buffers plus what a fetch keeps in memory, so the stalled
+    // client's position is far behind the fetch's end.
+    let layer = random_bytes(32 << 20);
+    let (_, digest) = up.push_image(&c, "lib/slow", "v1", &[&layer]).await;
+    let r = start_mirror(&mirror_table("up", &up.url(""), "")).await;
+    let d = sha256(&layer);
+    let resp = fresh_client()
+        .get(r.url(&format!("/v2/up/lib/slow/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let mut got = Vec::new();
+    while got.len() < (1 << 20) {
+        got.extend_from_slice(&body.next().await.expect("some bytes").expect("a chunk"));
+    }
+    // Stalled until the fetch has stored the blob (it does not wait for readers).
+    let hex = d.strip_prefix("sha256:").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !blob_files(&r.root).iter().any(|f| f.contains(hex)) {
+        assert!(Instant::now() < deadline, "the fetch never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while let Some(chunk) = body.next().await {
+        got.extend_from_slice(&chunk.expect("a chunk"));
+    }
+    assert_eq!(got.len(), layer.len());
+    assert!(
+        got == layer,
+        "the slow client's blob differs from the upstream's"
+    );
+    assert_eq!(up.blob_gets(&d), 1);
+    let (status, _, _) = get(&c, &r.url("/v2/up/lib/slow/manifests/v1")).await;
+    assert_eq!(status, 200);
+    wait_stored(&r, "up/lib/slow", &digest).await;
+    assert_fsck_clean(&r).await;
+}
+
 /// Offline and back: with the upstream down, cached tags are served (stale, counted) across
 /// a restart of the mirror; once it is back, a tag moved upstream is picked up (ttl 0: every
 /// tag request re-checks).

@@ -146,7 +146,7 @@ impl Shared {
     /// task starts on the blocking pool.
     pub(super) fn submit(self: &Arc<Self>, job: Box<dyn Work>) {
         if let Role::Lead = self.queue.push(job) {
-            LeadTask::spawn(self.clone());
+            Leader::spawn(self.clone());
         }
     }
 
@@ -206,7 +206,7 @@ impl Shared {
             }
             if let Some(s) = shared.as_ref() {
                 if done() {
-                    LeadTask::spawn(s.clone());
+                    Leader::spawn(s.clone());
                     return;
                 }
             }
@@ -214,25 +214,21 @@ impl Shared {
     }
 }
 
-/// The lead handed to a blocking-pool task. A pool that is shutting down (the runtime is
-/// being dropped: SIGTERM, with a mirror fetch still writing) drops the task without running
-/// it; the lead is then taken where it is dropped. Otherwise `leading` would stay set with
-/// nobody leading, and every later writer, the blocking threads the runtime's drop waits
-/// for among them, would wait forever (a server that never exits on SIGTERM).
-struct LeadTask(Option<Arc<Shared>>);
+/// A leader started on the blocking pool. If the runtime drops it unrun (it is shutting
+/// down and takes no more blocking tasks), it leads on the thread that drops it: otherwise
+/// the queued bodies would never be answered, and a thread blocked on one of them (in
+/// `submit_blocking`, say a mirror fetch recording its blob) would keep the runtime's
+/// shutdown waiting for ever.
+struct Leader(Option<Arc<Shared>>);
 
-impl LeadTask {
+impl Leader {
     fn spawn(shared: Arc<Shared>) {
-        let mut task = LeadTask(Some(shared));
-        tokio::task::spawn_blocking(move || {
-            if let Some(s) = task.0.take() {
-                Shared::lead(s, &mut || false);
-            }
-        });
+        let leader = Leader(Some(shared));
+        tokio::task::spawn_blocking(move || drop(leader));
     }
 }
 
-impl Drop for LeadTask {
+impl Drop for Leader {
     fn drop(&mut self) {
         if let Some(s) = self.0.take() {
             Shared::lead(s, &mut || false);

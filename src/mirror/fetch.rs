@@ -2,21 +2,30 @@
 //! that goes away does not stop it, written through the upload path, and tailed by every
 //! client that asks meanwhile.
 //!
-//! The fetch appends the upstream's body to `uploads/<id>` one batch (about 1 MiB) at a time
-//! with `Sink::append` (written and hashed on the blocking pool; about 2 MiB (`AHEAD`) of
-//! body wait in memory for the disk), and publishes how many bytes readers may see: all but
-//! the last batch until the digest of the whole body is checked, then all of it. Only then
-//! is the file fsynced, renamed into place and the blob recorded under its stripe (as an
-//! upload's end does): no client waits for the fsync, and a client never gets a whole blob
-//! with the wrong digest. If the fsync or the record fails after the release, nothing is
-//! stored (the next pull fetches again); readers finish, since what they got was verified.
-//! Readers read the file by offset (an open file survives the rename) in `READ`-sized reads
-//! into `IN_FLIGHT` reused buffers each; one that opens it after the rename opens the blob
-//! instead. A digest mismatch, a short body or an upstream failure removes the upload file,
-//! records nothing, and cuts every reader's response short (they declared the length, so
-//! the client sees the failure).
+//! Two paths leave the upstream's body, side by side:
+//! - **to the clients, from memory**: each chunk the upstream sends is kept in the flight
+//!   (`Recent`, reference-counted `Bytes`) and handed to every reader as it is, with no copy
+//!   and no disk or blocking-pool hop. All but the last chunk received are released at once;
+//!   the last waits for the next one, or, at the end, for the digest check of the whole
+//!   body. Chunks already on disk are kept only while the flight holds more than `KEEP`
+//!   bytes; a reader that falls further behind reads the upload file by offset instead.
+//! - **to the disk**: the same chunks are appended to `uploads/<id>` one batch (about
+//!   1 MiB) at a time with `Sink::append` (written and hashed on the blocking pool; about
+//!   2 MiB (`AHEAD`) of body wait in memory for the disk, which paces the upstream).
+//!
+//! Once the body has ended, its size and digest are checked and the last chunk is released:
+//! a client never gets a whole blob with the wrong digest. Only then is the file fsynced,
+//! renamed into place and the blob recorded under its stripe (as an upload's end does): no
+//! client waits for the fsync. If the fsync or the record fails after the release, nothing
+//! is stored (the next pull fetches again); readers finish, since what they got was
+//! verified. A reader holds at most `IN_FLIGHT` frames in hyper's write queue (a chunk
+//! from memory, or one of its own `READ`-sized buffers for the file), so a herd of slow
+//! readers holds a bounded amount each. A reader that reads the file after its rename
+//! opens the blob instead. A digest mismatch, a short or long body or an upstream failure
+//! removes the upload file, records nothing, and cuts every reader's response short (they
+//! declared the length, so the client sees the failure).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::{Arc, Mutex};
 
@@ -42,11 +51,17 @@ pub type BlobBody =
 const BATCH: usize = 1 << 20;
 /// Upstream body bytes received ahead of the disk (counted in KiB permits, see `cost`).
 const AHEAD: usize = (2 * BATCH) >> 10;
-/// Bytes each read of a blob being fetched sends at most.
+/// Bytes of chunks already on disk a flight keeps in memory for readers a little behind
+/// the newest chunk (chunks not on disk yet are kept until they are).
+const KEEP: usize = 2 << 20;
+/// Bytes each read of the upload file (by a reader behind the chunks in memory) sends at
+/// most.
 const READ: usize = 64 << 10;
-/// Read buffers one reader owns, reused: a buffer comes back when hyper has written it out,
-/// and the reader waits for one when all are queued in hyper (which would otherwise take up
-/// to its `max_buf_size` per connection). A herd of readers holds at most this many each.
+/// Frames one reader may have in hyper's write queue (which would otherwise take up to its
+/// `max_buf_size` per connection): each is one of the reader's reused read buffers, lent
+/// with a file read or as the token of a chunk from memory. It comes back when hyper has
+/// written the frame out; a reader whose frames are all queued waits. A herd of readers
+/// holds at most this many each.
 const IN_FLIGHT: usize = 2;
 
 /// The budget permits a chunk of `len` bytes takes: one per KiB begun, at most all of them
@@ -64,6 +79,8 @@ pub struct Flights {
 pub struct Flight {
     upload_id: String,
     progress: watch::Sender<Progress>,
+    /// The upstream's latest chunks, handed to readers from memory.
+    recent: Mutex<Recent>,
 }
 
 #[derive(Clone, Debug)]
@@ -71,9 +88,11 @@ struct Progress {
     /// The upstream answered (its length, when it said).
     started: bool,
     size: Option<u64>,
-    /// Bytes of the upload file readers may send.
-    visible: u64,
-    /// The whole body hashed to the digest and was released (`visible` is its length); it
+    /// Bytes readers may send: every chunk received but the last, until the digest check.
+    released: u64,
+    /// Bytes appended to the upload file (where a reader behind `Recent` reads).
+    on_disk: u64,
+    /// The whole body hashed to the digest and was released (`released` is its length); it
     /// may still be on its way to disk and into the database.
     verified: bool,
     state: State,
@@ -85,6 +104,61 @@ enum State {
     /// Stored: the blob's row is committed.
     Done,
     Failed(Arc<Mutex<Option<Failure>>>, String),
+}
+
+/// The chunks of a flight still in memory: contiguous, from offset `start` of the blob.
+#[derive(Default)]
+struct Recent {
+    start: u64,
+    chunks: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, chunk: Bytes) {
+        self.bytes += chunk.len();
+        self.chunks.push_back(chunk);
+    }
+
+    /// Drops the oldest chunks, while more than `KEEP` bytes are held, of those entirely
+    /// below `on_disk`: a reader that needs them reads the file.
+    fn trim(&mut self, on_disk: u64) {
+        while self.bytes > KEEP {
+            let Some(len) = self.chunks.front().map(Bytes::len) else {
+                break;
+            };
+            if self.start + len as u64 > on_disk {
+                break;
+            }
+            self.chunks.pop_front();
+            self.bytes -= len;
+            self.start += len as u64;
+        }
+    }
+
+    /// The bytes from offset `pos` to the end of its chunk (or to `until`), if still here.
+    fn at(&self, pos: u64, until: u64) -> Option<Bytes> {
+        if pos < self.start {
+            return None;
+        }
+        let mut offset = self.start;
+        for c in &self.chunks {
+            let end = offset + c.len() as u64;
+            if pos < end {
+                let to = end.min(until);
+                return (to > pos)
+                    .then(|| c.slice((pos - offset) as usize..(to - offset) as usize));
+            }
+            offset = end;
+        }
+        None
+    }
+
+    fn clear(&mut self) {
+        self.start += self.bytes as u64;
+        self.chunks.clear();
+        self.bytes = 0;
+    }
 }
 
 #[derive(Debug)]
@@ -103,26 +177,31 @@ pub fn start(core: &Core, t: &Target, digest: &Digest) -> Arc<Flight> {
     let (tx, _) = watch::channel(Progress {
         started: false,
         size: None,
-        visible: 0,
+        released: 0,
+        on_disk: 0,
         verified: false,
         state: State::Running,
     });
     let flight = Arc::new(Flight {
         upload_id: uuid::Uuid::new_v4().hyphenated().to_string(),
         progress: tx,
+        recent: Mutex::default(),
     });
     map.insert(key.clone(), flight.clone());
     drop(map);
     let (core, t, digest, f) = (core.clone(), t.clone(), digest.clone(), flight.clone());
     tokio::spawn(async move {
         let result = run(&core, &t, &digest, &f).await;
+        // Readers still behind read the file (or the blob) from here on.
+        f.recent.lock().expect("recent lock").clear();
         let failed = result.is_err();
         match result {
             Ok(size) => {
                 f.progress.send_modify(|p| {
                     p.started = true;
                     p.size = Some(size);
-                    p.visible = size;
+                    p.released = size;
+                    p.on_disk = size;
                     p.verified = true;
                     p.state = State::Done;
                 });
@@ -156,7 +235,7 @@ pub fn start(core: &Core, t: &Target, digest: &Digest) -> Arc<Flight> {
 }
 
 /// Fetches, verifies and stores the blob; returns its size.
-async fn run(core: &Core, t: &Target, digest: &Digest, f: &Flight) -> Result<u64, Failure> {
+async fn run(core: &Core, t: &Target, digest: &Digest, f: &Arc<Flight>) -> Result<u64, Failure> {
     // Stored meanwhile (the previous fetch committed between the caller's check and ours)?
     if super::is_linked(core, &t.stored, digest)
         .await
@@ -214,24 +293,51 @@ async fn run(core: &Core, t: &Target, digest: &Digest, f: &Flight) -> Result<u64
     let path = core.store.path_for(Location::Upload(&f.upload_id));
     // The network side runs ahead of the disk side by up to `AHEAD` bytes, so receiving
     // the next batch overlaps writing and hashing this one, and a fetch holds a few MiB of
-    // body at most however its chunks are cut.
+    // body at most however its chunks are cut. It also hands each chunk to the readers.
     let budget = Arc::new(tokio::sync::Semaphore::new(AHEAD));
-    let (tx, mut body) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut body) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, String>>();
     let metrics = core.metrics.clone();
     let reader_budget = budget.clone();
+    let net = f.clone();
     tokio::spawn(async move {
         let mut stream = resp.bytes_stream();
+        let mut received = 0u64;
         while let Some(chunk) = stream.next().await {
-            if let Ok(c) = &chunk {
-                metrics.mirror_upstream_bytes(c.len() as u64);
-                match reader_budget.acquire_many(cost(c.len())).await {
-                    Ok(p) => p.forget(),
-                    Err(_) => return,
+            let c = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
                 }
+            };
+            if c.is_empty() {
+                continue;
             }
-            let failed = chunk.is_err();
+            metrics.mirror_upstream_bytes(c.len() as u64);
+            if size.is_some_and(|s| received + c.len() as u64 > s) {
+                // Never handed to a reader: its response declared the length.
+                let _ = tx.send(Err(format!(
+                    "the upstream sent more than the {} bytes it announced",
+                    size.unwrap_or(0)
+                )));
+                return;
+            }
+            match reader_budget.acquire_many(cost(c.len())).await {
+                Ok(p) => p.forget(),
+                Err(_) => return,
+            }
+            // Every chunk before this one may go to readers now; this one waits for the
+            // next (or for the digest check).
+            net.recent.lock().expect("recent lock").push(c.clone());
+            let before = received;
+            received += c.len() as u64;
+            net.progress.send_if_modified(|p| {
+                let moved = p.released < before;
+                p.released = p.released.max(before);
+                moved
+            });
             // The fetch gave up (its receiver is gone): stop reading.
-            if tx.send(chunk).is_err() || failed {
+            if tx.send(Ok(c)).is_err() {
                 return;
             }
         }
@@ -272,7 +378,6 @@ async fn run(core: &Core, t: &Target, digest: &Digest, f: &Flight) -> Result<u64
             continue;
         }
         created = true;
-        let before = sink.len;
         let permits: usize = batch.iter().map(|c| cost(c.len()) as usize).sum();
         let chunks: crate::store::BodyStream =
             futures_util::stream::iter(batch.into_iter().map(Ok)).boxed();
@@ -282,9 +387,10 @@ async fn run(core: &Core, t: &Target, digest: &Digest, f: &Flight) -> Result<u64
             .await
             .map_err(Failure::Other)?;
         budget.add_permits(permits);
-        // Everything before this batch may be read; this batch waits for the next one (or
-        // for the digest check).
-        f.progress.send_modify(|p| p.visible = before);
+        // Published before the trim: a reader that misses a chunk in memory finds it on disk.
+        let on_disk = sink.len;
+        f.progress.send_modify(|p| p.on_disk = on_disk);
+        f.recent.lock().expect("recent lock").trim(on_disk);
     }
     let len = sink.len;
     if size.is_some_and(|s| s != len) {
@@ -317,7 +423,8 @@ async fn run(core: &Core, t: &Target, digest: &Digest, f: &Flight) -> Result<u64
     // failure from here on records nothing (the next pull fetches again), but what was sent
     // was the right blob.
     f.progress.send_modify(|p| {
-        p.visible = len;
+        p.released = len;
+        p.on_disk = len;
         p.verified = true;
     });
     let (store, db, locks) = (core.store.clone(), core.db.clone(), core.blob_locks.clone());
@@ -384,6 +491,7 @@ pub async fn tail(
     }
     let reader = Reader {
         rx,
+        flight: flight.clone(),
         file: None,
         pos: 0,
         upload: core.store.path_for(Location::Upload(&flight.upload_id)),
@@ -410,6 +518,7 @@ pub async fn tail(
 
 struct Reader {
     rx: watch::Receiver<Progress>,
+    flight: Arc<Flight>,
     file: Option<Arc<std::fs::File>>,
     pos: u64,
     upload: std::path::PathBuf,
@@ -420,15 +529,21 @@ struct Reader {
     back: tokio::sync::mpsc::Sender<Vec<u8>>,
 }
 
-/// A read buffer lent to hyper as a body frame; dropping it (sent) gives it back.
+/// A body frame lent to hyper with one of the reader's buffers: the bytes read into the
+/// buffer, or a chunk from memory (`chunk`, the buffer then only counts the frame);
+/// dropping it (sent) gives the buffer back.
 struct Lent {
     buf: Vec<u8>,
+    chunk: Option<Bytes>,
     back: tokio::sync::mpsc::Sender<Vec<u8>>,
 }
 
 impl AsRef<[u8]> for Lent {
     fn as_ref(&self) -> &[u8] {
-        &self.buf
+        match &self.chunk {
+            Some(c) => c,
+            None => &self.buf,
+        }
     }
 }
 
@@ -452,7 +567,29 @@ impl Reader {
             if let (Some(m), false) = (&failed, p.verified) {
                 return Err(io::Error::other(format!("blob fetch failed: {m}")));
             }
-            if self.pos < p.visible {
+            if self.pos < p.released {
+                let Some(mut buf) = self.free.recv().await else {
+                    return Err(io::Error::other("read buffers lost"));
+                };
+                let back = self.back.clone();
+                let held =
+                    (self.flight.recent.lock().expect("recent lock")).at(self.pos, p.released);
+                if let Some(chunk) = held {
+                    self.pos += chunk.len() as u64;
+                    let chunk = Some(chunk);
+                    return Ok(Some(Bytes::from_owner(Lent { buf, chunk, back })));
+                }
+                // Behind the chunks in memory, so on disk (they leave memory only then).
+                let readable = p.released.min(p.on_disk);
+                if self.pos >= readable {
+                    // Trimmed or cleared after our look at the progress: wait for what
+                    // comes next (already there if it was published meanwhile).
+                    let _ = self.back.try_send(buf);
+                    if self.rx.changed().await.is_err() {
+                        return Err(io::Error::other("blob fetch vanished"));
+                    }
+                    continue;
+                }
                 if self.file.is_none() {
                     let done = matches!(p.state, State::Done);
                     let (upload, blob) = (self.upload.clone(), self.blob.clone());
@@ -469,6 +606,7 @@ impl Reader {
                     match opened {
                         Some(f) => self.file = Some(Arc::new(f)),
                         None => {
+                            let _ = self.back.try_send(buf);
                             if let Some(m) = failed {
                                 return Err(io::Error::other(format!("blob fetch failed: {m}")));
                             }
@@ -481,10 +619,7 @@ impl Reader {
                     }
                 }
                 let file = self.file.clone().expect("opened above");
-                let (pos, n) = (self.pos, (p.visible - self.pos).min(READ as u64) as usize);
-                let Some(mut buf) = self.free.recv().await else {
-                    return Err(io::Error::other("read buffers lost"));
-                };
+                let (pos, n) = (self.pos, (readable - self.pos).min(READ as u64) as usize);
                 // Keeps its capacity: only the first read into a buffer allocates.
                 buf.resize(n, 0);
                 let (buf, read) = tokio::task::spawn_blocking(move || {
@@ -494,8 +629,11 @@ impl Reader {
                 })
                 .await
                 .map_err(io::Error::other)?;
-                let back = self.back.clone();
-                let out = Bytes::from_owner(Lent { buf, back });
+                let out = Bytes::from_owner(Lent {
+                    buf,
+                    chunk: None,
+                    back,
+                });
                 read?;
                 self.pos += n as u64;
                 return Ok(Some(out));

@@ -17,8 +17,9 @@
 //! 2. **Blob** (`fetch`): one fetch per (repository, digest) at a time, in the background,
 //!    writing through the upload path (`store::Sink` into `uploads/`, fsync, digest check,
 //!    `Store::promote`, `db::blobs::record` under the blob's stripe). Every client asking
-//!    for it meanwhile tails the upload file as it grows; the last batch is held back until
-//!    the digest is checked, so a client never receives a whole blob that was refused.
+//!    for it meanwhile gets the upstream's chunks from memory as they arrive (one that falls
+//!    behind reads the upload file); the last chunk is held back until the digest is
+//!    checked, so a client never receives a whole blob that was refused.
 //!
 //! Tag check times live in memory: a restart re-checks each cached tag once. Nothing here
 //! knows HTTP servers; `http::mirror` routes requests here.
