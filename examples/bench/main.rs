@@ -28,7 +28,7 @@ use clap::Parser;
 use serde::Serialize;
 
 use client::Result;
-use servers::{Kind, Server};
+use servers::{machine_idle, own_cpu_seconds, Kind, Server};
 use workloads::*;
 
 #[derive(Parser)]
@@ -654,6 +654,21 @@ async fn run(args: Args) -> Result<bool> {
                 false,
             )
             .goal = goal16.then_some(Goal::Under(25.0));
+            // Beside the server's CPU: what the load generator spent per request and how
+            // much of the machine stayed idle. A faster server can only show in req/s while
+            // the client has CPU to spare; an idle machine with few req/s means waiting.
+            t.row(
+                &format!("{k}.client"),
+                &format!("4. {} @{c}: load generator CPU per request", p.label()),
+                "us",
+                false,
+            );
+            t.row(
+                &format!("{k}.idle"),
+                &format!("4. {} @{c}: machine CPU idle during the load", p.label()),
+                "%",
+                true,
+            );
         }
     }
     t.row(
@@ -866,6 +881,20 @@ async fn run(args: Args) -> Result<bool> {
         let ms = b.servers[i].first_start.as_secs_f64() * 1e3;
         b.table.record("startup.empty", kind, Some(ms), 0, None);
     }
+    if want("startup") {
+        // The empty-root start as often as the restart (best of them): one sample is
+        // mostly the luck of the directory fsyncs on a busy disk. Throwaway servers on
+        // roots of their own, in alternating order.
+        for _ in 1..b.sizes.startups {
+            for i in b.order() {
+                let (kind, bin) = (b.servers[i].kind, b.servers[i].bin().to_path_buf());
+                let r = Server::start(kind, &bin)
+                    .await
+                    .map(|s| s.first_start.as_secs_f64() * 1e3);
+                b.record("startup.empty", kind, r);
+            }
+        }
+    }
 
     // Limits of workloads 1 and 2, on the bytes to be pushed.
     println!("-- generating {blob_label} of random bytes");
@@ -1062,8 +1091,24 @@ async fn run(args: Args) -> Result<bool> {
                 let key = format!("small.{}.c{c}", p.key());
                 for i in b.order() {
                     let cpu_before = b.servers[i].cpu_seconds();
+                    let client_before = own_cpu_seconds();
+                    let idle_before = machine_idle();
                     let load =
                         hammer(b.servers[i].addr, p, hots[i].clone(), c, b.sizes.level_time).await;
+                    let idle = match (idle_before, machine_idle()) {
+                        (Ok((i0, t0)), Ok((i1, t1))) if t1 > t0 => {
+                            Ok((i1 - i0) as f64 * 100.0 / (t1 - t0) as f64)
+                        }
+                        (Err(e), _) | (_, Err(e)) => Err(e),
+                        _ => Err("no ticks counted".into()),
+                    };
+                    b.record(&format!("{key}.idle"), kinds[i], idle);
+                    let client = match (client_before, own_cpu_seconds()) {
+                        (Ok(a), Ok(z)) if load.ok > 0 => Ok((z - a) * 1e6 / load.ok as f64),
+                        (Err(e), _) | (_, Err(e)) => Err(e),
+                        _ => Err("no request succeeded".into()),
+                    };
+                    b.record(&format!("{key}.client"), kinds[i], client);
                     let ok = load.ok > 0;
                     // User+sys time of the server process over the load, per answered request
                     // (clock ticks of 10 ms: thousands of requests make it exact enough).

@@ -95,6 +95,11 @@ impl Server {
         Err(last_err.unwrap_or_else(|| "could not start".into()))
     }
 
+    /// The binary it runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("root")
     }
@@ -283,15 +288,7 @@ impl Server {
     /// the server's work that other load on the machine does not inflate.
     pub fn cpu_seconds(&self) -> Result<f64> {
         let pid = self.pid().ok_or("server not running")?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the parenthesised command: state is the first, utime the 12th.
-        let rest = &stat[stat.rfind(')').ok_or("malformed stat")? + 1..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f.get(11).ok_or("short stat")?.parse::<f64>()?
-            + f.get(12).ok_or("short stat")?.parse::<f64>()?;
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        Ok(ticks / hz)
+        process_cpu_seconds(&pid.to_string())
     }
 
     /// Resets the peak resident set (VmHWM) to the current one, so the next reading is the
@@ -323,4 +320,37 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// User plus system CPU seconds of process `pid` ("self" for the benchmark itself, i.e.
+/// the load generator; the servers are other processes) from /proc/<pid>/stat.
+fn process_cpu_seconds(pid: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command: state is the first, utime the 12th.
+    let rest = &stat[stat.rfind(')').ok_or("malformed stat")? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).ok_or("short stat")?.parse::<f64>()?
+        + f.get(12).ok_or("short stat")?.parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ticks / hz)
+}
+
+/// CPU seconds the load generator (this process) has used.
+pub fn own_cpu_seconds() -> Result<f64> {
+    process_cpu_seconds("self")
+}
+
+/// (idle, total) clock ticks of all CPUs since boot, from the first line of /proc/stat
+/// (idle counts iowait too: a CPU waiting on the disk could run something else).
+pub fn machine_idle() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().ok_or("empty /proc/stat")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<std::result::Result<_, _>>()?;
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    Ok((idle, ticks.iter().sum()))
 }

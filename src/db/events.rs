@@ -93,6 +93,17 @@ pub fn remove(tx: &WriteTransaction, id: &str, seqs: &[u64]) -> Result<u64, DbEr
     Ok(queued)
 }
 
+/// Whether any endpoint not in `configured` has an outbox (which [`prune`] would drop): a
+/// read, so a start with nothing to prune commits (and fsyncs) nothing.
+pub fn any_unconfigured(tx: &ReadTransaction, configured: &[&str]) -> Result<bool, DbError> {
+    for e in tx.open_table(OUTBOX_STATE)?.iter()? {
+        if !configured.contains(&e?.0.value()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Drops the outbox of every endpoint not in `configured`: answers (id, events dropped).
 pub fn prune(tx: &WriteTransaction, configured: &[&str]) -> Result<Vec<(String, u64)>, DbError> {
     let mut st = tx.open_table(OUTBOX_STATE)?;

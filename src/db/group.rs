@@ -276,3 +276,28 @@ fn fail_all(mut answers: Answers, batch: Vec<Box<dyn Work>>, error: String) -> A
     answers.extend(batch.into_iter().map(|job| (job, Err(error.clone()))));
     answers
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    /// SIGTERM drops the runtime while a mirror fetch may still write: the leader task
+    /// the write starts is then never run, and the write must be committed anyway (before,
+    /// it waited forever, and so did the runtime's drop).
+    #[test]
+    fn a_write_queued_while_the_runtime_shuts_down_is_still_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&dir.path().join("dockyard.redb")).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = rt.handle().clone();
+        // A runtime shut down: its blocking pool runs no new task.
+        rt.shutdown_background();
+        let _entered = handle.enter();
+        let answer = db.write(|_tx| Ok(7)).now_or_never();
+        assert_eq!(answer.map(|r| r.ok()), Some(Some(7)));
+    }
+}

@@ -74,8 +74,18 @@ impl Store {
     /// [`Store::open`] with blobs on `backend`; for S3 the client is built (no request is
     /// made: see [`s3::Bucket::check`]).
     pub fn open_with(root: &Path, backend: &crate::config::Backend) -> io::Result<Store> {
-        create_dir_durable(&root.join("blobs"))?;
-        create_dir_durable(&root.join("uploads"))?;
+        let store = Store::open_unsynced(root, backend)?;
+        sync_dir(root)?;
+        Ok(store)
+    }
+
+    /// [`Store::open_with`] without the final fsync of the root: the caller must call
+    /// [`Store::sync_root`] before it writes anything. The server does, once its database
+    /// file exists, so one fsync makes `blobs/`, `uploads/` and `dockyard.redb` durable
+    /// together (each directory fsync is a journal commit, which on a busy disk is most
+    /// of a first start-up).
+    pub fn open_unsynced(root: &Path, backend: &crate::config::Backend) -> io::Result<Store> {
+        create_dirs(root, &["blobs", "uploads"])?;
         let bucket = match backend {
             crate::config::Backend::Filesystem => None,
             crate::config::Backend::S3(c) => {
@@ -646,6 +656,25 @@ fn create_dir_durable(dir: &Path) -> io::Result<()> {
         Some(parent) => sync_dir(parent),
         None => Ok(()),
     }
+}
+
+/// Creates the missing ones of `names` in `parent` (and `parent` itself, durably, if need
+/// be). Their entries are durable only after an fsync of `parent`, which the caller makes
+/// once for all of them.
+fn create_dirs(parent: &Path, names: &[&str]) -> io::Result<()> {
+    if names.iter().all(|n| parent.join(n).is_dir()) {
+        return Ok(());
+    }
+    create_dir_durable(parent)?;
+    use std::os::unix::fs::DirBuilderExt;
+    for n in names {
+        // Private to the owner whatever the umask (see `Store::open`).
+        match fs::DirBuilder::new().mode(0o700).create(parent.join(n)) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            r => r?,
+        }
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
