@@ -411,10 +411,7 @@ async fn an_upstream_serving_wrong_bytes_is_refused_and_nothing_is_stored() {
     let config_hex = config.strip_prefix("sha256:").unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !blob_files(&r.root).iter().any(|f| f.contains(&config_hex)) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the config never landed"
-        );
+        assert!(Instant::now() < deadline, "the config never landed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(

@@ -172,7 +172,11 @@ pub fn start(core: &Core, t: &Target, digest: &Digest) -> Arc<Flight> {
     let key = (t.stored.to_string(), digest.to_string());
     let mut map = core.mirrors.flights.map.lock().expect("flights lock");
     if let Some(f) = map.get(&key) {
-        return f.clone();
+        // A failed fetch stays in the map for an instant after its readers were told; a
+        // request then starts a new fetch rather than sharing a failure it did not see.
+        if !matches!(f.progress.borrow().state, State::Failed(..)) {
+            return f.clone();
+        }
     }
     let (tx, _) = watch::channel(Progress {
         started: false,
