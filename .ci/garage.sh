@@ -110,6 +110,9 @@ data_dir = "$d/data"
 db_engine = "lmdb"
 replication_factor = 3
 consistency_mode = "consistent"
+# Registry blobs are compressed layers (the benchmark's are random bytes): zstd would spend
+# CPU on every block for nothing, as README advises for a registry's bucket.
+compression_level = "none"
 
 rpc_bind_addr = "127.0.0.1:$(rpc_port "$n")"
 rpc_public_addr = "127.0.0.1:$(rpc_port "$n")"
