@@ -280,8 +280,8 @@ async fn multipart_alive(r: &TestRegistry, journal_text: &str) -> bool {
         .unwrap()
 }
 
-/// Starts an upload session and PATCHes `n` bytes into it; returns its location.
-async fn patched(r: &TestRegistry, n: usize) -> String {
+/// Starts an upload session and PATCHes `body` into it; returns its location.
+async fn patched(r: &TestRegistry, body: &[u8]) -> String {
     let c = client();
     let resp = c
         .post(r.url("/v2/app/blobs/uploads/"))
@@ -291,7 +291,7 @@ async fn patched(r: &TestRegistry, n: usize) -> String {
     let location = resp.headers()["location"].to_str().unwrap().to_string();
     let resp = c
         .patch(r.url(&location))
-        .body(random_bytes(n))
+        .body(body.to_vec())
         .send()
         .await
         .unwrap();
@@ -307,7 +307,7 @@ async fn a_cancelled_upload_aborts_its_multipart_upload() {
     let dir = tempfile::tempdir().unwrap();
     let r = start_s3(&s3, dir.path(), "cancel", "").await;
     let c = client();
-    let location = patched(&r, 10 << 20).await;
+    let location = patched(&r, &random_bytes(10 << 20)).await;
     let (_, text) = journal_of(dir.path());
     assert!(multipart_alive(&r, &text).await);
     let resp = c.delete(r.url(&location)).send().await.unwrap();
@@ -334,7 +334,7 @@ async fn a_session_lost_in_a_restart_is_refused_and_its_expiry_aborts_the_multip
     let prefix = s3_prefix("restart");
     let config = s3_config(&s3, dir.path(), &prefix, "", "");
     let r = TestRegistry::start_with(config.clone()).await;
-    let location = patched(&r, 9 << 20).await;
+    let location = patched(&r, &random_bytes(9 << 20)).await;
     let (journal, text) = journal_of(dir.path());
     r.stop().await;
     let mut config = config;
@@ -637,21 +637,7 @@ async fn a_misdescribed_chunk_is_refused_whole_and_a_wrong_digest_cancels() {
     let r = start_s3(&s3, dir.path(), "refused", "").await;
     let c = client();
     let first = random_bytes(9 << 20);
-    let location = {
-        let resp = c
-            .post(r.url("/v2/app/blobs/uploads/"))
-            .send()
-            .await
-            .unwrap();
-        resp.headers()["location"].to_str().unwrap().to_string()
-    };
-    let resp = c
-        .patch(r.url(&location))
-        .body(first.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    let location = patched(&r, &first).await;
     let offset = first.len();
     // Declares 2000 bytes, sends 1000 (no Content-Length check: chunked body).
     let short = futures_util::stream::iter([Ok::<_, std::io::Error>(random_bytes(1000))]);
@@ -735,21 +721,7 @@ async fn a_part_the_store_refuses_fails_its_request_and_commits_nothing() {
     let c = client();
     // Two parts sent, 4 MiB of tail held.
     let first = random_bytes(20 << 20);
-    let location = {
-        let resp = c
-            .post(r.url("/v2/app/blobs/uploads/"))
-            .send()
-            .await
-            .unwrap();
-        resp.headers()["location"].to_str().unwrap().to_string()
-    };
-    let resp = c
-        .patch(r.url(&location))
-        .body(first.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    let location = patched(&r, &first).await;
     let (journal, text) = journal_of(dir.path());
     abort_behind_the_back(&r, dir.path(), &text).await;
     // 4 MiB more make the third part, sent once the whole body is in: the store refuses it.
@@ -799,7 +771,7 @@ async fn the_gc_deletes_a_temporary_object_completed_before_a_crash() {
     let prefix = s3_prefix("temp-object");
     let config = s3_config(&s3, dir.path(), &prefix, "", "");
     let r = TestRegistry::start_with(config.clone()).await;
-    patched(&r, 9 << 20).await;
+    patched(&r, &random_bytes(9 << 20)).await;
     let (journal, text) = journal_of(dir.path());
     let key = object_store::path::Path::from(text.lines().next().unwrap());
     let store = r.core.store.bucket().unwrap().object_store();
