@@ -40,6 +40,17 @@ async fn get(c: &reqwest::Client, url: &str) -> (u16, reqwest::header::HeaderMap
     (status, headers, body)
 }
 
+/// Waits up to `within` until the blob `digest` (`sha256:…`) is in place under `blobs/`: a
+/// fetch renames its upload file there once the bytes are whole and checked.
+async fn wait_blob_file(r: &TestRegistry, digest: &str, within: Duration, what: &str) {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let deadline = Instant::now() + within;
+    while !blob_files(&r.root).iter().any(|f| f.contains(hex)) {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits (bounded) until `repo@digest` is stored: a fetched manifest is committed by the
 /// last of its blobs' fetches, just after that blob's last byte was served.
 async fn wait_stored(r: &TestRegistry, repo: &str, digest: &str) {
@@ -408,12 +419,13 @@ async fn an_upstream_serving_wrong_bytes_is_refused_and_nothing_is_stored() {
     assert!(!blob_files(&r.root).iter().any(|f| f.contains(hex)));
     // The manifest's answer started the fetch of its (good) config, whose upload file is
     // there until it lands: wait for it, then nothing may be left in uploads/.
-    let config_hex = config.strip_prefix("sha256:").unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !blob_files(&r.root).iter().any(|f| f.contains(&config_hex)) {
-        assert!(Instant::now() < deadline, "the config never landed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_blob_file(
+        &r,
+        &config,
+        Duration::from_secs(30),
+        "the config never landed",
+    )
+    .await;
     assert_eq!(
         std::fs::read_dir(r.root.join("uploads")).unwrap().count(),
         0
@@ -515,18 +527,7 @@ async fn a_client_leaving_halfway_through_a_first_fetch_leaves_nothing_half_stor
     }
     drop(body);
     // Whatever is stored is whole: the blob's row appears only with all its bytes.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let files = blob_files(&r.root);
-        if files
-            .iter()
-            .any(|f| f.contains(d.strip_prefix("sha256:").unwrap()))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the fetch never finished");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_blob_file(&r, &d, Duration::from_secs(60), "the fetch never finished").await;
     let (status, _, body) = get(&c, &r.url(&format!("/v2/up/lib/big/blobs/{d}"))).await;
     assert_eq!(status, 200);
     assert!(body == layer, "the cached blob is not the upstream's");
@@ -572,12 +573,7 @@ async fn a_first_client_that_falls_behind_the_fetch_reads_the_rest_from_disk() {
         got.extend_from_slice(&body.next().await.expect("some bytes").expect("a chunk"));
     }
     // Stalled until the fetch has stored the blob (it does not wait for readers).
-    let hex = d.strip_prefix("sha256:").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !blob_files(&r.root).iter().any(|f| f.contains(hex)) {
-        assert!(Instant::now() < deadline, "the fetch never finished");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_blob_file(&r, &d, Duration::from_secs(60), "the fetch never finished").await;
     while let Some(chunk) = body.next().await {
         got.extend_from_slice(&chunk.expect("a chunk"));
     }
