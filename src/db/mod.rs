@@ -94,37 +94,13 @@ impl Db {
     /// Opens (creating if needed) the database and every table, checks the schema version and
     /// migrates an older database (see `migrate`), all in one transaction. redb holds an
     /// exclusive lock on the file, so a second process fails here.
+    ///
+    /// A database already at this schema with every table in place is only read: a restart
+    /// commits nothing, so it pays no fsync before serving.
     pub fn open(path: &Path) -> Result<Db, DbError> {
         let db = Database::create(path)?;
-        let tx = db.begin_write()?;
-        let opened = migrate::run(&tx)?;
-        {
-            tx.open_table(BLOBS)?;
-            tx.open_table(REPO_BLOBS)?;
-            tx.open_table(MANIFESTS)?;
-            tx.open_table(MANIFEST_BODIES)?;
-            tx.open_table(TAGS)?;
-            tx.open_table(TAG_PUSHED)?;
-            tx.open_table(REPOS)?;
-            tx.open_table(REFERRERS)?;
-            tx.open_table(ABSENT_CHILDREN)?;
-            tx.open_table(UPLOADS)?;
-            tx.open_table(USERS)?;
-            tx.open_table(ACLS)?;
-            tx.open_table(SECRETS)?;
-            tx.open_table(REPO_PULLS)?;
-            tx.open_table(BLOB_USES)?;
-            tx.open_table(OUTBOX)?;
-            tx.open_table(OUTBOX_STATE)?;
-        }
-        tx.commit()?;
-        if let migrate::Opened::Migrated { from, counts } = opened {
-            tracing::warn!(
-                manifests = counts.manifests,
-                tags = counts.tags,
-                "database migrated from schema version {from} to {SCHEMA_VERSION}; \
-                 releases older than this one can no longer open it"
-            );
+        if !Self::is_current(&db)? {
+            Self::create_or_migrate(&db)?;
         }
         Ok(Db {
             shared: Arc::new(group::Shared {
@@ -134,6 +110,54 @@ impl Db {
                 memo: memo::Memo::default(),
             }),
         })
+    }
+
+    /// Whether the schema version is this release's and every table exists (read only).
+    fn is_current(db: &Database) -> Result<bool, DbError> {
+        let tx = db.begin_read()?;
+        let version = match tx.open_table(META) {
+            Ok(meta) => meta.get("schema_version")?.map(|v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        if version != Some(SCHEMA_VERSION) {
+            // Older (migrate), newer (refused with its own message) or new: the write path.
+            return Ok(false);
+        }
+        macro_rules! exists {
+            ($($table:expr),*) => {
+                $(match tx.open_table($table) {
+                    Ok(_) => {}
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+                    Err(e) => return Err(e.into()),
+                })*
+            };
+        }
+        every_table!(exists);
+        Ok(true)
+    }
+
+    /// Creates a new database's version row and tables, or migrates an older one, in one
+    /// write transaction; refuses a newer one.
+    fn create_or_migrate(db: &Database) -> Result<(), DbError> {
+        let tx = db.begin_write()?;
+        let opened = migrate::run(&tx)?;
+        macro_rules! create {
+            ($($table:expr),*) => {
+                $(tx.open_table($table)?;)*
+            };
+        }
+        every_table!(create);
+        tx.commit()?;
+        if let migrate::Opened::Migrated { from, counts } = opened {
+            tracing::warn!(
+                manifests = counts.manifests,
+                tags = counts.tags,
+                "database migrated from schema version {from} to {SCHEMA_VERSION}; \
+                 releases older than this one can no longer open it"
+            );
+        }
+        Ok(())
     }
 
     /// Runs `f` in a read transaction on this thread, which must be allowed to block (the
@@ -295,5 +319,44 @@ impl Db {
         self.shared.submit(Box::new(task));
         rx.await
             .map_err(|_| DbError::Task("the commit leader went away".into()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A restart of a current database only reads; a missing table or an older version
+    /// takes the write path, which puts things right.
+    #[test]
+    fn open_writes_only_when_a_table_or_the_version_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dockyard.redb");
+        drop(Db::open(&path).unwrap());
+        let db = Database::create(&path).unwrap();
+        assert!(Db::is_current(&db).unwrap());
+
+        let tx = db.begin_write().unwrap();
+        assert!(tx.delete_table(OUTBOX).unwrap());
+        tx.commit().unwrap();
+        assert!(!Db::is_current(&db).unwrap());
+        drop(db);
+        drop(Db::open(&path).unwrap());
+        let db = Database::create(&path).unwrap();
+        assert!(Db::is_current(&db).unwrap());
+        assert!(db.begin_read().unwrap().open_table(OUTBOX).is_ok());
+
+        let tx = db.begin_write().unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .insert("schema_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        tx.commit().unwrap();
+        assert!(!Db::is_current(&db).unwrap());
+        drop(db);
+        assert!(matches!(
+            Db::open(&path),
+            Err(DbError::NewerSchema { found }) if found == SCHEMA_VERSION + 1
+        ));
     }
 }

@@ -78,6 +78,33 @@ pub const ACLS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("acl
 /// start, never shown).
 pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 
+/// Calls macro `$m` with every table but `META` (which `migrate` owns): `Db::open` creates
+/// them, or checks that they exist. A new table is added here, beside its definition.
+macro_rules! every_table {
+    ($m:ident) => {
+        $m!(
+            BLOBS,
+            REPO_BLOBS,
+            MANIFESTS,
+            MANIFEST_BODIES,
+            TAGS,
+            TAG_PUSHED,
+            REPOS,
+            REFERRERS,
+            ABSENT_CHILDREN,
+            UPLOADS,
+            USERS,
+            ACLS,
+            SECRETS,
+            REPO_PULLS,
+            BLOB_USES,
+            OUTBOX,
+            OUTBOX_STATE
+        )
+    };
+}
+pub(crate) use every_table;
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BlobRecord {
     pub size: u64,
