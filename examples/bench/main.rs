@@ -972,11 +972,22 @@ async fn run(args: Args) -> Result<bool> {
         let cpu_before = b.cpu_seconds();
         let mut k = 0;
         for _ in 0..b.sizes.push_reps {
-            for (key, chunk) in [
+            // One order per repetition, reversed for the second kind: each kind runs in both
+            // orders over two repetitions. (Alternating per push gave monolithic always one
+            // order and chunked always the other, and the position shows in the figures.)
+            let order = b.order();
+            for (n, (key, chunk)) in [
                 ("push.monolithic", None),
                 ("push.chunked", Some(b.sizes.chunk)),
-            ] {
-                for i in b.order() {
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let mut order = order.clone();
+                if n == 1 {
+                    order.reverse();
+                }
+                for i in order {
                     let (blob, d) = (blob_at(k), digests[k].clone());
                     let r = push_blob(b.servers[i].addr, "big/blob", blob, &d, chunk).await;
                     b.record(key, kinds[i], r.map(|t| mbps(b.sizes.blob, t)));
