@@ -646,11 +646,8 @@ fn create_dir_durable(dir: &Path) -> io::Result<()> {
     if let Some(parent) = dir.parent() {
         create_dir_durable(parent)?;
     }
-    // Private to the owner whatever the umask (see `Store::open`).
-    use std::os::unix::fs::DirBuilderExt;
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-        r => r?,
+    if !create_private_dir(dir)? {
+        return Ok(());
     }
     match dir.parent() {
         Some(parent) => sync_dir(parent),
@@ -666,15 +663,20 @@ fn create_dirs(parent: &Path, names: &[&str]) -> io::Result<()> {
         return Ok(());
     }
     create_dir_durable(parent)?;
-    use std::os::unix::fs::DirBuilderExt;
     for n in names {
-        // Private to the owner whatever the umask (see `Store::open`).
-        match fs::DirBuilder::new().mode(0o700).create(parent.join(n)) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            r => r?,
-        }
+        create_private_dir(&parent.join(n))?;
     }
     Ok(())
+}
+
+/// Creates `dir` private to the owner whatever the umask (see `Store::open`); false if it
+/// was there already (made by another thread, say).
+fn create_private_dir(dir: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        r => r.map(|()| true),
+    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
