@@ -1,17 +1,17 @@
 //! Writing an upload: the async side waits for the network and the blocking pool only does
-//! disk work. Request bytes are gathered into batches; each batch is written to the upload
-//! file and hashed by two short blocking jobs that run side by side, while the next batch is
-//! being received. So a blob is never held in memory whole, the network, the disk and the
-//! hash all work at the same time, and a client that stalls holds no blocking thread: no
-//! number of slow uploads can starve the pool that reads, the database and the admin socket
-//! need.
+//! disk work. Request bytes go to two lanes, one writing the upload file and one hashing,
+//! each running short blocking jobs on whatever has queued for it, neither waiting for the
+//! other (`Lane`). So a blob is never held in memory whole, the network, the disk and the
+//! hash all work at the same time, a stall on one side is absorbed by the other's queue,
+//! and a client that stalls holds no blocking thread: no number of slow uploads can starve
+//! the pool that reads, the database and the admin socket need.
 //!
 //! Two halves, kept apart on purpose: the *session* (`Sink`: how many bytes the upload
 //! holds and the hash of all of them, which the digest check at the end relies on) and the
 //! *writer* (where the bytes go: today the upload file, opened once and kept open between
 //! the `PATCH`es of a session, `Writer`). Only the writer knows about files; a sink that
-//! writes elsewhere (an object store) replaces the `Writer` and `Disk` jobs and keeps the
-//! session, the batching and the hashing as they are.
+//! writes elsewhere (an object store) replaces the `Writer` and its lane and keeps the
+//! session, the lanes and the hashing as they are.
 //!
 //! Between requests the writer stays with the session (in `Cursors`), so a chunked upload
 //! pays for opening its file once, not per chunk. Kept writers are bounded: at most
@@ -98,10 +98,13 @@ impl Drop for Kept {
 
 /// Read size when rehashing a file.
 const READ_BUFFER: usize = 1 << 20;
-/// Bytes gathered from the network while the previous batch is on disk; past this, reading
-/// the request waits for the disk. With one batch in flight, an upload holds about twice
-/// this plus one HTTP read buffer (1 MiB, `server`).
+/// Bytes queued for a lane (writing or hashing) while its job runs; past this, reading the
+/// request waits for the slower lane. An upload holds about twice this plus one HTTP read
+/// buffer (1 MiB, `server`).
 const BATCH: usize = 1 << 20;
+/// Bytes a lane gathers before it starts a job, unless the body is complete: fewer trips to
+/// the blocking pool than one per network read.
+const JOB: usize = 256 << 10;
 /// How much is written before its writeback to disk is started.
 const WRITEBACK: u64 = 8 << 20;
 
@@ -206,8 +209,8 @@ impl Sink {
     /// upload would pass `max_len`. On error the file may hold a partial tail; the caller
     /// drops the session or truncates back to `self.len`.
     ///
-    /// Only `Disk` jobs (open, write, hash, fsync) run on the blocking pool, one batch at a
-    /// time; waiting for the client happens here, on the async side.
+    /// Only the jobs of the two lanes (open and write, hash) run on the blocking pool;
+    /// waiting for the client happens here, on the async side.
     pub async fn append(
         self,
         path: &Path,
@@ -215,7 +218,6 @@ impl Sink {
         max_len: u64,
         durability: Durability,
     ) -> Result<Sink, RegistryError> {
-        let start_len = self.len;
         if let Some(w) = &self.writer {
             // A kept writer's file may have been removed since the last request (the GC
             // expired the session, or it was cancelled): like `open`, refuse to go on rather
@@ -230,46 +232,55 @@ impl Sink {
                 ));
             }
         }
-        let mut disk = Some(match self.writer {
-            Some(writer) => Disk::Open {
-                writer,
-                hasher: self.hasher,
-                len: self.len,
-            },
-            None => Disk::Closed {
+        let file = match self.writer {
+            Some(writer) => FileSide::Open(writer),
+            None => FileSide::Closed {
                 path: path.to_path_buf(),
                 create: self.len == 0,
-                hasher: self.hasher,
-                len: self.len,
             },
-        });
-        let mut in_flight: Option<DiskJob> = None;
-        let mut batch: Vec<Bytes> = Vec::new();
-        let mut batched = 0usize;
-        let mut received = start_len;
+        };
+        let mut writing = Lane::new(file);
+        let mut hashing = Lane::new(self.hasher);
+        // Bytes handed to the writing lane so far: where its next job starts.
+        let mut written = self.len;
+        let mut received = self.len;
         let mut failure = None;
         let mut body_done = false;
-        // Set once the last job (which opens the file even for an empty body, and fsyncs it
-        // when asked) is on its way.
+        // Set once the writing lane's last job (which opens the file even for an empty body,
+        // and fsyncs it when asked) is on its way.
         let mut last_sent = false;
         loop {
-            if in_flight.is_none() && !last_sent && (!batch.is_empty() || body_done) {
-                if let Some(d) = disk.take() {
-                    let chunks = std::mem::take(&mut batch);
-                    batched = 0;
-                    last_sent = body_done;
-                    in_flight = Some(Box::pin(d.run(chunks, body_done.then_some(durability))));
-                }
+            if !last_sent && (writing.ready(body_done) || body_done && writing.ready_to_finish()) {
+                let (side, chunks) = writing.start();
+                let at = written;
+                written += chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+                last_sent = body_done;
+                let finish = body_done.then_some(durability);
+                writing.job = Some(Box::pin(async move {
+                    blocking(move || side.write(at, &chunks, finish))
+                        .await?
+                        .map(FileSide::Open)
+                }));
             }
-            if last_sent && in_flight.is_none() {
+            if hashing.ready(body_done) {
+                let (mut hasher, chunks) = hashing.start();
+                hashing.job = Some(Box::pin(blocking(move || {
+                    for chunk in &chunks {
+                        hasher.update(chunk);
+                    }
+                    hasher
+                })));
+            }
+            if last_sent && writing.job.is_none() && hashing.job.is_none() {
                 break;
             }
+            let backlog = writing.queued.max(hashing.queued);
             tokio::select! {
                 biased;
-                done = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
-                    in_flight = None;
+                done = async { writing.job.as_mut().expect("guarded").await }, if writing.job.is_some() => {
+                    writing.job = None;
                     match done {
-                        Ok(d) => disk = Some(d),
+                        Ok(side) => writing.idle = Some(side),
                         Err(e) => {
                             // The disk failed: the client is told, the rest of its body dropped.
                             failure = Some(e);
@@ -277,7 +288,17 @@ impl Sink {
                         }
                     }
                 }
-                chunk = body.next(), if !body_done && batched < BATCH => match chunk {
+                done = async { hashing.job.as_mut().expect("guarded").await }, if hashing.job.is_some() => {
+                    hashing.job = None;
+                    match done {
+                        Ok(h) => hashing.idle = Some(h),
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+                chunk = body.next(), if !body_done && backlog < BATCH => match chunk {
                     None => body_done = true,
                     Some(Err(e)) => {
                         failure = Some(RegistryError::new(
@@ -295,41 +316,30 @@ impl Sink {
                             ));
                             break;
                         }
-                        batched += chunk.len();
-                        batch.push(chunk);
+                        writing.push(chunk.clone());
+                        hashing.push(chunk);
                     }
                 },
             }
         }
-        if let Some(job) = in_flight.take() {
-            // A failure on the network side: let the batch on disk land, so the caller's
+        if let Some(job) = writing.job.take() {
+            // A failure elsewhere: let the write in progress land, so the caller's
             // truncation sees a file nobody is writing to.
             let _ = job.await;
         }
-        match failure {
-            Some(f) => {
-                if f.code != ErrorCode::BlobUploadInvalid {
-                    drain(body).await;
-                }
-                Err(f)
+        if let Some(f) = failure {
+            if f.code != ErrorCode::BlobUploadInvalid {
+                drain(body).await;
             }
-            None => match disk {
-                Some(Disk::Open {
-                    hasher,
-                    len,
-                    writer,
-                }) => Ok(Sink {
-                    len,
-                    hasher,
-                    writer: Some(writer),
-                }),
-                Some(Disk::Closed { hasher, len, .. }) => Ok(Sink {
-                    len,
-                    hasher,
-                    writer: None,
-                }),
-                None => Err(RegistryError::internal("upload state lost")),
-            },
+            return Err(f);
+        }
+        match (writing.idle, hashing.idle) {
+            (Some(FileSide::Open(writer)), Some(hasher)) => Ok(Sink {
+                len: written,
+                hasher,
+                writer: Some(writer),
+            }),
+            _ => Err(RegistryError::internal("upload state lost")),
         }
     }
 
@@ -338,100 +348,115 @@ impl Sink {
     }
 }
 
-/// A disk job: one batch written and hashed on the blocking pool.
-type DiskJob = Pin<Box<dyn Future<Output = Result<Disk, RegistryError>> + Send>>;
+/// A job of one lane on the blocking pool, giving back that lane's state.
+type Job<T> = Pin<Box<dyn Future<Output = Result<T, RegistryError>> + Send>>;
 
-/// The disk side of an upload in progress, handed to each batch's jobs and back.
-enum Disk {
-    /// Not opened yet: the first batch opens it on the blocking pool.
+/// One side of an upload's disk work: writing the file, or hashing. Both see every chunk
+/// (reference-counted views, not copies), each in order, but neither waits for the other: a
+/// lane that finishes a job takes whatever has queued up meanwhile, so a stall on one side
+/// (writeback throttling, a descheduled hashing thread) is absorbed by the other's queue
+/// instead of stopping both. Reading the request waits only when a queue is full
+/// (`BATCH`), which bounds what an upload holds in memory.
+struct Lane<T> {
+    /// The lane's state while no job holds it.
+    idle: Option<T>,
+    job: Option<Job<T>>,
+    queue: Vec<Bytes>,
+    queued: usize,
+}
+
+impl<T> Lane<T> {
+    fn new(state: T) -> Lane<T> {
+        Lane {
+            idle: Some(state),
+            job: None,
+            queue: Vec::new(),
+            queued: 0,
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        self.queued += chunk.len();
+        self.queue.push(chunk);
+    }
+
+    /// Whether a job should start now: the lane is idle and has enough queued to be worth a
+    /// trip to the blocking pool (`JOB`), or the body is complete and something is left.
+    fn ready(&self, body_done: bool) -> bool {
+        self.job.is_none()
+            && self.idle.is_some()
+            && (self.queued >= JOB || (body_done && !self.queue.is_empty()))
+    }
+
+    /// Takes the lane's state and everything queued for its next job.
+    fn start(&mut self) -> (T, Vec<Bytes>) {
+        self.queued = 0;
+        (
+            self.idle.take().expect("a lane starts only when idle"),
+            std::mem::take(&mut self.queue),
+        )
+    }
+}
+
+impl Lane<FileSide> {
+    /// The writing lane also runs once at the end with nothing queued: that job opens the
+    /// file for an empty body and fsyncs it when asked.
+    fn ready_to_finish(&self) -> bool {
+        self.job.is_none() && self.idle.is_some()
+    }
+}
+
+/// The upload file, as the writing lane holds it.
+enum FileSide {
+    /// Not opened yet: the lane's first job opens it.
     Closed {
         path: PathBuf,
         create: bool,
-        hasher: Hasher,
-        len: u64,
     },
-    Open {
-        writer: Writer,
-        hasher: Hasher,
-        /// Bytes in the file, this request's included.
-        len: u64,
-    },
+    Open(Writer),
 }
 
-impl Disk {
-    /// Writes and hashes `chunks` (in two blocking jobs side by side); with `finish`, then
-    /// makes the file durable as asked.
-    async fn run(
+impl FileSide {
+    /// Writes `chunks` at the end of the file (which holds `at` bytes), starting writeback
+    /// every `WRITEBACK` bytes; with `finish`, then makes the file durable as asked.
+    fn write(
         self,
-        chunks: Vec<Bytes>,
+        at: u64,
+        chunks: &[Bytes],
         finish: Option<Durability>,
-    ) -> Result<Disk, RegistryError> {
-        let task_failed =
-            |e: tokio::task::JoinError| RegistryError::internal(format!("upload task: {e}"));
-        let (writer, hasher, len) = match self {
-            Disk::Open {
-                writer,
-                hasher,
-                len,
-            } => (writer, hasher, len),
-            Disk::Closed {
-                path,
-                create,
-                hasher,
-                len,
-            } => {
-                let file = tokio::task::spawn_blocking(move || open(&path, create))
-                    .await
-                    .map_err(task_failed)??;
-                let writer = Writer {
-                    file,
-                    kicked: len,
-                    kept: None,
-                    parked: std::time::Instant::now(),
-                };
-                (writer, hasher, len)
-            }
+    ) -> Result<Writer, RegistryError> {
+        let mut w = match self {
+            FileSide::Open(w) => w,
+            FileSide::Closed { path, create } => Writer {
+                file: open(&path, create)?,
+                kicked: at,
+                kept: None,
+                parked: std::time::Instant::now(),
+            },
         };
-        let added: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-        // Both jobs see every chunk (reference-counted views, not copies).
-        let for_hash = chunks.clone();
-        let writing = tokio::task::spawn_blocking(move || -> io::Result<Writer> {
-            let mut w = writer;
-            for chunk in &chunks {
-                w.file.write_all(chunk)?;
-            }
-            let end = len + added;
-            if end - w.kicked >= WRITEBACK {
-                start_writeback(&w.file, w.kicked, end - w.kicked);
-                w.kicked = end;
-            }
-            if finish == Some(Durability::Sync) {
-                w.file.sync_data()?;
-            }
-            Ok(w)
-        });
-        let hashing = async {
-            if added == 0 {
-                return Ok(hasher);
-            }
-            tokio::task::spawn_blocking(move || {
-                let mut hasher = hasher;
-                for chunk in &for_hash {
-                    hasher.update(chunk);
-                }
-                hasher
-            })
-            .await
-        };
-        let (written, hashed) = futures_util::future::join(writing, hashing).await;
-        let writer = written.map_err(task_failed)??;
-        let hasher = hashed.map_err(task_failed)?;
-        Ok(Disk::Open {
-            writer,
-            hasher,
-            len: len + added,
-        })
+        let mut end = at;
+        for chunk in chunks {
+            w.file.write_all(chunk)?;
+            end += chunk.len() as u64;
+        }
+        if end - w.kicked >= WRITEBACK {
+            start_writeback(&w.file, w.kicked, end - w.kicked);
+            w.kicked = end;
+        }
+        if finish == Some(Durability::Sync) {
+            w.file.sync_data()?;
+        }
+        Ok(w)
     }
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RegistryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RegistryError::internal(format!("upload task: {e}")))
 }
 
 /// Opens an upload file for appending. Only the first bytes of an upload create it:
