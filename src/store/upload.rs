@@ -10,8 +10,8 @@
 //! holds and the hash of all of them, which the digest check at the end relies on) and the
 //! *writer* (where the bytes go: today the upload file, opened once and kept open between
 //! the `PATCH`es of a session, `Writer`). Only the writer knows about files; a sink that
-//! writes elsewhere (an object store) replaces the `Writer` and its lane and keeps the
-//! session, the lanes and the hashing as they are.
+//! writes elsewhere (an object store, `s3_sink`) replaces the `Writer` and its lane and
+//! keeps the session as it is.
 //!
 //! Between requests the writer stays with the session (in `Cursors`), so a chunked upload
 //! pays for opening its file once, not per chunk. Kept writers are bounded: at most
