@@ -6,7 +6,10 @@
 //! is remembered with the generation read *before* its read transaction began, and is used
 //! only while the generation is unchanged. So a remembered answer is never older than the
 //! last acknowledged write, which is exactly what a read transaction begun now would see.
-//! Bounded in bytes; when full it is simply emptied.
+//! It holds answers of one generation only, the newest it has been given: a commit makes every
+//! older answer useless, so the first answer of a new generation empties it (otherwise a burst
+//! of pushes, each commit a generation, left megabytes of dead answers in the process until
+//! the budget was reached). Bounded in bytes as well; when full it is simply emptied.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -17,7 +20,8 @@ const BUDGET: usize = 4 << 20;
 /// An answer bigger than this (a large manifest) is not remembered.
 const MAX_ENTRY: usize = 64 << 10;
 
-type Entry = (u64, usize, Arc<dyn Any + Send + Sync>);
+/// An answer's weight (as counted against `BUDGET`) and the answer.
+type Entry = (usize, Arc<dyn Any + Send + Sync>);
 
 #[derive(Default)]
 pub(super) struct Memo {
@@ -28,13 +32,15 @@ pub(super) struct Memo {
 struct Entries {
     map: HashMap<String, Entry>,
     bytes: usize,
+    /// The generation of every entry in `map`.
+    generation: u64,
 }
 
 impl Memo {
     pub(super) fn get<V: Clone + 'static>(&self, key: &str, generation: u64) -> Option<V> {
         let e = self.inner.lock().expect("memo lock");
         match e.map.get(key) {
-            Some((g, _, v)) if *g == generation => v.downcast_ref::<V>().cloned(),
+            Some((_, v)) if e.generation == generation => v.downcast_ref::<V>().cloned(),
             _ => None,
         }
     }
@@ -51,15 +57,35 @@ impl Memo {
             return;
         }
         let mut e = self.inner.lock().expect("memo lock");
-        if let Some((_, w, _)) = e.map.remove(&key) {
+        if generation < e.generation {
+            // Read before a commit that has since been answered: never servable.
+            return;
+        }
+        if generation > e.generation {
+            e.clear();
+            e.generation = generation;
+        }
+        if let Some((w, _)) = e.map.remove(&key) {
             e.bytes -= w;
         }
         if e.bytes + weight > BUDGET {
-            e.map.clear();
-            e.bytes = 0;
+            e.clear();
         }
         e.bytes += weight;
-        e.map.insert(key, (generation, weight, Arc::new(value)));
+        e.map.insert(key, (weight, Arc::new(value)));
+    }
+}
+
+impl Entries {
+    /// Drops every entry, and the table too when it had grown: its size was set by a burst
+    /// that is over.
+    fn clear(&mut self) {
+        if self.map.capacity() > 1024 {
+            self.map = HashMap::new();
+        } else {
+            self.map.clear();
+        }
+        self.bytes = 0;
     }
 }
 
@@ -80,5 +106,11 @@ mod tests {
             m.put(format!("{i}"), 1, 900, i);
         }
         assert!(m.inner.lock().unwrap().bytes <= BUDGET);
+        // A newer generation's first answer drops the older ones; an older one is not kept.
+        m.put("new".into(), 2, 10, 1u32);
+        assert_eq!(m.inner.lock().unwrap().map.len(), 1);
+        m.put("late".into(), 1, 10, 1u32);
+        assert_eq!(m.get::<u32>("late", 1), None);
+        assert_eq!(m.get::<u32>("new", 2), Some(1));
     }
 }
