@@ -36,7 +36,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use crate::oci::{Algorithm, Digest, ErrorCode, Hasher, RegistryError};
 
@@ -104,8 +104,8 @@ const READ_BUFFER: usize = 1 << 20;
 /// pushed no faster beyond noise and raised the server's peak RSS during a 1 GiB push from
 /// 23 to 32 MiB.
 const BATCH: usize = 1 << 20;
-/// Bytes a lane gathers before it starts a job, unless the body is complete: fewer trips to
-/// the blocking pool than one per network read.
+/// Bytes a lane gathers before it starts a job, unless the body is complete or has nothing
+/// ready: fewer trips to the blocking pool than one per network read.
 const JOB: usize = 256 << 10;
 /// How much is written before its writeback to disk is started.
 const WRITEBACK: u64 = 8 << 20;
@@ -251,8 +251,12 @@ impl Sink {
         // Set once the writing lane's last job (which opens the file even for an empty body,
         // and fsyncs it when asked) is on its way.
         let mut last_sent = false;
+        // Set when the body had nothing ready the last time it was asked: lanes then start on
+        // less than `JOB`, so a slow client's bytes reach the file as they come.
+        let mut body_idle = false;
         loop {
-            if !last_sent && (writing.ready(body_done) || body_done && writing.ready_to_finish()) {
+            let flush = body_done || body_idle;
+            if !last_sent && (writing.ready(flush) || body_done && writing.ready_to_finish()) {
                 let (side, chunks) = writing.start();
                 let at = written;
                 written += chunks.iter().map(|c| c.len() as u64).sum::<u64>();
@@ -264,7 +268,7 @@ impl Sink {
                         .map(FileSide::Open)
                 }));
             }
-            if hashing.ready(body_done) {
+            if hashing.ready(flush) {
                 let (mut hasher, chunks) = hashing.start();
                 hashing.job = Some(Box::pin(blocking(move || {
                     for chunk in &chunks {
@@ -277,51 +281,74 @@ impl Sink {
                 break;
             }
             let backlog = writing.queued.max(hashing.queued);
-            tokio::select! {
-                biased;
-                done = async { writing.job.as_mut().expect("guarded").await }, if writing.job.is_some() => {
-                    writing.job = None;
-                    match done {
-                        Ok(side) => writing.idle = Some(side),
-                        Err(e) => {
-                            // The disk failed: the client is told, the rest of its body dropped.
-                            failure = Some(e);
-                            break;
-                        }
+            let readable = !body_done && backlog < BATCH;
+            // An idle lane holding less than `JOB`: take what the body has ready now, and if
+            // it has nothing, start the lane on what it holds.
+            let partial = writing.waiting() || hashing.waiting();
+            let ready_now = if readable && partial && !body_idle {
+                match body.next().now_or_never() {
+                    Some(item) => Some(item),
+                    None => {
+                        body_idle = true;
+                        continue;
                     }
                 }
-                done = async { hashing.job.as_mut().expect("guarded").await }, if hashing.job.is_some() => {
-                    hashing.job = None;
-                    match done {
-                        Ok(h) => hashing.idle = Some(h),
-                        Err(e) => {
-                            failure = Some(e);
-                            break;
+            } else {
+                None
+            };
+            let item = match ready_now {
+                Some(item) => item,
+                None => tokio::select! {
+                    biased;
+                    done = async { writing.job.as_mut().expect("guarded").await }, if writing.job.is_some() => {
+                        writing.job = None;
+                        match done {
+                            Ok(side) => writing.idle = Some(side),
+                            Err(e) => {
+                                // The disk failed: the client is told, the rest of its body
+                                // dropped.
+                                failure = Some(e);
+                                break;
+                            }
                         }
+                        continue;
                     }
+                    done = async { hashing.job.as_mut().expect("guarded").await }, if hashing.job.is_some() => {
+                        hashing.job = None;
+                        match done {
+                            Ok(h) => hashing.idle = Some(h),
+                            Err(e) => {
+                                failure = Some(e);
+                                break;
+                            }
+                        }
+                        continue;
+                    }
+                    item = body.next(), if readable => item,
+                },
+            };
+            body_idle = false;
+            match item {
+                None => body_done = true,
+                Some(Err(e)) => {
+                    failure = Some(RegistryError::new(
+                        ErrorCode::BlobUploadInvalid,
+                        format!("request body failed: {e}"),
+                    ));
+                    break;
                 }
-                chunk = body.next(), if !body_done && backlog < BATCH => match chunk {
-                    None => body_done = true,
-                    Some(Err(e)) => {
+                Some(Ok(chunk)) => {
+                    received += chunk.len() as u64;
+                    if received > max_len {
                         failure = Some(RegistryError::new(
-                            ErrorCode::BlobUploadInvalid,
-                            format!("request body failed: {e}"),
+                            ErrorCode::SizeInvalid,
+                            format!("blob exceeds the maximum size of {max_len} bytes"),
                         ));
                         break;
                     }
-                    Some(Ok(chunk)) => {
-                        received += chunk.len() as u64;
-                        if received > max_len {
-                            failure = Some(RegistryError::new(
-                                ErrorCode::SizeInvalid,
-                                format!("blob exceeds the maximum size of {max_len} bytes"),
-                            ));
-                            break;
-                        }
-                        writing.push(chunk.clone());
-                        hashing.push(chunk);
-                    }
-                },
+                    writing.push(chunk.clone());
+                    hashing.push(chunk);
+                }
             }
         }
         if let Some(job) = writing.job.take() {
@@ -383,11 +410,18 @@ impl<T> Lane<T> {
     }
 
     /// Whether a job should start now: the lane is idle and has enough queued to be worth a
-    /// trip to the blocking pool (`JOB`), or the body is complete and something is left.
-    fn ready(&self, body_done: bool) -> bool {
+    /// trip to the blocking pool (`JOB`), or, with `flush` (the body is complete or has
+    /// nothing ready), anything at all.
+    fn ready(&self, flush: bool) -> bool {
         self.job.is_none()
             && self.idle.is_some()
-            && (self.queued >= JOB || (body_done && !self.queue.is_empty()))
+            && (self.queued >= JOB || (flush && !self.queue.is_empty()))
+    }
+
+    /// Idle with something queued, short of `JOB`: waiting for more, or for the body to
+    /// pause.
+    fn waiting(&self) -> bool {
+        self.job.is_none() && self.idle.is_some() && !self.queue.is_empty()
     }
 
     /// Takes the lane's state and everything queued for its next job.
@@ -603,6 +637,41 @@ mod tests {
         assert!(newly && late.writer.is_some());
         drop((sinks, late));
         assert_eq!(KEPT.load(std::sync::atomic::Ordering::Acquire), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A client that sends a little and pauses: what it sent reaches the file (and the hash)
+    /// while it pauses, not once `JOB` bytes have gathered.
+    #[tokio::test]
+    async fn bytes_of_a_pausing_client_reach_the_file_while_it_pauses() {
+        let dir = tempfile_dir();
+        let path = dir.join("upload");
+        let (resume, resumed) = tokio::sync::oneshot::channel::<()>();
+        let body = futures_util::stream::iter([Ok(Bytes::from_static(b"early"))])
+            .chain(futures_util::stream::once(async move {
+                let _ = resumed.await;
+                Ok(Bytes::from_static(b"late"))
+            }))
+            .boxed();
+        let append = tokio::spawn({
+            let path = path.clone();
+            async move { Sink::new().append(&path, body, 100, Durability::Sync).await }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read(&path).unwrap_or_default() != b"early" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "paused bytes not written"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        resume.send(()).unwrap();
+        let sink = append.await.unwrap().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"earlylate");
+        assert_eq!(sink.len, 9);
+        let mut want = Hasher::new(Algorithm::Sha256);
+        want.update(b"earlylate");
+        assert_eq!(sink.digest(), want.finish());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
