@@ -301,26 +301,17 @@ impl Sink {
                 None => tokio::select! {
                     biased;
                     done = async { writing.job.as_mut().expect("guarded").await }, if writing.job.is_some() => {
-                        writing.job = None;
-                        match done {
-                            Ok(side) => writing.idle = Some(side),
-                            Err(e) => {
-                                // The disk failed: the client is told, the rest of its body
-                                // dropped.
-                                failure = Some(e);
-                                break;
-                            }
+                        // A failed write: the client is told, the rest of its body dropped.
+                        if let Err(e) = writing.finish(done) {
+                            failure = Some(e);
+                            break;
                         }
                         continue;
                     }
                     done = async { hashing.job.as_mut().expect("guarded").await }, if hashing.job.is_some() => {
-                        hashing.job = None;
-                        match done {
-                            Ok(h) => hashing.idle = Some(h),
-                            Err(e) => {
-                                failure = Some(e);
-                                break;
-                            }
+                        if let Err(e) = hashing.finish(done) {
+                            failure = Some(e);
+                            break;
                         }
                         continue;
                     }
@@ -422,6 +413,13 @@ impl<T> Lane<T> {
     /// pause.
     fn waiting(&self) -> bool {
         self.job.is_none() && self.idle.is_some() && !self.queue.is_empty()
+    }
+
+    /// Takes the lane's state back from its job, which has ended with `done`.
+    fn finish(&mut self, done: Result<T, RegistryError>) -> Result<(), RegistryError> {
+        self.job = None;
+        self.idle = Some(done?);
+        Ok(())
     }
 
     /// Takes the lane's state and everything queued for its next job.
