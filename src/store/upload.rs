@@ -243,8 +243,7 @@ impl Sink {
         };
         let mut writing = Lane::new(file);
         let mut hashing = Lane::new(self.hasher);
-        // Bytes handed to the writing lane so far: where its next job starts.
-        let mut written = self.len;
+        // Bytes in the upload so far, the writing lane's queue included.
         let mut received = self.len;
         let mut failure = None;
         let mut body_done = false;
@@ -257,9 +256,9 @@ impl Sink {
         loop {
             let flush = body_done || body_idle;
             if !last_sent && (writing.ready(flush) || body_done && writing.ready_to_finish()) {
+                // Where this job's bytes go: after everything handed to the lane before.
+                let at = received - writing.queued as u64;
                 let (side, chunks) = writing.start();
-                let at = written;
-                written += chunks.iter().map(|c| c.len() as u64).sum::<u64>();
                 last_sent = body_done;
                 let finish = body_done.then_some(durability);
                 writing.job = Some(Box::pin(async move {
@@ -355,7 +354,7 @@ impl Sink {
         }
         match (writing.idle, hashing.idle) {
             (Some(FileSide::Open(writer)), Some(hasher)) => Ok(Sink {
-                len: written,
+                len: received,
                 hasher,
                 writer: Some(writer),
             }),
