@@ -1,7 +1,8 @@
 //! Upgrades keep data: a root written by the schema-1 release (tests/fixtures/v1, made by
 //! tests/fixtures/make_v1.py with main at 4f253bd) opens with this build, is migrated once,
-//! and keeps every manifest, blob, tag, user and grant; a database newer than this build is
-//! refused with a clear message and left as it was.
+//! and keeps every manifest, blob, tag, user and grant; so do roots of the schema-2 release
+//! (tests/fixtures/v2) and of the previous release at this schema (tests/fixtures/v3); a
+//! database newer than this build is refused with a clear message and left as it was.
 
 use std::path::Path;
 
@@ -15,6 +16,7 @@ use crate::util::*;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1");
 const FIXTURE_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v2");
+const FIXTURE_V3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v3");
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -390,4 +392,43 @@ async fn a_schema_2_root_gains_blob_uses_and_an_outbox_and_keeps_everything() {
     r.stop().await;
     assert_eq!(schema_version(root), SCHEMA_VERSION);
     assert_eq!(SCHEMA_VERSION, 3);
+}
+
+/// A root written by the previous release at this schema (tests/fixtures/v3, main at b1a004c,
+/// whose `Db::open` always committed) opens through the read-only path of `Db::open` (a
+/// current version and every table in place) and keeps everything: nothing to migrate, and
+/// the same schema version after it has been served.
+#[tokio::test]
+async fn a_root_written_by_the_previous_release_at_this_schema_opens_and_keeps_everything() {
+    let (dir, contents) = fixture_copy_of(FIXTURE_V3);
+    let root = dir.path();
+    assert_eq!(
+        schema_version(root),
+        SCHEMA_VERSION,
+        "the fixture is at this build's schema"
+    );
+    let r = TestRegistry::start_with(dockyard::Config {
+        root: root.to_path_buf(),
+        ..Default::default()
+    })
+    .await;
+    let c = client();
+    assert_serves_everything(&c, &r, &contents, None).await;
+    let users = r.admin(dockyard::admin::Command::UserList).await.unwrap();
+    for u in contents["users"].as_object().unwrap().keys() {
+        assert!(users.contains(u.as_str()), "user {u} kept: {users}");
+    }
+    let report = {
+        let core = r.core.clone();
+        tokio::task::spawn_blocking(move || fsck::check(&core, &FsckOptions::default()))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert!(
+        report.clean(),
+        "fsck of the previous release's root: {report}"
+    );
+    r.stop().await;
+    assert_eq!(schema_version(root), SCHEMA_VERSION);
 }
