@@ -9,7 +9,6 @@ use std::path::Path;
 use dockyard::config::AuthMode;
 use dockyard::db::listing::tag_details;
 use dockyard::db::schema::{MANIFESTS, META, SCHEMA_VERSION};
-use dockyard::gc::fsck::{self, FsckOptions};
 use redb::{ReadableDatabase, TableHandle};
 
 use crate::util::*;
@@ -33,12 +32,18 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// A private copy of the fixture: the checked-in file must never be opened for writing.
 fn fixture_copy() -> (tempfile::TempDir, serde_json::Value) {
-    fixture_copy_of(FIXTURE)
+    fixture_copy_of(FIXTURE, 1)
 }
 
-fn fixture_copy_of(fixture: &str) -> (tempfile::TempDir, serde_json::Value) {
+/// A private copy of `fixture`, whose database must be at `schema`.
+fn fixture_copy_of(fixture: &str, schema: u64) -> (tempfile::TempDir, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(Path::new(fixture), dir.path());
+    assert_eq!(
+        schema_version(dir.path()),
+        schema,
+        "{fixture} is a schema-{schema} database"
+    );
     let contents = std::fs::read(dir.path().join("CONTENTS.json")).unwrap();
     (dir, serde_json::from_slice(&contents).unwrap())
 }
@@ -100,6 +105,35 @@ async fn assert_serves_everything(
     }
 }
 
+/// Every user of the fixture's CONTENTS.json is listed by `user ls`.
+async fn assert_keeps_users(r: &TestRegistry, contents: &serde_json::Value) {
+    let users = r.admin(dockyard::admin::Command::UserList).await.unwrap();
+    for u in contents["users"].as_object().unwrap().keys() {
+        assert!(users.contains(u.as_str()), "user {u} kept: {users}");
+    }
+}
+
+/// Every grant of the fixture's CONTENTS.json is listed by `acl ls`.
+async fn assert_keeps_grants(r: &TestRegistry, contents: &serde_json::Value) {
+    let grants = r
+        .admin(dockyard::admin::Command::AclList { subject: None })
+        .await
+        .unwrap();
+    for g in contents["grants"].as_array().unwrap() {
+        let (who, pattern) = (g[0].as_str().unwrap(), g[1].as_str().unwrap());
+        assert!(
+            grants.contains(who) && grants.contains(pattern),
+            "grant {g} kept: {grants}"
+        );
+    }
+}
+
+/// fsck of the running registry's root finds nothing to report.
+async fn assert_fsck_clean(r: &TestRegistry, what: &str) {
+    let report = r.fsck(false).await;
+    assert!(report.clean(), "fsck {what}: {report}");
+}
+
 fn schema_version(root: &Path) -> u64 {
     let db = redb::Database::open(root.join("dockyard.redb")).unwrap();
     let tx = db.begin_read().unwrap();
@@ -112,11 +146,6 @@ fn schema_version(root: &Path) -> u64 {
 async fn a_schema_1_root_is_migrated_once_and_keeps_everything() {
     let (dir, contents) = fixture_copy();
     let root = dir.path();
-    assert_eq!(
-        schema_version(root),
-        1,
-        "the fixture is a schema-1 database"
-    );
 
     let mut config = dockyard::Config {
         root: root.to_path_buf(),
@@ -154,17 +183,7 @@ async fn a_schema_1_root_is_migrated_once_and_keeps_everything() {
     );
     assert_eq!(tags_of("library/alpine", None).await.unwrap().status(), 200);
     assert_eq!(tags_of("team-a/app", None).await.unwrap().status(), 401);
-    let grants = r
-        .admin(dockyard::admin::Command::AclList { subject: None })
-        .await
-        .unwrap();
-    for g in contents["grants"].as_array().unwrap() {
-        let (who, pattern) = (g[0].as_str().unwrap(), g[1].as_str().unwrap());
-        assert!(
-            grants.contains(who) && grants.contains(pattern),
-            "grant {g} kept: {grants}"
-        );
-    }
+    assert_keeps_grants(&r, &contents).await;
 
     // Push times: every tag got its manifest's first push time, in milliseconds.
     let details = r
@@ -191,14 +210,7 @@ async fn a_schema_1_root_is_migrated_once_and_keeps_everything() {
         assert_eq!(t.pushed_ms, rec.created * 1000, "{repo}:{}", t.tag);
         assert_eq!(rec.pushed_ms, rec.created * 1000, "{repo}:{}", t.tag);
     }
-    let report = {
-        let core = r.core.clone();
-        tokio::task::spawn_blocking(move || fsck::check(&core, &FsckOptions::default()))
-            .await
-            .unwrap()
-            .unwrap()
-    };
-    assert!(report.clean(), "fsck after migration: {report}");
+    assert_fsck_clean(&r, "after migration").await;
 
     // A push after the migration stamps its tag with the time of the push.
     let before = dockyard::db::now_ms();
@@ -296,13 +308,8 @@ async fn a_schema_2_root_gains_blob_uses_and_an_outbox_and_keeps_everything() {
     use redb::{ReadableTable, ReadableTableMetadata};
     use std::collections::{BTreeMap, BTreeSet};
 
-    let (dir, contents) = fixture_copy_of(FIXTURE_V2);
+    let (dir, contents) = fixture_copy_of(FIXTURE_V2, 2);
     let root = dir.path();
-    assert_eq!(
-        schema_version(root),
-        2,
-        "the fixture is a schema-2 database"
-    );
     let config = dockyard::Config {
         root: root.to_path_buf(),
         policies: dockyard::Config::from_toml(
@@ -315,21 +322,8 @@ async fn a_schema_2_root_gains_blob_uses_and_an_outbox_and_keeps_everything() {
     let r = TestRegistry::start_with(config.clone()).await;
     let c = client();
     assert_serves_everything(&c, &r, &contents, None).await;
-    let users = r.admin(dockyard::admin::Command::UserList).await.unwrap();
-    for u in contents["users"].as_object().unwrap().keys() {
-        assert!(users.contains(u.as_str()), "user {u} kept: {users}");
-    }
-    let grants = r
-        .admin(dockyard::admin::Command::AclList { subject: None })
-        .await
-        .unwrap();
-    for g in contents["grants"].as_array().unwrap() {
-        let (who, pattern) = (g[0].as_str().unwrap(), g[1].as_str().unwrap());
-        assert!(
-            grants.contains(who) && grants.contains(pattern),
-            "grant {g}: {grants}"
-        );
-    }
+    assert_keeps_users(&r, &contents).await;
+    assert_keeps_grants(&r, &contents).await;
 
     // blob_uses holds, per (repository, blob), the manifests listing it; the outbox is empty;
     // team-a's quota usage equals the sum over the blobs its manifests list.
@@ -381,14 +375,7 @@ async fn a_schema_2_root_gains_blob_uses_and_an_outbox_and_keeps_everything() {
     };
     assert_eq!(usage.quotas[0].used, quota_bytes);
     assert!(quota_bytes > 0);
-    let report = {
-        let core = r.core.clone();
-        tokio::task::spawn_blocking(move || fsck::check(&core, &FsckOptions::default()))
-            .await
-            .unwrap()
-            .unwrap()
-    };
-    assert!(report.clean(), "fsck after migration: {report}");
+    assert_fsck_clean(&r, "after migration").await;
     r.stop().await;
     assert_eq!(schema_version(root), SCHEMA_VERSION);
     assert_eq!(SCHEMA_VERSION, 3);
@@ -400,13 +387,8 @@ async fn a_schema_2_root_gains_blob_uses_and_an_outbox_and_keeps_everything() {
 /// the same schema version after it has been served.
 #[tokio::test]
 async fn a_root_written_by_the_previous_release_at_this_schema_opens_and_keeps_everything() {
-    let (dir, contents) = fixture_copy_of(FIXTURE_V3);
+    let (dir, contents) = fixture_copy_of(FIXTURE_V3, SCHEMA_VERSION);
     let root = dir.path();
-    assert_eq!(
-        schema_version(root),
-        SCHEMA_VERSION,
-        "the fixture is at this build's schema"
-    );
     let r = TestRegistry::start_with(dockyard::Config {
         root: root.to_path_buf(),
         ..Default::default()
@@ -414,21 +396,9 @@ async fn a_root_written_by_the_previous_release_at_this_schema_opens_and_keeps_e
     .await;
     let c = client();
     assert_serves_everything(&c, &r, &contents, None).await;
-    let users = r.admin(dockyard::admin::Command::UserList).await.unwrap();
-    for u in contents["users"].as_object().unwrap().keys() {
-        assert!(users.contains(u.as_str()), "user {u} kept: {users}");
-    }
-    let report = {
-        let core = r.core.clone();
-        tokio::task::spawn_blocking(move || fsck::check(&core, &FsckOptions::default()))
-            .await
-            .unwrap()
-            .unwrap()
-    };
-    assert!(
-        report.clean(),
-        "fsck of the previous release's root: {report}"
-    );
+    assert_keeps_users(&r, &contents).await;
+    assert_keeps_grants(&r, &contents).await;
+    assert_fsck_clean(&r, "of the previous release's root").await;
     r.stop().await;
     assert_eq!(schema_version(root), SCHEMA_VERSION);
 }

@@ -6,8 +6,6 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dockyard::gc::fsck::{self, FsckOptions};
-
 use crate::util::upstream::Distribution;
 use crate::util::*;
 
@@ -82,19 +80,7 @@ async fn wait_stored(r: &TestRegistry, repo: &str, digest: &str) {
 }
 
 async fn assert_fsck_clean(r: &TestRegistry) {
-    let core = r.core.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        fsck::check(
-            &core,
-            &FsckOptions {
-                verify_hashes: true,
-                ..Default::default()
-            },
-        )
-    })
-    .await
-    .expect("fsck task")
-    .expect("fsck");
+    let report = r.fsck(true).await;
     assert!(report.problems.is_empty(), "fsck: {:?}", report.problems);
 }
 

@@ -39,11 +39,7 @@ async fn tags_of(r: &TestRegistry, repo: &str) -> BTreeSet<String> {
 }
 
 async fn assert_fsck_clean(r: &TestRegistry) {
-    let core = r.core.clone();
-    let report = tokio::task::spawn_blocking(move || fsck::check(&core, &FsckOptions::default()))
-        .await
-        .unwrap()
-        .unwrap();
+    let report = r.fsck(false).await;
     assert!(report.clean(), "fsck: {report}");
 }
 
@@ -488,11 +484,7 @@ async fn quota_counts_damaged_are_found_and_repaired_by_fsck() {
         .unwrap();
     assert_eq!(n, 2, "two manifests list the shared layer");
     assert_ne!(du().await, before, "the damage changes what the quota sees");
-    let core = r.core.clone();
-    let report = tokio::task::spawn_blocking(move || fsck::check(&core, &FsckOptions::default()))
-        .await
-        .unwrap()
-        .unwrap();
+    let report = r.fsck(false).await;
     assert_eq!(
         report.kinds(),
         [fsck::Kind::BlobUses, fsck::Kind::BlobUses],

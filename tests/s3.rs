@@ -38,22 +38,6 @@ async fn gc(r: &TestRegistry, opts: GcOptions) -> dockyard::gc::GcReport {
         .expect("gc pass")
 }
 
-async fn fsck(r: &TestRegistry, verify_hashes: bool) -> dockyard::gc::fsck::FsckReport {
-    let core = r.core.clone();
-    tokio::task::spawn_blocking(move || {
-        dockyard::gc::fsck::check(
-            &core,
-            &dockyard::gc::fsck::FsckOptions {
-                verify_hashes,
-                ..Default::default()
-            },
-        )
-    })
-    .await
-    .expect("fsck task")
-    .expect("fsck")
-}
-
 /// The objects under the registry's prefix, by digest.
 async fn objects(r: &TestRegistry) -> Vec<(Digest, u64)> {
     let core = r.core.clone();
@@ -97,7 +81,7 @@ async fn client_matrix(redirect: bool) {
     );
     let stored = objects(&r).await;
     assert!(!stored.is_empty());
-    let report = fsck(&r, true).await;
+    let report = r.fsck(true).await;
     assert!(report.clean(), "{report}");
     assert_eq!(report.blobs, stored.len() as u64, "{report}");
     r.stop().await;
@@ -249,7 +233,7 @@ async fn small_chunks_make_a_multipart_object_and_ranges_read_it() {
         resp.headers()["content-length"].to_str().unwrap(),
         blob.len().to_string()
     );
-    let report = fsck(&r, false).await;
+    let report = r.fsck(false).await;
     assert_eq!(
         report.kinds(),
         vec![dockyard::gc::fsck::Kind::RowWithoutFile],
@@ -320,7 +304,7 @@ async fn a_cancelled_upload_aborts_its_multipart_upload() {
         .collect();
     assert!(left.is_empty(), "uploads/ holds {left:?}");
     assert!(objects(&r).await.is_empty());
-    let report = fsck(&r, false).await;
+    let report = r.fsck(false).await;
     assert!(report.clean(), "{report}");
     r.stop().await;
 }
@@ -353,7 +337,7 @@ async fn a_session_lost_in_a_restart_is_refused_and_its_expiry_aborts_the_multip
     assert_eq!(report.uploads, 1, "{report}");
     assert!(!journal.exists());
     assert!(!multipart_alive(&r, &text).await, "the expiry aborted it");
-    assert!(fsck(&r, false).await.clean());
+    assert!(r.fsck(false).await.clean());
     r.stop().await;
 }
 
@@ -424,7 +408,7 @@ async fn sigkill_mid_upload_loses_nothing_acknowledged_and_gc_aborts_the_multipa
     ))
     .await;
     assert_pulls(&c, &r.url(""), "app", "v1", &manifest, "after SIGKILL").await;
-    let report = fsck(&r, false).await;
+    let report = r.fsck(false).await;
     assert!(!report.clean(), "fsck sees the cut-off upload");
     assert!(
         report
@@ -455,7 +439,7 @@ async fn sigkill_mid_upload_loses_nothing_acknowledged_and_gc_aborts_the_multipa
             .unwrap(),
         "the GC aborted the multipart upload"
     );
-    let report = fsck(&r, true).await;
+    let report = r.fsck(true).await;
     assert!(report.clean(), "{report}");
     assert_pulls(&c, &r.url(""), "app", "v1", &manifest, "after the GC").await;
     r.stop().await;
@@ -502,7 +486,7 @@ async fn a_gc_pass_cut_after_the_row_leaves_an_object_the_next_pass_deletes() {
         objects(&r).await.iter().any(|(d, _)| d.to_string() == g),
         "the object outlived its row"
     );
-    let report = fsck(&r, false).await;
+    let report = r.fsck(false).await;
     assert_eq!(
         report.kinds(),
         vec![dockyard::gc::fsck::Kind::FileWithoutRow],
@@ -525,7 +509,7 @@ async fn a_gc_pass_cut_after_the_row_leaves_an_object_the_next_pass_deletes() {
         .unwrap()
         .unwrap();
     assert!(!kept, "the next pass deleted the object");
-    assert!(fsck(&r, true).await.clean());
+    assert!(r.fsck(true).await.clean());
     assert_pulls(&c, &r.url(""), "app", "v1", &manifest, "after the GC").await;
     r.stop().await;
 }
@@ -599,7 +583,7 @@ async fn migrate_storage_moves_every_blob_and_pulls_stay_byte_identical() {
         .map(|(d, _)| d.to_string())
         .collect();
     assert_eq!(stored, before, "every blob is an object");
-    let report = fsck(&r, true).await;
+    let report = r.fsck(true).await;
     assert!(report.clean(), "{report}");
     // `export` downloads the objects into an OCI layout.
     let layout = dir.path().join("layout");
@@ -755,7 +739,7 @@ async fn a_part_the_store_refuses_fails_its_request_and_commits_nothing() {
     assert_eq!(resp.status(), 404, "nothing committed");
     assert!(objects(&r).await.is_empty(), "no object under blobs/");
     assert!(!journal.exists(), "the failed finish forgot the upload");
-    let report = fsck(&r, false).await;
+    let report = r.fsck(false).await;
     assert!(report.clean(), "{report}");
     r.stop().await;
 }
@@ -797,6 +781,6 @@ async fn the_gc_deletes_a_temporary_object_completed_before_a_crash() {
         matches!(head, Err(object_store::Error::NotFound { .. })),
         "the temporary object is gone: {head:?}"
     );
-    assert!(fsck(&r, false).await.clean());
+    assert!(r.fsck(false).await.clean());
     r.stop().await;
 }

@@ -895,6 +895,24 @@ impl TestRegistry {
         .await
     }
 
+    /// fsck of this registry's root, beside the running server (as `dockyard fsck` through
+    /// the control channel does), rehashing every blob with `verify_hashes`.
+    pub async fn fsck(&self, verify_hashes: bool) -> dockyard::gc::fsck::FsckReport {
+        let core = self.core.clone();
+        tokio::task::spawn_blocking(move || {
+            dockyard::gc::fsck::check(
+                &core,
+                &dockyard::gc::fsck::FsckOptions {
+                    verify_hashes,
+                    ..Default::default()
+                },
+            )
+        })
+        .await
+        .expect("fsck task")
+        .expect("fsck")
+    }
+
     /// Runs a control command through the server's admin socket: `Ok` with its text, or
     /// `Err` with its one-line refusal.
     pub async fn admin(&self, command: dockyard::admin::Command) -> Result<String, String> {
